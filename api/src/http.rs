@@ -1,0 +1,160 @@
+//! A small blocking HTTP/1.1 client over a Unix socket, and the typed VMM client built on it.
+//!
+//! Triad's node-local APIs (the VMM's control socket today) speak HTTP/JSON on Unix sockets;
+//! one request per connection keeps both ends simple and stateless.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::ErrorBody;
+use crate::vmm::{VmAction, VmActionRequest, VmConfig, VmInfo, VmMetrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("decoding the response body")]
+    Decode(#[source] serde_json::Error),
+    #[error("the server answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("talking to the server")]
+    Io(#[from] std::io::Error),
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+}
+
+/// A raw HTTP response: status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Sends `method path` with an optional JSON body to the server listening on `socket`.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.to_owned(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let body = body.unwrap_or("");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(ClientError::Malformed("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| ClientError::Malformed("head"))?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or(ClientError::Malformed("status line"))?;
+    let body = String::from_utf8(raw[split + 4..].to_vec())
+        .map_err(|_| ClientError::Malformed("body is not UTF-8"))?;
+    Ok(Response { status, body })
+}
+
+/// Typed client for one `triad-vmm` control socket.
+#[derive(Debug, Clone)]
+pub struct VmmClient {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl VmmClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn info(&self) -> Result<VmInfo, ClientError> {
+        self.call("GET", "/vm", None::<&()>)
+    }
+
+    pub fn metrics(&self) -> Result<VmMetrics, ClientError> {
+        self.call("GET", "/vm/metrics", None::<&()>)
+    }
+
+    pub fn put_config(&self, config: &VmConfig) -> Result<VmInfo, ClientError> {
+        self.call("PUT", "/vm/config", Some(config))
+    }
+
+    pub fn action(&self, action: VmAction) -> Result<VmInfo, ClientError> {
+        self.call("PUT", "/vm/actions", Some(&VmActionRequest { action }))
+    }
+
+    fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let body = body
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(ClientError::Decode)?;
+        let resp = request(&self.socket, method, path, body.as_deref(), self.timeout)?;
+        if !(200..300).contains(&resp.status) {
+            let message = serde_json::from_str::<ErrorBody>(&resp.body)
+                .map(|e| e.error)
+                .unwrap_or(resp.body);
+            return Err(ClientError::Status {
+                status: resp.status,
+                message,
+            });
+        }
+        serde_json::from_str(&resp.body).map_err(ClientError::Decode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_and_body() {
+        let raw = b"HTTP/1.1 409 Conflict\r\nContent-Length: 13\r\n\r\n{\"error\":\"x\"}";
+        let resp = parse_response(raw).unwrap();
+        assert_eq!(resp.status, 409);
+        assert_eq!(resp.body, "{\"error\":\"x\"}");
+    }
+
+    #[test]
+    fn rejects_truncated_head() {
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 200 OK\r\n"),
+            Err(ClientError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,11 @@
+//! Triad's wire types: the JSON every daemon, the CLI and the tests exchange.
+//!
+//! Daemons never link each other's internals; they meet here. Every type rejects unknown
+//! fields so that a typo in a request is an error naming the field, not a silently ignored
+//! setting.
+
+pub mod error;
+pub mod http;
+pub mod vmm;
+
+pub use error::ErrorBody;

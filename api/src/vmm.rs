@@ -1,0 +1,132 @@
+//! The `triad-vmm` configuration file and its control API (HTTP/JSON on a Unix socket).
+//!
+//! The same `VmConfig` is the `--config` file, the body of `PUT /vm/config`, and what hostd
+//! will send when it starts a VM.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole VM: what to boot, on what machine, where its serial console goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub boot: BootConfig,
+    pub machine: MachineConfig,
+    #[serde(default)]
+    pub serial: SerialConfig,
+    /// Block devices; the virtio-blk model comes with its own issue, until then any entry is
+    /// rejected when the config is validated.
+    #[serde(default)]
+    pub drives: Vec<serde_json::Value>,
+    /// Network devices; rejected like `drives` until virtio-net exists.
+    #[serde(default)]
+    pub nets: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// A PVH ELF (with the Xen PVH note), an ELF vmlinux or a bzImage.
+    pub kernel: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+/// Where the guest's 8250 UART (COM1, port 0x3f8) writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    pub mode: SerialMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+impl Default for SerialConfig {
+    fn default() -> Self {
+        Self {
+            mode: SerialMode::Stdout,
+            path: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialMode {
+    File,
+    Stdout,
+    Off,
+}
+
+/// The VM's lifecycle as the VMM process sees it.
+///
+/// ```text
+///  NotConfigured --PUT /vm/config--> Configured --start--> Running <--pause/resume--> Paused
+///                                                             |  reboot: Running again   |
+///                                                             +--shutdown/guest exit-----+--> Stopped
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    NotConfigured,
+    Configured,
+    Running,
+    Paused,
+    Stopped,
+}
+
+/// `GET /vm`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmInfo {
+    pub state: VmState,
+    pub config: Option<VmConfig>,
+    /// Milliseconds since the current boot started; absent before the first start.
+    pub uptime_ms: Option<u64>,
+    /// How many times the guest was started (1 + reboots).
+    pub boots: u32,
+}
+
+/// `PUT /vm/actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmActionRequest {
+    pub action: VmAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmAction {
+    Start,
+    Pause,
+    Resume,
+    /// Power the VM off now; the VMM process then exits with status 0.
+    Shutdown,
+    /// Reset the machine and boot the same config again, in the same process.
+    Reboot,
+}
+
+/// `GET /vm/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmMetrics {
+    /// KVM exits by reason, summed over vCPUs and boots.
+    pub exits: BTreeMap<String, u64>,
+    /// CPU time each vCPU thread of the current boot has used, in nanoseconds.
+    pub vcpu_time_ns: Vec<u64>,
+    /// Resident set size of the VMM process (guest memory included), in KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size of the VMM process, in KiB.
+    pub peak_rss_kib: u64,
+}

@@ -1,0 +1,3 @@
+//! Architecture support. Triad runs on x86_64 only for now.
+
+pub mod x86_64;

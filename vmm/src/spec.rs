@@ -1,0 +1,286 @@
+//! `VmConfig` (what the user wrote) becomes `VmSpec` (what this host can boot) in one place.
+//!
+//! Every rule a config can break is checked here, before any KVM object or file exists, so a
+//! bad config costs nothing and its error names the field.
+
+use std::path::{Path, PathBuf};
+
+use triad_api::vmm::{SerialConfig, SerialMode, VmConfig};
+
+use crate::arch::x86_64::layout::CMDLINE_MAX;
+use crate::arch::x86_64::mptable;
+use crate::loader;
+
+/// The smallest guest we boot: low memory, the kernel at 1 MiB and some room after it.
+pub const MIN_MEMORY_MIB: u64 = 4;
+
+/// Limits of the host a config is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    pub max_vcpus: u32,
+    pub memory_mib: u64,
+}
+
+impl HostLimits {
+    /// This host's limits: KVM's vCPU limit and the physical memory.
+    pub fn probe(kvm: &kvm_ioctls::Kvm) -> Self {
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(u64::MAX, |kib| kib >> 10);
+        Self {
+            max_vcpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX),
+            memory_mib,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("boot.kernel {path}: {reason}")]
+    Kernel { path: PathBuf, reason: String },
+    #[error("boot.initrd {path}: {reason}")]
+    Initrd { path: PathBuf, reason: String },
+    #[error("boot.cmdline contains a NUL byte")]
+    CmdlineNul,
+    #[error("boot.cmdline is {len} bytes, more than the {max} a kernel accepts")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("machine.vcpus must be at least 1")]
+    NoVcpus,
+    #[error("machine.vcpus is {asked}, but this host allows at most {max}")]
+    TooManyVcpus { asked: u32, max: u32 },
+    #[error("machine.memory_mib is {asked}, but a VM needs at least {MIN_MEMORY_MIB}")]
+    TooLittleMemory { asked: u64 },
+    #[error("machine.memory_mib is {asked}, but this host has only {host} MiB")]
+    TooMuchMemory { asked: u64, host: u64 },
+    #[error("serial.path is required when serial.mode is \"file\"")]
+    SerialPathMissing,
+    #[error("serial.path is only allowed when serial.mode is \"file\"")]
+    SerialPathUnexpected,
+    #[error("{0}: this triad-vmm does not support devices of this kind yet")]
+    DevicesUnsupported(&'static str),
+}
+
+/// A config this host can boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub mem_bytes: u64,
+    pub serial: SerialConfig,
+}
+
+impl VmSpec {
+    pub fn new(config: &VmConfig, host: HostLimits) -> Result<Self, SpecError> {
+        if !config.drives.is_empty() {
+            return Err(SpecError::DevicesUnsupported("drives"));
+        }
+        if !config.nets.is_empty() {
+            return Err(SpecError::DevicesUnsupported("nets"));
+        }
+        let m = config.machine;
+        let max_vcpus = host.max_vcpus.min(u32::from(mptable::MAX_VCPUS));
+        let vcpus = match m.vcpus {
+            0 => return Err(SpecError::NoVcpus),
+            n if n > max_vcpus => {
+                return Err(SpecError::TooManyVcpus {
+                    asked: n,
+                    max: max_vcpus,
+                })
+            }
+            n => u8::try_from(n).map_err(|_| SpecError::TooManyVcpus {
+                asked: n,
+                max: max_vcpus,
+            })?,
+        };
+        if m.memory_mib < MIN_MEMORY_MIB {
+            return Err(SpecError::TooLittleMemory {
+                asked: m.memory_mib,
+            });
+        }
+        if m.memory_mib > host.memory_mib {
+            return Err(SpecError::TooMuchMemory {
+                asked: m.memory_mib,
+                host: host.memory_mib,
+            });
+        }
+        let boot = &config.boot;
+        if boot.cmdline.as_bytes().contains(&0) {
+            return Err(SpecError::CmdlineNul);
+        }
+        if boot.cmdline.len() >= CMDLINE_MAX {
+            return Err(SpecError::CmdlineTooLong {
+                len: boot.cmdline.len(),
+                max: CMDLINE_MAX - 1,
+            });
+        }
+        loader::check_kernel(&boot.kernel).map_err(|e| SpecError::Kernel {
+            path: boot.kernel.clone(),
+            reason: e,
+        })?;
+        if let Some(initrd) = &boot.initrd {
+            check_regular_file(initrd).map_err(|reason| SpecError::Initrd {
+                path: initrd.clone(),
+                reason,
+            })?;
+        }
+        match (config.serial.mode, &config.serial.path) {
+            (SerialMode::File, None) => return Err(SpecError::SerialPathMissing),
+            (SerialMode::Stdout | SerialMode::Off, Some(_)) => {
+                return Err(SpecError::SerialPathUnexpected)
+            }
+            _ => {}
+        }
+        Ok(Self {
+            kernel: boot.kernel.clone(),
+            initrd: boot.initrd.clone(),
+            cmdline: boot.cmdline.clone(),
+            vcpus,
+            mem_bytes: m.memory_mib << 20,
+            serial: config.serial.clone(),
+        })
+    }
+}
+
+/// Ok when `path` is a regular file we can open for reading; else why not.
+pub fn check_regular_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triad_api::vmm::{BootConfig, MachineConfig};
+
+    const HOST: HostLimits = HostLimits {
+        max_vcpus: 8,
+        memory_mib: 1024,
+    };
+
+    /// A config whose kernel is this test binary (an ELF that exists).
+    fn config() -> VmConfig {
+        VmConfig {
+            boot: BootConfig {
+                kernel: std::env::current_exe().unwrap(),
+                initrd: None,
+                cmdline: "console=ttyS0".into(),
+            },
+            machine: MachineConfig {
+                vcpus: 2,
+                memory_mib: 64,
+            },
+            serial: SerialConfig::default(),
+            drives: vec![],
+            nets: vec![],
+        }
+    }
+
+    fn err(edit: impl FnOnce(&mut VmConfig)) -> SpecError {
+        let mut c = config();
+        edit(&mut c);
+        VmSpec::new(&c, HOST).unwrap_err()
+    }
+
+    #[test]
+    fn good_config_becomes_a_spec() {
+        let spec = VmSpec::new(&config(), HOST).unwrap();
+        assert_eq!((spec.vcpus, spec.mem_bytes), (2, 64 << 20));
+    }
+
+    #[test]
+    fn machine_limits() {
+        assert_eq!(err(|c| c.machine.vcpus = 0), SpecError::NoVcpus);
+        assert_eq!(
+            err(|c| c.machine.vcpus = 9),
+            SpecError::TooManyVcpus { asked: 9, max: 8 }
+        );
+        assert_eq!(
+            err(|c| c.machine.memory_mib = 0),
+            SpecError::TooLittleMemory { asked: 0 }
+        );
+        assert_eq!(
+            err(|c| c.machine.memory_mib = u64::MAX),
+            SpecError::TooMuchMemory {
+                asked: u64::MAX,
+                host: 1024
+            }
+        );
+        let many = HostLimits {
+            max_vcpus: 1024,
+            ..HOST
+        };
+        let mut c = config();
+        c.machine.vcpus = 300;
+        assert_eq!(
+            VmSpec::new(&c, many).unwrap_err(),
+            SpecError::TooManyVcpus {
+                asked: 300,
+                max: 254
+            }
+        );
+    }
+
+    #[test]
+    fn files_must_exist() {
+        let e = err(|c| c.boot.kernel = "/nonexistent/kernel".into());
+        assert!(
+            e.to_string()
+                .starts_with("boot.kernel /nonexistent/kernel:"),
+            "{e}"
+        );
+        let e = err(|c| c.boot.kernel = "/".into());
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = err(|c| c.boot.initrd = Some("/nonexistent/initrd".into()));
+        assert!(matches!(e, SpecError::Initrd { .. }));
+    }
+
+    #[test]
+    fn kernel_must_look_like_a_kernel() {
+        let e = err(|c| c.boot.kernel = "/etc/hostname".into());
+        assert!(
+            e.to_string()
+                .contains("neither an ELF kernel nor a bzImage"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn serial_and_devices() {
+        assert_eq!(
+            err(|c| c.serial.mode = SerialMode::File),
+            SpecError::SerialPathMissing
+        );
+        assert_eq!(
+            err(|c| c.serial.path = Some("/tmp/x".into())),
+            SpecError::SerialPathUnexpected
+        );
+        assert_eq!(
+            err(|c| c.drives.push(serde_json::json!({"path": "/x"}))),
+            SpecError::DevicesUnsupported("drives")
+        );
+        assert_eq!(
+            err(|c| c.nets.push(serde_json::json!({}))),
+            SpecError::DevicesUnsupported("nets")
+        );
+        assert_eq!(
+            err(|c| c.boot.cmdline = "a\0b".into()),
+            SpecError::CmdlineNul
+        );
+        assert!(matches!(
+            err(|c| c.boot.cmdline = "x".repeat(5000)),
+            SpecError::CmdlineTooLong { .. }
+        ));
+    }
+}

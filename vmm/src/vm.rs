@@ -1,0 +1,158 @@
+//! One boot of a VM: KVM objects, guest memory, devices and running vCPUs, built by one linear
+//! recipe from a `VmSpec`.
+//!
+//! A reboot throws the whole `Vm` away and builds a new one from the same spec, so no state of
+//! the previous boot (memory, device registers, vCPU state) can leak into the next.
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP, KVM_TSS};
+use crate::arch::x86_64::{self as arch, cpuid, regs, BootSetup};
+use crate::devices::serial::{GuestSerial, SerialOutput, COM1_IRQ};
+use crate::devices::PortBus;
+use crate::loader;
+use crate::memory::{self, GuestMemoryMmap};
+use crate::spec::VmSpec;
+use crate::vcpu::{VcpuContext, Vcpus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("creating the KVM VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("setting up the VM's {0}")]
+    Platform(&'static str, #[source] kvm_ioctls::Error),
+    #[error("setting up guest memory")]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+    #[error("writing boot structures")]
+    Boot(#[from] arch::BootError),
+    #[error("creating the serial interrupt")]
+    SerialIrq(#[source] std::io::Error),
+    #[error("creating vCPU {id}")]
+    CreateVcpu {
+        id: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("setting CPUID of vCPU {id}")]
+    Cpuid {
+        id: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("setting registers of vCPU {id}")]
+    Registers {
+        id: u8,
+        #[source]
+        source: regs::RegsError,
+    },
+    #[error("starting vCPU threads")]
+    StartVcpus(#[source] std::io::Error),
+}
+
+/// A running boot. Dropping it stops the vCPUs and frees everything.
+#[derive(Debug)]
+pub struct Vm {
+    // Field order is drop order: vCPU threads stop before the VM fd and memory go away.
+    vcpus: Vcpus,
+    _vm: VmFd,
+    _memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Builds the VM for `spec` and starts its vCPUs.
+    pub fn boot(
+        kvm: &Kvm,
+        spec: &VmSpec,
+        serial: SerialOutput,
+        cx: impl FnOnce(Arc<PortBus>) -> VcpuContext,
+    ) -> Result<Self, BuildError> {
+        // 1. KVM VM and the in-kernel platform: IOAPIC + PIC + LAPICs, PIT.
+        let vm = kvm.create_vm().map_err(BuildError::CreateVm)?;
+        vm.set_tss_address(usize::try_from(KVM_TSS).unwrap_or(usize::MAX))
+            .map_err(|e| BuildError::Platform("TSS", e))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP)
+            .map_err(|e| BuildError::Platform("identity map", e))?;
+        vm.create_irq_chip()
+            .map_err(|e| BuildError::Platform("irqchip", e))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(|e| BuildError::Platform("PIT", e))?;
+
+        // 2. Guest memory.
+        let mem = memory::create(spec.mem_bytes)?;
+        memory::register(&vm, &mem)?;
+
+        // 3. Kernel, initrd and the boot structures that describe them.
+        let kernel = loader::load_kernel(&mem, &spec.kernel)?;
+        let initrd = spec
+            .initrd
+            .as_deref()
+            .map(|path| loader::load_initrd(&mem, path, &kernel, spec.mem_bytes))
+            .transpose()?;
+        let entry = arch::write_boot_structures(
+            &mem,
+            &BootSetup {
+                kernel: kernel.entry,
+                cmdline: &spec.cmdline,
+                initrd,
+                mem_bytes: spec.mem_bytes,
+                vcpus: spec.vcpus,
+            },
+        )?;
+
+        // 4. Devices.
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::SerialIrq)?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(|e| BuildError::Platform("serial irqfd", e))?;
+        let bus = Arc::new(PortBus::new(GuestSerial::new(serial, Some(serial_irq))));
+
+        // 5. vCPUs: CPUID and MSRs for all, registers for the boot vCPU.
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| BuildError::Platform("supported CPUID", e))?;
+        let mut fds = Vec::with_capacity(usize::from(spec.vcpus));
+        for id in 0..spec.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(|source| BuildError::CreateVcpu { id, source })?;
+            let mut cpuid = supported.clone();
+            cpuid::filter(cpuid.as_mut_slice(), id, spec.vcpus);
+            fd.set_cpuid2(&cpuid)
+                .map_err(|source| BuildError::Cpuid { id, source })?;
+            regs::setup_common(&fd).map_err(|source| BuildError::Registers { id, source })?;
+            if id == 0 {
+                regs::setup_boot_vcpu(&fd, entry)
+                    .map_err(|source| BuildError::Registers { id, source })?;
+            }
+            fds.push(fd);
+        }
+
+        // 6. Go.
+        let vcpus = Vcpus::start(fds, &cx(bus)).map_err(BuildError::StartVcpus)?;
+        Ok(Self {
+            vcpus,
+            _vm: vm,
+            _memory: mem,
+        })
+    }
+
+    pub fn pause(&self) {
+        self.vcpus.pause();
+    }
+
+    pub fn resume(&self) {
+        self.vcpus.resume();
+    }
+
+    pub fn vcpu_time_ns(&self) -> Vec<u64> {
+        self.vcpus.cpu_time_ns()
+    }
+}
