@@ -1,0 +1,39 @@
+# Shared by the scripts in scripts/: package installation and small helpers.
+# Source it; it does nothing by itself.
+
+as_root() {
+	if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+# need_packages PKG...: installs the Debian packages that are not installed yet.
+need_packages() {
+	local missing=() p
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	((${#missing[@]})) || return 0
+	echo "installing ${missing[*]}" >&2
+	if ((!apt_updated)); then
+		as_root apt-get update -qq
+		apt_updated=1
+	fi
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# need_cargo: a Rust toolchain through rustup when none is on PATH.
+need_cargo() {
+	[[ -f $HOME/.cargo/env ]] && . "$HOME/.cargo/env"
+	command -v cargo >/dev/null && return 0
+	need_packages curl ca-certificates
+	echo "installing the Rust toolchain with rustup" >&2
+	curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt >&2
+	. "$HOME/.cargo/env"
+}
+
+# kvm_boots_linux: true when this host's KVM can run a stock Linux kernel (not nested PVM).
+kvm_boots_linux() {
+	[[ -e /dev/kvm ]] || return 1
+	[[ -d /sys/module/kvm_intel || -d /sys/module/kvm_amd ]] && return 0
+	[[ ! -d /sys/module/kvm_pvm ]]
+}
