@@ -24,6 +24,8 @@ pub enum ClientError {
     },
     #[error("decoding the response body")]
     Decode(#[source] serde_json::Error),
+    #[error("encoding the request body")]
+    Encode(#[source] serde_json::Error),
     #[error("the server answered {status}: {message}")]
     Status { status: u16, message: String },
     #[error("talking to the server")]
@@ -31,6 +33,9 @@ pub enum ClientError {
     #[error("malformed response: {0}")]
     Malformed(&'static str),
 }
+
+/// The most a response may be; a server that sends more is cut off there.
+const MAX_RESPONSE: u64 = 4 << 20;
 
 /// A raw HTTP response: status and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +67,7 @@ pub fn request(
     stream.write_all(head.as_bytes())?;
     stream.write_all(body.as_bytes())?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    stream.take(MAX_RESPONSE).read_to_end(&mut raw)?;
     parse_response(&raw)
 }
 
@@ -123,7 +128,7 @@ impl VmmClient {
         let body = body
             .map(serde_json::to_string)
             .transpose()
-            .map_err(ClientError::Decode)?;
+            .map_err(ClientError::Encode)?;
         let resp = request(&self.socket, method, path, body.as_deref(), self.timeout)?;
         if !(200..300).contains(&resp.status) {
             let message = serde_json::from_str::<ErrorBody>(&resp.body)

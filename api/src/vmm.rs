@@ -88,7 +88,7 @@ pub enum VmState {
 
 /// `GET /vm`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Responses accept fields they do not know, so an older client can read a newer VMM.
 pub struct VmInfo {
     pub state: VmState,
     pub config: Option<VmConfig>,
@@ -119,7 +119,7 @@ pub enum VmAction {
 
 /// `GET /vm/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Responses accept fields they do not know, so an older client can read a newer VMM.
 pub struct VmMetrics {
     /// KVM exits by reason, summed over vCPUs and boots.
     pub exits: BTreeMap<String, u64>,

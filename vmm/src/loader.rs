@@ -20,6 +20,8 @@ const BZIMAGE_ENTRY_64: u64 = 0x200;
 /// Linux's default highest initrd address for boot protocols that do not state one.
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 const PAGE: u64 = 0x1000;
+/// `xloadflags` bit: the kernel has the 64-bit entry at load address + 0x200.
+const XLF_KERNEL_64: u16 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -42,6 +44,8 @@ pub enum LoadError {
         path: PathBuf,
         source: linux_loader::loader::Error,
     },
+    #[error("bzImage {path} has no 64-bit entry point (XLF_KERNEL_64 is not set)")]
+    No64BitEntry { path: PathBuf },
     #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} after the kernel")]
     InitrdTooLarge {
         path: PathBuf,
@@ -153,12 +157,22 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
             )
             .map_err(kernel_err)?;
             let header = r.setup_header.unwrap_or_default();
+            // Protocol 2.12 says whether the 64-bit entry exists; older kernels always had it.
+            if header.version >= 0x20c && header.xloadflags & XLF_KERNEL_64 == 0 {
+                return Err(LoadError::No64BitEntry {
+                    path: path.to_owned(),
+                });
+            }
+            let load = r.kernel_load.raw_value();
+            // The kernel decompresses in place up to `init_size` past its load address; keep
+            // that free for the initrd's sake too.
+            let end = r.kernel_end.max(load + u64::from(header.init_size));
             Ok(LoadedKernel {
                 entry: KernelEntry::Linux64 {
-                    entry: r.kernel_load.raw_value() + BZIMAGE_ENTRY_64,
+                    entry: load + BZIMAGE_ENTRY_64,
                     header,
                 },
-                end: r.kernel_end,
+                end,
             })
         }
     }

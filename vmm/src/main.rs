@@ -10,7 +10,7 @@ use std::sync::mpsc;
 
 use anyhow::Context;
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use triad_api::vmm::VmConfig;
 use triad_vmm::api::server::ApiSocket;
 use triad_vmm::{error_chain, Event, Vmm, EXIT_VMM_ERROR};
@@ -21,6 +21,9 @@ use triad_vmm::{error_chain, Event, Vmm, EXIT_VMM_ERROR};
     version,
     about = "Triad's virtual machine monitor: one VM per process"
 )]
+#[command(group(
+    clap::ArgGroup::new("mode").required(true).multiple(true).args(["config", "api_sock"])
+))]
 struct Args {
     /// VM config file (JSON); the VM boots at once.
     #[arg(long, value_name = "FILE")]
@@ -49,9 +52,6 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
-    if args.config.is_none() && args.api_sock.is_none() {
-        anyhow::bail!("nothing to do: give --config FILE, --api-sock PATH, or both");
-    }
     let config = args.config.as_deref().map(read_config).transpose()?;
     let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
     let (events_tx, events_rx) = mpsc::channel();
@@ -59,9 +59,10 @@ fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(config) = config {
         vmm.configure(config)?;
     }
-    // Bind before booting so a busy socket path fails without having run the guest.
-    let mut socket = args.api_sock.as_deref().map(ApiSocket::bind).transpose()?;
+    // Signals first, so that one arriving later still removes the socket; bind before
+    // booting, so that a busy socket path fails without having run the guest.
     forward_signals(events_tx.clone())?;
+    let mut socket = args.api_sock.as_deref().map(ApiSocket::bind).transpose()?;
     if args.config.is_some() {
         vmm.start()?;
     }
@@ -77,9 +78,10 @@ fn read_config(path: &std::path::Path) -> anyhow::Result<VmConfig> {
     serde_json::from_str(&text).with_context(|| format!("config {}", path.display()))
 }
 
-/// SIGTERM and SIGINT power the VM off through the event loop, so the socket file goes too.
+/// SIGTERM, SIGINT, SIGHUP and SIGQUIT power the VM off through the event loop, so the socket
+/// file goes too.
 fn forward_signals(events: mpsc::Sender<Event>) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT])
         .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())

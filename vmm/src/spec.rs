@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use triad_api::vmm::{SerialConfig, SerialMode, VmConfig};
+use triad_api::vmm::{SerialMode, VmConfig};
 
 use crate::arch::x86_64::layout::CMDLINE_MAX;
 use crate::arch::x86_64::mptable;
@@ -59,6 +59,8 @@ pub enum SpecError {
     TooMuchMemory { asked: u64, host: u64 },
     #[error("serial.path is required when serial.mode is \"file\"")]
     SerialPathMissing,
+    #[error("serial.path {0} exists and is not a regular file")]
+    SerialPathNotFile(PathBuf),
     #[error("serial.path is only allowed when serial.mode is \"file\"")]
     SerialPathUnexpected,
     #[error("{0}: this triad-vmm does not support devices of this kind yet")]
@@ -73,7 +75,6 @@ pub struct VmSpec {
     pub cmdline: String,
     pub vcpus: u8,
     pub mem_bytes: u64,
-    pub serial: SerialConfig,
 }
 
 impl VmSpec {
@@ -110,6 +111,13 @@ impl VmSpec {
                 host: host.memory_mib,
             });
         }
+        let mem_bytes = m
+            .memory_mib
+            .checked_mul(1 << 20)
+            .ok_or(SpecError::TooMuchMemory {
+                asked: m.memory_mib,
+                host: host.memory_mib,
+            })?;
         let boot = &config.boot;
         if boot.cmdline.as_bytes().contains(&0) {
             return Err(SpecError::CmdlineNul);
@@ -135,6 +143,12 @@ impl VmSpec {
             (SerialMode::Stdout | SerialMode::Off, Some(_)) => {
                 return Err(SpecError::SerialPathUnexpected)
             }
+            // A FIFO or device would block the VMM on open or write; only plain files.
+            (SerialMode::File, Some(path))
+                if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) =>
+            {
+                return Err(SpecError::SerialPathNotFile(path.clone()));
+            }
             _ => {}
         }
         Ok(Self {
@@ -142,8 +156,7 @@ impl VmSpec {
             initrd: boot.initrd.clone(),
             cmdline: boot.cmdline.clone(),
             vcpus,
-            mem_bytes: m.memory_mib << 20,
-            serial: config.serial.clone(),
+            mem_bytes,
         })
     }
 }
@@ -162,7 +175,7 @@ pub fn check_regular_file(path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use triad_api::vmm::{BootConfig, MachineConfig};
+    use triad_api::vmm::{BootConfig, MachineConfig, SerialConfig};
 
     const HOST: HostLimits = HostLimits {
         max_vcpus: 8,

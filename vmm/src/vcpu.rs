@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -96,13 +96,27 @@ impl Control {
     }
 }
 
-/// Ends-of-thread bookkeeping that runs however the thread ends.
-struct EndGuard(Arc<Control>);
+/// End-of-thread bookkeeping that runs however the thread ends, a panic included: the VMM
+/// hears of the failure instead of running on with a vCPU less.
+struct EndGuard<'a> {
+    control: Arc<Control>,
+    cx: &'a VcpuContext,
+    id: u8,
+}
 
-impl Drop for EndGuard {
+impl Drop for EndGuard<'_> {
     fn drop(&mut self) {
-        self.0.lock().ended += 1;
-        self.0.changed.notify_all();
+        if std::thread::panicking() {
+            let _ = self.cx.events.send(Event::Vcpu {
+                boot_id: self.cx.boot_id,
+                event: VcpuEvent::Failed {
+                    vcpu: self.id,
+                    reason: "the vCPU thread panicked".into(),
+                },
+            });
+        }
+        self.control.lock().ended += 1;
+        self.control.changed.notify_all();
     }
 }
 
@@ -112,15 +126,13 @@ fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
-/// Installs the no-op kick handler once per process.
+/// Installs the no-op kick handler once per process; a failure is remembered, since kicking
+/// without the handler would kill the process.
 fn install_kick_handler() -> std::io::Result<()> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = register_signal_handler(kick_signal(), on_kick)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
-    });
-    result
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
+        .map_err(std::io::Error::from_raw_os_error)
 }
 
 /// The vCPU threads of one boot.
@@ -261,7 +273,12 @@ struct Runner {
 
 impl Runner {
     fn run(mut self) {
-        let _end = EndGuard(self.control.clone());
+        let cx = self.cx.clone();
+        let _end = EndGuard {
+            control: self.control.clone(),
+            cx: &cx,
+            id: self.id,
+        };
         while self.wait_until_runnable() {
             if let Some(event) = self.run_once() {
                 // The VMM may already be gone; then nobody needs the event.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -45,12 +45,16 @@ pub enum BuildError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("the filtered CPUID has more entries than KVM accepts")]
+    CpuidTooLarge,
     #[error("setting registers of vCPU {id}")]
     Registers {
         id: u8,
         #[source]
         source: regs::RegsError,
     },
+    #[error("starting a helper thread")]
+    Thread(#[source] std::io::Error),
     #[error("starting vCPU threads")]
     StartVcpus(#[source] std::io::Error),
 }
@@ -72,7 +76,10 @@ impl Vm {
         serial: SerialOutput,
         cx: impl FnOnce(Arc<PortBus>) -> VcpuContext,
     ) -> Result<Self, BuildError> {
-        // 1. KVM VM and the in-kernel platform: IOAPIC + PIC + LAPICs, PIT.
+        // 1. Guest memory (mapped before the VM exists, so that on an error it outlives the
+        // VM fd that still has it registered), then the KVM VM and the in-kernel platform:
+        // IOAPIC + PIC + LAPICs, PIT.
+        let mem = memory::create(spec.mem_bytes)?;
         let vm = kvm.create_vm().map_err(BuildError::CreateVm)?;
         vm.set_tss_address(usize::try_from(KVM_TSS).unwrap_or(usize::MAX))
             .map_err(|e| BuildError::Platform("TSS", e))?;
@@ -86,15 +93,17 @@ impl Vm {
         })
         .map_err(|e| BuildError::Platform("PIT", e))?;
 
-        // 2. Guest memory. Registering the memory slot is a fixed cost of several
+        // 2. Registering the memory slot is a fixed cost of several
         // milliseconds in KVM, so it runs on a helper thread while this one fills memory and
         // prepares the vCPUs, which do not need the slot yet.
-        let mem = memory::create(spec.mem_bytes)?;
         let (bus, fds) = std::thread::scope(|scope| {
-            let slot = scope.spawn(|| memory::register(&vm, &mem));
+            let slot = std::thread::Builder::new()
+                .name("memslot".into())
+                .spawn_scoped(scope, || memory::register(&vm, &mem))
+                .map_err(BuildError::Thread)?;
             let prepared = prepare(kvm, &vm, &mem, spec, serial);
-            let registered = slot.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            registered?;
+            slot.join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
             prepared
         })?;
 
@@ -161,8 +170,9 @@ fn prepare(
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|source| BuildError::CreateVcpu { id, source })?;
-        let mut cpuid = supported.clone();
-        cpuid::filter(cpuid.as_mut_slice(), id, spec.vcpus);
+        let mut entries = supported.as_slice().to_vec();
+        cpuid::filter(&mut entries, id, spec.vcpus);
+        let cpuid = CpuId::from_entries(&entries).map_err(|_| BuildError::CpuidTooLarge)?;
         fd.set_cpuid2(&cpuid)
             .map_err(|source| BuildError::Cpuid { id, source })?;
         regs::setup_common(&fd).map_err(|source| BuildError::Registers { id, source })?;

@@ -78,6 +78,8 @@ impl Vmm {
         let spec =
             VmSpec::new(&config, self.limits).map_err(|e| ApiError::Invalid(e.to_string()))?;
         self.config = Some((config, spec));
+        // A new config may name a new serial path; open it at the next start.
+        self.serial = None;
         self.state = VmState::Configured;
         Ok(())
     }
@@ -96,8 +98,17 @@ impl Vmm {
         self.boot()
     }
 
-    /// Runs the loop until the VM is over; returns the process exit status.
+    /// Runs the loop until the VM is over; returns the process exit status once the guest's
+    /// last serial output is written.
     pub fn run(mut self, events: Receiver<Event>) -> i32 {
+        let status = self.serve(&events);
+        if let Some(serial) = &self.serial {
+            serial.finish(REPLY_GRACE);
+        }
+        status
+    }
+
+    fn serve(&mut self, events: &Receiver<Event>) -> i32 {
         loop {
             if let Some(status) = self.exit_status {
                 if self.replies_in_flight == 0 {
@@ -191,10 +202,11 @@ impl Vmm {
             }
             VcpuEvent::Reset => {
                 tracing::info!("guest reset");
-                if let Err(e) = self.reboot() {
-                    tracing::error!("rebooting after a guest reset: {e}");
-                    eprintln!("triad-vmm: error: rebooting after a guest reset: {e}");
-                    self.power_off(EXIT_VMM_ERROR);
+                let was_paused = self.state == VmState::Paused;
+                // A failed reboot has already powered off and said why.
+                if self.reboot().is_ok() && was_paused {
+                    // The reset raced with a pause the client was told about; honour the pause.
+                    self.act(VmAction::Pause).ok();
                 }
             }
             VcpuEvent::Failed { vcpu, reason } => {
@@ -205,9 +217,15 @@ impl Vmm {
         }
     }
 
+    /// Replaces the running boot with a new one; if that fails the VM is powered off, since
+    /// no boot is left to run.
     fn reboot(&mut self) -> Result<(), ApiError> {
         self.vm = None;
-        self.boot()
+        self.boot().inspect_err(|e| {
+            tracing::error!("rebooting: {e}");
+            eprintln!("triad-vmm: error: rebooting: {e}");
+            self.power_off(EXIT_VMM_ERROR);
+        })
     }
 
     fn power_off(&mut self, status: i32) {
@@ -249,7 +267,8 @@ impl Vmm {
                 .map(SerialOutput::file)
                 .map_err(|e| ApiError::Invalid(format!("serial.path {}: {e}", path.display()))),
             (SerialMode::Off, _) => Ok(SerialOutput::off()),
-            _ => Ok(SerialOutput::stdout()),
+            _ => SerialOutput::stdout()
+                .map_err(|e| ApiError::Failed(format!("starting the serial output thread: {e}"))),
         }
     }
 

@@ -49,7 +49,13 @@ fn configure_start_pause_resume_shutdown() {
     // Paused: the guest's ticks stop.
     assert_eq!(api.action(VmAction::Pause).unwrap().state, VmState::Paused);
     let before = std::fs::read_to_string(&serial).unwrap();
+    let cpu_before = api.metrics().unwrap().vcpu_time_ns;
     std::thread::sleep(Duration::from_millis(400));
+    // Parked vCPU threads use no CPU (allow a little for the wake-up bookkeeping).
+    let cpu_after = api.metrics().unwrap().vcpu_time_ns;
+    for (b, a) in cpu_before.iter().zip(&cpu_after) {
+        assert!(a - b < 5_000_000, "vCPU ran {} ns while paused", a - b);
+    }
     assert_eq!(
         std::fs::read_to_string(&serial).unwrap(),
         before,

@@ -103,11 +103,45 @@ fn bad_configs_are_rejected_by_name() {
     assert_rejected("not-json", "{\"boot\":", "config");
 }
 
+/// A kernel that passes the config checks but fails to load: the VMM has bound its socket by
+/// then, and must still remove it.
+#[test]
+fn failure_after_binding_removes_the_socket() {
+    if !kvm_available("failure_after_binding_removes_the_socket") {
+        return;
+    }
+    let dir = TempDir::new("bad-elf-kernel");
+    let kernel = dir.join("truncated.elf");
+    std::fs::write(&kernel, b"\x7fELF\x02\x01\x01\x00").unwrap();
+    assert_rejected(
+        "bad-elf",
+        &with(|v| v["boot"]["kernel"] = kernel.to_str().into()),
+        "loading kernel",
+    );
+}
+
+#[test]
+fn socket_path_that_is_not_a_socket_is_left_alone() {
+    if !kvm_available("socket_path_that_is_not_a_socket_is_left_alone") {
+        return;
+    }
+    let dir = TempDir::new("sock-is-file");
+    let file = dir.join("precious.json");
+    std::fs::write(&file, "{}").unwrap();
+    let (code, _, err) = run_vmm(&["--api-sock", file.to_str().unwrap()], TIMEOUT);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "{}");
+}
+
 #[test]
 fn usage_errors() {
     let (code, _, err) = run_vmm(&[], TIMEOUT);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("nothing to do"), "{err}");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--config") && err.contains("--api-sock"),
+        "{err}"
+    );
     let (code, _, err) = run_vmm(&["--config", "/nonexistent/vm.json"], TIMEOUT);
     assert_eq!(code, Some(1));
     assert!(err.contains("reading config /nonexistent/vm.json"), "{err}");

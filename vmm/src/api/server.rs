@@ -4,10 +4,11 @@
 //! the VMM; every failure becomes a JSON `{"error": ...}` with a 4xx or 5xx status.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use triad_api::vmm::{VmActionRequest, VmConfig};
 use triad_api::ErrorBody;
@@ -17,10 +18,14 @@ use crate::Event;
 
 const MAX_HEAD: usize = 16 << 10;
 const MAX_BODY: usize = 1 << 20;
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole request must arrive within this, however slowly a client trickles it in: the
+/// server answers one connection at a time, and hostd must never find the VMM unreachable.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
     #[error("another process is already serving {0}")]
     InUse(PathBuf),
     #[error("binding {path}")]
@@ -42,11 +47,14 @@ impl ApiSocket {
     /// Binds `path`, replacing a stale socket file left by a VMM that died, but never one
     /// that a live process still answers on.
     pub fn bind(path: &Path) -> Result<Self, ServerError> {
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(ServerError::NotASocket(path.to_owned()));
+            }
             if UnixStream::connect(path).is_ok() {
                 return Err(ServerError::InUse(path.to_owned()));
             }
-            // A stale file; if removing it fails, bind reports the real problem.
+            // A stale socket; if removing it fails, bind reports the real problem.
             let _ = std::fs::remove_file(path);
         }
         let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
@@ -86,11 +94,15 @@ impl Drop for ApiSocket {
 }
 
 fn handle(mut stream: UnixStream, events: &Sender<Event>) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let (status, body) = match read_request(&mut stream) {
+    let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut dispatched = false;
+    let (status, body) = match read_request(&mut stream, deadline) {
         Ok((method, path, body)) => match route(&method, &path, &body) {
-            Ok(request) => dispatch(request, events),
+            Ok(request) => {
+                dispatched = true;
+                dispatch(request, events)
+            }
             Err(e) => e,
         },
         Err(e) => e,
@@ -100,6 +112,7 @@ fn handle(mut stream: UnixStream, events: &Sender<Event>) {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
         _ => "Internal Server Error",
@@ -111,7 +124,9 @@ fn handle(mut stream: UnixStream, events: &Sender<Event>) {
     );
     // The client may have gone; nothing to do about it.
     let _ = stream.write_all(response.as_bytes());
-    let _ = events.send(Event::ReplyWritten);
+    if dispatched {
+        let _ = events.send(Event::ReplyWritten);
+    }
 }
 
 type HttpError = (u16, String);
@@ -121,7 +136,29 @@ fn error(status: u16, message: impl Into<String>) -> HttpError {
     (status, body)
 }
 
-fn read_request(stream: &mut UnixStream) -> Result<(String, String, Vec<u8>), HttpError> {
+/// Reads up to `chunk.len()` bytes, giving up at `deadline`.
+fn read_some(
+    stream: &mut UnixStream,
+    chunk: &mut [u8],
+    deadline: Instant,
+) -> Result<usize, HttpError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(error(408, "the request did not arrive in time"));
+    }
+    let _ = stream.set_read_timeout(Some(left));
+    stream.read(chunk).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            error(408, "the request did not arrive in time")
+        }
+        _ => error(400, format!("reading the request: {e}")),
+    })
+}
+
+fn read_request(
+    stream: &mut UnixStream,
+    deadline: Instant,
+) -> Result<(String, String, Vec<u8>), HttpError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -137,9 +174,7 @@ fn read_request(stream: &mut UnixStream) -> Result<(String, String, Vec<u8>), Ht
                 }
                 let mut body = buf[head_len..].to_vec();
                 while body.len() < len {
-                    let n = stream
-                        .read(&mut chunk)
-                        .map_err(|e| error(400, format!("reading the request body: {e}")))?;
+                    let n = read_some(stream, &mut chunk, deadline)?;
                     if n == 0 {
                         return Err(error(400, "request body shorter than Content-Length"));
                     }
@@ -149,9 +184,7 @@ fn read_request(stream: &mut UnixStream) -> Result<(String, String, Vec<u8>), Ht
                 return Ok((method, path, body));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
-                let n = stream
-                    .read(&mut chunk)
-                    .map_err(|e| error(400, format!("reading the request: {e}")))?;
+                let n = read_some(stream, &mut chunk, deadline)?;
                 if n == 0 {
                     return Err(error(
                         400,

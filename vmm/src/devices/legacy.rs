@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Writing byte N here powers the VM off and `triad-vmm` exits with status N. Same port as
-/// QEMU's conventional `isa-debug-exit,iobase=0xf4`, so one guest works under both.
+/// QEMU's conventional `isa-debug-exit,iobase=0xf4` (where QEMU exits with `N << 1 | 1`), so
+/// one guest can end itself under both.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 pub const I8042_BASE: u16 = 0x60;
 pub const I8042_COMMAND: u16 = 0x64;

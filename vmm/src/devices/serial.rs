@@ -4,13 +4,17 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 pub const COM1_BASE: u16 = 0x3f8;
+/// Writes (one per guest byte, typically) queued for stdout before output is dropped.
+const STDOUT_QUEUE: usize = 64 << 10;
 pub const COM1_LEN: u16 = 8;
 /// COM1's ISA interrupt line.
 pub const COM1_IRQ: u32 = 4;
@@ -18,7 +22,13 @@ pub const COM1_IRQ: u32 = 4;
 #[derive(Debug)]
 enum Sink {
     File(File),
-    Stdout,
+    /// Bytes go to a writer thread through a bounded queue: a stdout pipe nobody reads must
+    /// not block a vCPU (and with it pause, stop and shutdown); when the queue is full, guest
+    /// output is dropped.
+    Stdout {
+        queue: SyncSender<Vec<u8>>,
+        drained: Receiver<()>,
+    },
     Off,
     #[cfg(test)]
     Memory(Vec<u8>),
@@ -33,8 +43,35 @@ impl SerialOutput {
         Self::with(Sink::File(file))
     }
 
-    pub fn stdout() -> Self {
-        Self::with(Sink::Stdout)
+    pub fn stdout() -> std::io::Result<Self> {
+        let (queue, rx) = sync_channel::<Vec<u8>>(STDOUT_QUEUE);
+        let (drained_tx, drained) = channel();
+        std::thread::Builder::new()
+            .name("serial-stdout".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let mut out = std::io::stdout();
+                for chunk in rx {
+                    if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+                        break;
+                    }
+                }
+                let _ = drained_tx.send(());
+            })?;
+        Ok(Self::with(Sink::Stdout { queue, drained }))
+    }
+
+    /// Stops taking output and waits, at most `grace`, until what was queued is written.
+    pub fn finish(&self, grace: Duration) {
+        let sink = std::mem::replace(&mut *self.lock(), Sink::Off);
+        if let Sink::Stdout { queue, drained } = sink {
+            drop(queue);
+            let _ = drained.recv_timeout(grace);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sink> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn off() -> Self {
@@ -61,14 +98,12 @@ impl SerialOutput {
 
 impl Write for SerialOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut sink = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *sink {
+        match &mut *self.lock() {
             // Unbuffered: whoever watches the file sees each byte as the guest writes it.
             Sink::File(f) => f.write(buf),
-            Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(buf)?;
-                out.flush()?;
+            Sink::Stdout { queue, .. } => {
+                // Full queue or a dead writer: the bytes are dropped, the guest goes on.
+                let _ = queue.try_send(buf.to_vec());
                 Ok(buf.len())
             }
             Sink::Off => Ok(buf.len()),

@@ -3,7 +3,7 @@
 //!
 //! Pure over the entry list so it is unit-tested without KVM.
 
-use kvm_bindings::kvm_cpuid_entry2;
+use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
@@ -18,7 +18,22 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 
 /// Adjusts KVM's supported CPUID for vCPU `apic_id` of a `vcpus`-vCPU VM.
-pub fn filter(entries: &mut [kvm_cpuid_entry2], apic_id: u8, vcpus: u8) {
+pub fn filter(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u8, vcpus: u8) {
+    // KVM reports only the SMT level of leaf 0xb; a guest learns cores per package from the
+    // core level (subleaf 1), so add it where KVM left it out.
+    let has = |function, index| {
+        entries
+            .iter()
+            .any(|e| e.function == function && e.index == index)
+    };
+    if has(LEAF_EXT_TOPOLOGY, 0) && !has(LEAF_EXT_TOPOLOGY, 1) {
+        entries.push(kvm_cpuid_entry2 {
+            function: LEAF_EXT_TOPOLOGY,
+            index: 1,
+            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            ..Default::default()
+        });
+    }
     // Bits needed to number `vcpus` logical CPUs in the x2APIC ID.
     let id_bits = u32::BITS - u32::from(vcpus.max(1) - 1).leading_zeros();
     for e in entries.iter_mut() {
@@ -37,8 +52,10 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], apic_id: u8, vcpus: u8) {
                 }
             }
             LEAF_CACHE_PARAMS => {
-                // EAX[31:26]: cores per package minus one; every vCPU is a core of one package.
-                e.eax = (e.eax & 0x03ff_ffff) | ((u32::from(vcpus) - 1) << 26);
+                // EAX[31:26]: cores per package minus one (a 6-bit field); every vCPU is a
+                // core of one package.
+                let cores = (u32::from(vcpus) - 1).min(63);
+                e.eax = (e.eax & 0x03ff_ffff) | (cores << 26);
             }
             LEAF_PERFMON => {
                 // No virtual PMU.
@@ -102,6 +119,30 @@ mod tests {
         ];
         filter(&mut v, apic_id, vcpus);
         v
+    }
+
+    #[test]
+    fn adds_the_core_level_kvm_leaves_out() {
+        // KVM's real shape: leaf 0xb with subleaf 0 only.
+        let mut v = vec![entry(0x1, 0), entry(0xb, 0)];
+        filter(&mut v, 1, 4);
+        let core = v
+            .iter()
+            .find(|e| e.function == 0xb && e.index == 1)
+            .unwrap();
+        assert_eq!((core.eax, core.ebx, core.ecx >> 8, core.edx), (2, 4, 2, 1));
+        assert_eq!(core.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        // No leaf 0xb at all: nothing is invented.
+        let mut v = vec![entry(0x1, 0)];
+        filter(&mut v, 0, 4);
+        assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn many_vcpus_saturate_the_cores_field() {
+        let mut v = vec![entry(0x4, 0)];
+        filter(&mut v, 0, 200);
+        assert_eq!(v[0].eax >> 26, 63);
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn descriptor(seg: Segment) -> u64 {
     (limit & 0xffff) | (access << 40) | (((limit >> 16) & 0xf) << 48) | (flags << 52)
 }
 
-/// The TSS placeholder: present, 32-bit available TSS (type 0xB busy), tiny limit.
+/// The TSS placeholder: present, 32-bit busy TSS (type 0xB), tiny limit.
 pub fn tss_descriptor() -> u64 {
     0x67 | (0x8b << 40)
 }

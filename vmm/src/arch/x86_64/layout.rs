@@ -43,7 +43,7 @@ pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// The 3 pages KVM needs for the TSS (Intel), just below the IOAPIC.
 pub const KVM_TSS: u64 = 0xfffb_d000;
-/// One page KVM needs for the real-mode identity map (Intel), after the TSS.
+/// One page KVM needs for the real-mode identity map (Intel), just below the TSS.
 pub const KVM_IDENTITY_MAP: u64 = 0xfffb_c000;
 
 /// The guest-physical RAM ranges for `mem_bytes` of memory: one range below the MMIO hole,
