@@ -89,7 +89,7 @@ def main():
                 '"serial":{"mode":"stdout"}}' % (guest, mem_mib))
     vmms = {
         "triad": [triad, "--config", config],
-        "qemu": [qemu, "-M", "microvm,x-option-roms=off,acpi=off", "-enable-kvm", "-cpu", "host",
+        "qemu": [qemu, "-M", "microvm,x-option-roms=off,acpi=off", "-enable-kvm",
                  "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
                  "-m", str(mem_mib), "-smp", "1", "-kernel", guest, "-append", ""],
     }

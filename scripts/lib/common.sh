@@ -30,10 +30,3 @@ need_cargo() {
 	curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt >&2
 	. "$HOME/.cargo/env"
 }
-
-# kvm_boots_linux: true when this host's KVM can run a stock Linux kernel (not nested PVM).
-kvm_boots_linux() {
-	[[ -e /dev/kvm ]] || return 1
-	[[ -d /sys/module/kvm_intel || -d /sys/module/kvm_amd ]] && return 0
-	[[ ! -d /sys/module/kvm_pvm ]]
-}

@@ -148,7 +148,7 @@ fn linux_guest_boots() {
     let config = tmp.join("vm.json");
     let json = serde_json::json!({
         "boot": {"kernel": bzimage, "initrd": initrd,
-                 "cmdline": "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd"},
+                 "cmdline": std::fs::read_to_string(dir.join("cmdline")).unwrap().trim()},
         "machine": {"vcpus": 2, "memory_mib": 256},
         "serial": {"mode": "file", "path": serial},
     });
