@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP, KVM_TSS};
@@ -53,8 +53,6 @@ pub enum BuildError {
         #[source]
         source: regs::RegsError,
     },
-    #[error("starting a helper thread")]
-    Thread(#[source] std::io::Error),
     #[error("starting vCPU threads")]
     StartVcpus(#[source] std::io::Error),
 }
@@ -76,11 +74,15 @@ impl Vm {
         serial: SerialOutput,
         cx: impl FnOnce(Arc<PortBus>) -> VcpuContext,
     ) -> Result<Self, BuildError> {
-        // 1. Guest memory (mapped before the VM exists, so that on an error it outlives the
-        // VM fd that still has it registered), then the KVM VM and the in-kernel platform:
-        // IOAPIC + PIC + LAPICs, PIT.
+        // 1. Guest memory, registered before the in-kernel irqchip exists: once it does, every
+        // memory-slot change waits for a KVM SRCU grace period (measured here: ~60 µs before,
+        // 5-12 ms after). Mapped before the VM fd so that on an error it outlives the VM that
+        // still has it registered.
         let mem = memory::create(spec.mem_bytes)?;
         let vm = kvm.create_vm().map_err(BuildError::CreateVm)?;
+        memory::register(&vm, &mem)?;
+
+        // 2. The in-kernel platform: IOAPIC + PIC + LAPICs, PIT.
         vm.set_tss_address(usize::try_from(KVM_TSS).unwrap_or(usize::MAX))
             .map_err(|e| BuildError::Platform("TSS", e))?;
         vm.set_identity_map_address(KVM_IDENTITY_MAP)
@@ -93,19 +95,51 @@ impl Vm {
         })
         .map_err(|e| BuildError::Platform("PIT", e))?;
 
-        // 2. Registering the memory slot is a fixed cost of several
-        // milliseconds in KVM, so it runs on a helper thread while this one fills memory and
-        // prepares the vCPUs, which do not need the slot yet.
-        let (bus, fds) = std::thread::scope(|scope| {
-            let slot = std::thread::Builder::new()
-                .name("memslot".into())
-                .spawn_scoped(scope, || memory::register(&vm, &mem))
-                .map_err(BuildError::Thread)?;
-            let prepared = prepare(kvm, &vm, &mem, spec, serial);
-            slot.join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-            prepared
-        })?;
+        // 3. Kernel, initrd and the boot structures that describe them.
+        let kernel = loader::load_kernel(&mem, &spec.kernel)?;
+        let initrd = spec
+            .initrd
+            .as_deref()
+            .map(|path| loader::load_initrd(&mem, path, &kernel, spec.mem_bytes))
+            .transpose()?;
+        let entry = arch::write_boot_structures(
+            &mem,
+            &BootSetup {
+                kernel: kernel.entry,
+                cmdline: &spec.cmdline,
+                initrd,
+                mem_bytes: spec.mem_bytes,
+                vcpus: spec.vcpus,
+            },
+        )?;
+
+        // 4. Devices.
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::SerialIrq)?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(|e| BuildError::Platform("serial irqfd", e))?;
+        let bus = Arc::new(PortBus::new(GuestSerial::new(serial, Some(serial_irq))));
+
+        // 5. vCPUs: CPUID and MSRs for all, registers for the boot vCPU.
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| BuildError::Platform("supported CPUID", e))?;
+        let mut fds = Vec::with_capacity(usize::from(spec.vcpus));
+        for id in 0..spec.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(|source| BuildError::CreateVcpu { id, source })?;
+            let mut entries = supported.as_slice().to_vec();
+            cpuid::filter(&mut entries, id, spec.vcpus);
+            let cpuid = CpuId::from_entries(&entries).map_err(|_| BuildError::CpuidTooLarge)?;
+            fd.set_cpuid2(&cpuid)
+                .map_err(|source| BuildError::Cpuid { id, source })?;
+            regs::setup_common(&fd).map_err(|source| BuildError::Registers { id, source })?;
+            if id == 0 {
+                regs::setup_boot_vcpu(&fd, entry)
+                    .map_err(|source| BuildError::Registers { id, source })?;
+            }
+            fds.push(fd);
+        }
 
         // 6. Go.
         let vcpus = Vcpus::start(fds, &cx(bus)).map_err(BuildError::StartVcpus)?;
@@ -127,61 +161,4 @@ impl Vm {
     pub fn vcpu_time_ns(&self) -> Vec<u64> {
         self.vcpus.cpu_time_ns()
     }
-}
-
-/// Steps 3 to 5 of the boot: kernel, boot structures, devices and vCPUs, ready to run.
-fn prepare(
-    kvm: &Kvm,
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    spec: &VmSpec,
-    serial: SerialOutput,
-) -> Result<(Arc<PortBus>, Vec<VcpuFd>), BuildError> {
-    // 3. Kernel, initrd and the boot structures that describe them.
-    let kernel = loader::load_kernel(mem, &spec.kernel)?;
-    let initrd = spec
-        .initrd
-        .as_deref()
-        .map(|path| loader::load_initrd(mem, path, &kernel, spec.mem_bytes))
-        .transpose()?;
-    let entry = arch::write_boot_structures(
-        mem,
-        &BootSetup {
-            kernel: kernel.entry,
-            cmdline: &spec.cmdline,
-            initrd,
-            mem_bytes: spec.mem_bytes,
-            vcpus: spec.vcpus,
-        },
-    )?;
-
-    // 4. Devices.
-    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::SerialIrq)?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(|e| BuildError::Platform("serial irqfd", e))?;
-    let bus = Arc::new(PortBus::new(GuestSerial::new(serial, Some(serial_irq))));
-
-    // 5. vCPUs: CPUID and MSRs for all, registers for the boot vCPU.
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| BuildError::Platform("supported CPUID", e))?;
-    let mut fds = Vec::with_capacity(usize::from(spec.vcpus));
-    for id in 0..spec.vcpus {
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(|source| BuildError::CreateVcpu { id, source })?;
-        let mut entries = supported.as_slice().to_vec();
-        cpuid::filter(&mut entries, id, spec.vcpus);
-        let cpuid = CpuId::from_entries(&entries).map_err(|_| BuildError::CpuidTooLarge)?;
-        fd.set_cpuid2(&cpuid)
-            .map_err(|source| BuildError::Cpuid { id, source })?;
-        regs::setup_common(&fd).map_err(|source| BuildError::Registers { id, source })?;
-        if id == 0 {
-            regs::setup_boot_vcpu(&fd, entry)
-                .map_err(|source| BuildError::Registers { id, source })?;
-        }
-        fds.push(fd);
-    }
-
-    Ok((bus, fds))
 }
