@@ -35,11 +35,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // TRIAD_LOG=error|warn|info|debug|trace; warn by default, so stderr stays quiet.
+    let level = std::env::var("TRIAD_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::WARN);
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .init();
     match run(args) {

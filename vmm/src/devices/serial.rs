@@ -13,8 +13,10 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 pub const COM1_BASE: u16 = 0x3f8;
-/// Writes (one per guest byte, typically) queued for stdout before output is dropped.
-const STDOUT_QUEUE: usize = 64 << 10;
+/// Writes (one per guest byte, typically) queued for stdout before output is dropped. The
+/// queue's slots are allocated up front, so it stays small: the writer thread drains it far
+/// faster than a guest can fill it through port I/O exits.
+const STDOUT_QUEUE: usize = 1024;
 pub const COM1_LEN: u16 = 8;
 /// COM1's ISA interrupt line.
 pub const COM1_IRQ: u32 = 4;
@@ -51,8 +53,15 @@ impl SerialOutput {
             .stack_size(64 << 10)
             .spawn(move || {
                 let mut out = std::io::stdout();
-                for chunk in rx {
-                    if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+                let mut batch = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    // One write for everything queued meanwhile, not one per guest byte.
+                    batch.clear();
+                    batch.extend_from_slice(&first);
+                    while let Ok(more) = rx.try_recv() {
+                        batch.extend_from_slice(&more);
+                    }
+                    if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
                         break;
                     }
                 }
