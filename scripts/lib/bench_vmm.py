@@ -47,10 +47,10 @@ def peak_rss_kib(pid):
     raise RuntimeError("no VmHWM")
 
 
-def one_boot(argv, mem_mib, timeout=10.0):
+def one_boot(argv, mem_mib, env=None, timeout=10.0):
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, env=env)
     try:
         buf = b""
         fd = proc.stdout.fileno()
@@ -81,24 +81,34 @@ def pct(values, p):
 
 
 def main():
-    triad, qemu, guest, config_dir, runs, mem_mib = sys.argv[1:7]
+    triad, qemu_root, guest, config_dir, runs, mem_mib = sys.argv[1:7]
     runs, mem_mib = int(runs), int(mem_mib)
     config = os.path.join(config_dir, "bench.json")
     with open(config, "w") as f:
         f.write('{"boot":{"kernel":"%s","cmdline":""},"machine":{"vcpus":1,"memory_mib":%d},'
                 '"serial":{"mode":"stdout"}}' % (guest, mem_mib))
+    # QEMU runs from its unpacked tree: the binary itself (not a wrapper script, whose shell
+    # start-up would be charged to QEMU), its libraries and modules through the environment.
+    qemu_env = dict(os.environ)
+    qemu_env["LD_LIBRARY_PATH"] = ":".join(
+        os.path.join(qemu_root, d) for d in ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"))
+    qemu_env["QEMU_MODULE_DIR"] = os.path.join(qemu_root, "usr/lib/x86_64-linux-gnu/qemu")
+    firmware = []
+    for d in ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu"):
+        firmware += ["-L", os.path.join(qemu_root, d)]
     vmms = {
-        "triad": [triad, "--config", config],
-        "qemu": [qemu, "-M", "microvm,x-option-roms=off,acpi=off", "-enable-kvm",
-                 "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
-                 "-m", str(mem_mib), "-smp", "1", "-kernel", guest, "-append", ""],
+        "triad": ([triad, "--config", config], None),
+        "qemu": ([os.path.join(qemu_root, "usr/bin/qemu-system-x86_64")] + firmware +
+                 ["-M", "microvm,x-option-roms=off,acpi=off", "-enable-kvm",
+                  "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
+                  "-m", str(mem_mib), "-smp", "1", "-kernel", guest, "-append", ""], qemu_env),
     }
     results = {name: {"boot": [], "overhead": []} for name in vmms}
-    one_boot(vmms["triad"], mem_mib)  # warm the page cache for both binaries and the guest
-    one_boot(vmms["qemu"], mem_mib)
+    for argv, env in vmms.values():  # warm the page cache for both binaries and the guest
+        one_boot(argv, mem_mib, env)
     for _ in range(runs):
-        for name, argv in vmms.items():
-            boot_ms, overhead = one_boot(argv, mem_mib)
+        for name, (argv, env) in vmms.items():
+            boot_ms, overhead = one_boot(argv, mem_mib, env)
             results[name]["boot"].append(boot_ms)
             results[name]["overhead"].append(overhead)
 
