@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
 
 use crate::arch::x86_64::layout::{HIMEM_START, MMIO_HOLE_START};
 use crate::memory::GuestMemoryMmap;
@@ -20,6 +20,8 @@ const BZIMAGE_ENTRY_64: u64 = 0x200;
 /// Linux's default highest initrd address for boot protocols that do not state one.
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 const PAGE: u64 = 0x1000;
+/// Where a bzImage's setup header starts in the file (and in the zero page).
+const SETUP_HEADER_OFFSET: u64 = 0x1f1;
 /// `xloadflags` bit: the kernel has the 64-bit entry at load address + 0x200.
 const XLF_KERNEL_64: u16 = 1;
 
@@ -111,15 +113,26 @@ fn detect(file: &mut File, path: &Path) -> Result<Format, LoadError> {
     }
 }
 
-/// Ok when `path` is a readable file in a kernel format we boot; else why not.
-pub fn check_kernel(path: &Path) -> Result<(), String> {
+/// The longest command line the kernel at `path` accepts, after checking it is a readable
+/// file in a format we boot; else why not. Cheap: only the header is read.
+pub fn cmdline_limit(path: &Path) -> Result<usize, String> {
     crate::spec::check_regular_file(path)?;
     let mut file = File::open(path).map_err(|e| e.to_string())?;
-    match detect(&mut file, path) {
-        Ok(_) => Ok(()),
-        Err(LoadError::UnknownFormat { .. }) => Err("neither an ELF kernel nor a bzImage".into()),
-        Err(e) => Err(e.to_string()),
-    }
+    let entry = match detect(&mut file, path) {
+        Ok(Format::Elf) => KernelEntry::Pvh(0),
+        Ok(Format::BzImage) => {
+            let mut header = setup_header::default();
+            file.seek(SeekFrom::Start(SETUP_HEADER_OFFSET))
+                .and_then(|_| file.read_exact(header.as_mut_slice()))
+                .map_err(|e| format!("reading the bzImage header: {e}"))?;
+            KernelEntry::Linux64 { entry: 0, header }
+        }
+        Err(LoadError::UnknownFormat { .. }) => {
+            return Err("neither an ELF kernel nor a bzImage".into())
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(crate::arch::x86_64::cmdline_max(entry))
 }
 
 /// Loads the kernel at `path` into `mem`.
@@ -279,6 +292,24 @@ mod tests {
             detect(&mut File::open(&p).unwrap(), &p).unwrap(),
             Format::BzImage
         );
+    }
+
+    #[test]
+    fn cmdline_limit_reads_the_bzimage_header() {
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz[0x206..0x208].copy_from_slice(&0x20cu16.to_le_bytes());
+        bz[0x238..0x23c].copy_from_slice(&255u32.to_le_bytes());
+        let (_d, p) = temp_file(&bz);
+        assert_eq!(cmdline_limit(&p), Ok(255));
+        // An ELF has no header of its own: our buffer's limit applies.
+        let (_d, p) = temp_file(b"\x7fELF\x02\x01\x01");
+        assert_eq!(
+            cmdline_limit(&p),
+            Ok(crate::arch::x86_64::layout::CMDLINE_MAX - 1)
+        );
+        let (_d, p) = temp_file(b"plain text");
+        assert!(cmdline_limit(&p).unwrap_err().contains("neither an ELF"));
     }
 
     #[test]

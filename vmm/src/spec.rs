@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use triad_api::vmm::{SerialMode, VmConfig};
 
-use crate::arch::x86_64::layout::CMDLINE_MAX;
 use crate::arch::x86_64::mptable;
 use crate::loader;
 
@@ -47,7 +46,7 @@ pub enum SpecError {
     Initrd { path: PathBuf, reason: String },
     #[error("boot.cmdline contains a NUL byte")]
     CmdlineNul,
-    #[error("boot.cmdline is {len} bytes, more than the {max} a kernel accepts")]
+    #[error("boot.cmdline is {len} bytes, more than the {max} this kernel accepts")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("machine.vcpus must be at least 1")]
     NoVcpus,
@@ -122,16 +121,16 @@ impl VmSpec {
         if boot.cmdline.as_bytes().contains(&0) {
             return Err(SpecError::CmdlineNul);
         }
-        if boot.cmdline.len() >= CMDLINE_MAX {
+        let max = loader::cmdline_limit(&boot.kernel).map_err(|reason| SpecError::Kernel {
+            path: boot.kernel.clone(),
+            reason,
+        })?;
+        if boot.cmdline.len() > max {
             return Err(SpecError::CmdlineTooLong {
                 len: boot.cmdline.len(),
-                max: CMDLINE_MAX - 1,
+                max,
             });
         }
-        loader::check_kernel(&boot.kernel).map_err(|e| SpecError::Kernel {
-            path: boot.kernel.clone(),
-            reason: e,
-        })?;
         if let Some(initrd) = &boot.initrd {
             check_regular_file(initrd).map_err(|reason| SpecError::Initrd {
                 path: initrd.clone(),

@@ -101,6 +101,15 @@ fn bad_configs_are_rejected_by_name() {
         "serial.path is required",
     );
     assert_rejected("not-json", "{\"boot\":", "config");
+    // The test guest's bzImage announces a 2047-byte command line in its header.
+    assert_rejected(
+        "long-cmdline",
+        &with(|v| {
+            v["boot"]["kernel"] = guest("testguest.bzImage").to_str().into();
+            v["boot"]["cmdline"] = "x".repeat(3000).into();
+        }),
+        "boot.cmdline is 3000 bytes, more than the 2047 this kernel accepts",
+    );
 }
 
 /// A kernel that passes the config checks but fails to load: the VMM has bound its socket by

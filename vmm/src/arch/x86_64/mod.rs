@@ -57,7 +57,7 @@ fn write_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> 
 }
 
 /// The longest command line `kernel` accepts, terminating NUL excluded.
-fn cmdline_max(kernel: KernelEntry) -> usize {
+pub fn cmdline_max(kernel: KernelEntry) -> usize {
     match kernel {
         KernelEntry::Linux64 { header, .. }
             if header.version >= 0x206 && header.cmdline_size > 0 =>
