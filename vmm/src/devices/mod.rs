@@ -4,6 +4,7 @@
 
 pub mod legacy;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::Mutex;
 

@@ -1,0 +1,109 @@
+//! Virtio 1.x devices on the MMIO transport.
+//!
+//! Layers, each in its own file: `mmio` is the only code that knows register offsets and the
+//! status handshake; the queues' ring layout is `virtio_queue`'s; device models (`rng`, …) see
+//! activated queues and guest memory, never registers.
+
+pub mod mmio;
+pub mod rng;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemoryMmap;
+
+/// Virtio 1.x (spec §6): the only version Triad offers; legacy drivers are refused.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device IDs (virtio spec §5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+
+/// InterruptStatus bits (virtio spec §4.2.2).
+pub const INT_USED_RING: u32 = 1;
+pub const INT_CONFIG_CHANGE: u32 = 2;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActivateError {
+    #[error("the device expects {expected} queues, the driver set up {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("queue {0} is not ready or does not fit in guest memory")]
+    BadQueue(usize),
+    #[error("the device could not start: {0}")]
+    Device(String),
+}
+
+/// A device model behind the transport.
+pub trait VirtioDevice: Send + std::fmt::Debug {
+    fn device_type(&self) -> u32;
+    /// Feature bits the device offers; the transport adds `VIRTIO_F_VERSION_1`.
+    fn features(&self) -> u64;
+    /// One entry per queue: the largest size the driver may choose.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device-specific configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let _ = offset;
+        data.fill(0);
+    }
+    /// Writes to the configuration space; ignored unless the device has writable fields.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+    /// The driver set DRIVER_OK: the device takes its queues and starts serving them.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        acked_features: u64,
+        interrupt: std::sync::Arc<Interrupt>,
+    ) -> Result<(), ActivateError>;
+    /// The driver notified queue `index`.
+    fn queue_notify(&mut self, index: u16);
+    /// The driver reset the device: drop queues and in-flight state.
+    fn reset(&mut self);
+}
+
+/// A device's interrupt: the InterruptStatus register plus the line into KVM (an irqfd).
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: Option<EventFd>,
+}
+
+impl Interrupt {
+    pub fn new(irqfd: Option<EventFd>) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    /// Tells the driver that used buffers are waiting.
+    pub fn signal_used(&self) {
+        self.signal(INT_USED_RING);
+    }
+
+    /// Tells the driver that the configuration (or the device status) changed.
+    pub fn signal_config(&self) {
+        self.signal(INT_CONFIG_CHANGE);
+    }
+
+    fn signal(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::AcqRel);
+        if let Some(fd) = &self.irqfd {
+            // A full eventfd counter still means "interrupt pending"; nothing is lost.
+            let _ = fd.write(1);
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,138 @@
+//! virtio-rng (virtio spec §5.4): one request queue whose writable buffers the device fills
+//! with bytes from the host's kernel random source.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT, Writer};
+
+use super::{ActivateError, Interrupt, VirtioDevice, TYPE_RNG};
+use crate::memory::GuestMemoryMmap;
+
+const QUEUE_SIZES: &[u16] = &[256];
+/// At most this much entropy per request, so that one guest request cannot keep the device
+/// busy or make it allocate without bound.
+const MAX_REQUEST: usize = 64 << 10;
+
+#[derive(Debug)]
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+#[derive(Debug)]
+pub struct Rng {
+    source: File,
+    active: Option<Active>,
+    /// Entropy bytes handed to the guest, for metrics.
+    bytes: u64,
+}
+
+impl Rng {
+    /// A device reading from `/dev/urandom`, which never blocks once the host is booted.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self::with_source(File::open("/dev/urandom")?))
+    }
+
+    fn with_source(source: File) -> Self {
+        Self {
+            source,
+            active: None,
+            bytes: 0,
+        }
+    }
+
+    pub fn bytes_served(&self) -> u64 {
+        self.bytes
+    }
+
+    fn process(&mut self) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let mut buf = vec![0u8; MAX_REQUEST];
+        let mut used_any = false;
+        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+            let head = chain.head_index();
+            // A chain that points outside guest memory or loops is completed with nothing
+            // written; the queue goes on.
+            let written = match Writer::new(&active.mem, chain) {
+                Ok(mut writer) => {
+                    let want = writer.available_bytes().min(MAX_REQUEST);
+                    match self.source.read_exact(&mut buf[..want]) {
+                        Ok(()) => writer.write_all(&buf[..want]).map_or(0, |()| want),
+                        Err(e) => {
+                            tracing::warn!("virtio-rng: reading the host source: {e}");
+                            0
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("virtio-rng: bad descriptor chain {head}: {e}");
+                    0
+                }
+            };
+            self.bytes += written as u64;
+            let len = u32::try_from(written).unwrap_or(0);
+            if active.queue.add_used(&active.mem, head, len).is_err() {
+                // The used ring itself is out of guest memory: nothing more can be completed.
+                tracing::debug!("virtio-rng: used ring unwritable");
+                break;
+            }
+            used_any = true;
+        }
+        if used_any && active.queue.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used();
+        }
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        _acked_features: u64,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let queue = match (queues.pop(), queues.is_empty()) {
+            (Some(q), true) => q,
+            _ => {
+                return Err(ActivateError::QueueCount {
+                    expected: 1,
+                    got: queues.len() + 1,
+                })
+            }
+        };
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        if index == 0 {
+            self.process();
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
