@@ -23,6 +23,13 @@ pub struct VmConfig {
     /// Network devices; rejected like `drives` until virtio-net exists.
     #[serde(default)]
     pub nets: Vec<serde_json::Value>,
+    /// A virtio-rng device fed from the host's kernel random source; on unless set false.
+    #[serde(default = "enabled")]
+    pub rng: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

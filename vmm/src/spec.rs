@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use triad_api::vmm::{SerialMode, VmConfig};
 
+use crate::arch::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::mptable;
+use crate::devices::virtio::mmio::MMIO_LEN;
 use crate::loader;
 
 /// The smallest guest we boot: low memory, the kernel at 1 MiB and some room after it.
@@ -46,7 +48,7 @@ pub enum SpecError {
     Initrd { path: PathBuf, reason: String },
     #[error("boot.cmdline contains a NUL byte")]
     CmdlineNul,
-    #[error("boot.cmdline is {len} bytes, more than the {max} this kernel accepts")]
+    #[error("boot.cmdline is {len} bytes with the device announcements, more than the {max} this kernel accepts")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("machine.vcpus must be at least 1")]
     NoVcpus,
@@ -62,8 +64,24 @@ pub enum SpecError {
     SerialPathNotFile(PathBuf),
     #[error("serial.path is only allowed when serial.mode is \"file\"")]
     SerialPathUnexpected,
+    #[error("the VM has {asked} virtio devices; at most {max} fit")]
+    TooManyDevices { asked: usize, max: usize },
     #[error("{0}: this triad-vmm does not support devices of this kind yet")]
     DevicesUnsupported(&'static str),
+}
+
+/// The kinds of virtio device a VM can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtioKind {
+    Rng,
+}
+
+/// A virtio device with its MMIO window and interrupt line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioSlot {
+    pub kind: VirtioKind,
+    pub base: u64,
+    pub irq: u32,
 }
 
 /// A config this host can boot.
@@ -71,9 +89,64 @@ pub enum SpecError {
 pub struct VmSpec {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
+    /// The command line as the user wrote it.
     pub cmdline: String,
     pub vcpus: u8,
     pub mem_bytes: u64,
+    pub virtio: Vec<VirtioSlot>,
+}
+
+impl VmSpec {
+    /// The command line the kernel gets: the user's, with the virtio devices announced in
+    /// Linux's `virtio_mmio.device=<size>@<base>:<irq>` form. They go before a `--`, after
+    /// which words belong to init, not the kernel.
+    pub fn kernel_cmdline(&self) -> String {
+        kernel_cmdline(&self.cmdline, &self.virtio)
+    }
+}
+
+fn kernel_cmdline(user: &str, virtio: &[VirtioSlot]) -> String {
+    let devices: Vec<String> = virtio
+        .iter()
+        .map(|d| format!("virtio_mmio.device=4K@{:#x}:{}", d.base, d.irq))
+        .collect();
+    if devices.is_empty() {
+        return user.to_owned();
+    }
+    let (kernel, init) = match user.split_once(" -- ") {
+        Some((k, i)) => (k, Some(i)),
+        None if user.starts_with("-- ") || user == "--" => {
+            ("", user.strip_prefix("--").map(str::trim_start))
+        }
+        None => (user, None),
+    };
+    let mut out: Vec<&str> = kernel.split_whitespace().collect();
+    out.extend(devices.iter().map(String::as_str));
+    let mut out = out.join(" ");
+    if let Some(init) = init {
+        out.push_str(" -- ");
+        out.push_str(init);
+    }
+    out
+}
+
+/// Assigns MMIO windows and IOAPIC pins to the VM's virtio devices, in order.
+fn virtio_slots(kinds: &[VirtioKind]) -> Result<Vec<VirtioSlot>, SpecError> {
+    let max = usize::try_from(VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1).unwrap_or(0);
+    if kinds.len() > max {
+        return Err(SpecError::TooManyDevices {
+            asked: kinds.len(),
+            max,
+        });
+    }
+    Ok((0u32..)
+        .zip(kinds)
+        .map(|(i, &kind)| VirtioSlot {
+            kind,
+            base: VIRTIO_MMIO_BASE + u64::from(i) * MMIO_LEN,
+            irq: VIRTIO_IRQ_FIRST + i,
+        })
+        .collect())
 }
 
 impl VmSpec {
@@ -121,15 +194,15 @@ impl VmSpec {
         if boot.cmdline.as_bytes().contains(&0) {
             return Err(SpecError::CmdlineNul);
         }
+        let kinds: Vec<VirtioKind> = config.rng.then_some(VirtioKind::Rng).into_iter().collect();
+        let virtio = virtio_slots(&kinds)?;
         let max = loader::cmdline_limit(&boot.kernel).map_err(|reason| SpecError::Kernel {
             path: boot.kernel.clone(),
             reason,
         })?;
-        if boot.cmdline.len() > max {
-            return Err(SpecError::CmdlineTooLong {
-                len: boot.cmdline.len(),
-                max,
-            });
+        let len = kernel_cmdline(&boot.cmdline, &virtio).len();
+        if len > max {
+            return Err(SpecError::CmdlineTooLong { len, max });
         }
         if let Some(initrd) = &boot.initrd {
             check_regular_file(initrd).map_err(|reason| SpecError::Initrd {
@@ -156,6 +229,7 @@ impl VmSpec {
             cmdline: boot.cmdline.clone(),
             vcpus,
             mem_bytes,
+            virtio,
         })
     }
 }
@@ -196,6 +270,7 @@ mod tests {
             serial: SerialConfig::default(),
             drives: vec![],
             nets: vec![],
+            rng: true,
         }
     }
 
@@ -209,6 +284,54 @@ mod tests {
     fn good_config_becomes_a_spec() {
         let spec = VmSpec::new(&config(), HOST).unwrap();
         assert_eq!((spec.vcpus, spec.mem_bytes), (2, 64 << 20));
+    }
+
+    #[test]
+    fn devices_are_announced_on_the_kernel_cmdline_before_init_args() {
+        let spec = VmSpec::new(&config(), HOST).unwrap();
+        assert_eq!(
+            spec.virtio,
+            vec![VirtioSlot {
+                kind: VirtioKind::Rng,
+                base: 0xd000_0000,
+                irq: 5
+            }]
+        );
+        assert_eq!(
+            spec.kernel_cmdline(),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5"
+        );
+        let rng = &spec.virtio;
+        assert_eq!(
+            kernel_cmdline("ro -- single x", rng),
+            "ro virtio_mmio.device=4K@0xd0000000:5 -- single x"
+        );
+        assert_eq!(
+            kernel_cmdline("-- init", rng),
+            "virtio_mmio.device=4K@0xd0000000:5 -- init"
+        );
+        assert_eq!(
+            kernel_cmdline("", rng),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert_eq!(kernel_cmdline("a  b", &[]), "a  b");
+        let mut c = config();
+        c.rng = false;
+        let spec = VmSpec::new(&c, HOST).unwrap();
+        assert_eq!(
+            (spec.virtio.len(), spec.kernel_cmdline().as_str()),
+            (0, "console=ttyS0")
+        );
+    }
+
+    #[test]
+    fn virtio_slots_run_out_after_irq_23() {
+        let slots = virtio_slots(&[VirtioKind::Rng; 19]).unwrap();
+        assert_eq!((slots[18].irq, slots[18].base), (23, 0xd001_2000));
+        assert_eq!(
+            virtio_slots(&[VirtioKind::Rng; 20]),
+            Err(SpecError::TooManyDevices { asked: 20, max: 19 })
+        );
     }
 
     #[test]

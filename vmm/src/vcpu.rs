@@ -23,7 +23,7 @@ use std::time::Duration;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::devices::{IoOutcome, PortBus};
+use crate::devices::{IoOutcome, MmioBus, PortBus};
 use crate::Event;
 
 /// What a vCPU thread tells the VMM when it stops on its own.
@@ -146,6 +146,7 @@ pub struct Vcpus {
 #[derive(Debug, Clone)]
 pub struct VcpuContext {
     pub bus: Arc<PortBus>,
+    pub mmio: Arc<MmioBus>,
     pub counters: Arc<ExitCounters>,
     pub events: Sender<Event>,
     /// Which boot these vCPUs belong to, so the VMM can ignore a previous boot's stragglers.
@@ -329,13 +330,14 @@ impl Runner {
                 self.cx.bus.read(port, data);
                 None
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
+            Ok(VcpuExit::MmioRead(addr, data)) => {
                 bump(&c.mmio_read);
-                data.fill(0xff);
+                self.cx.mmio.read(addr, data);
                 None
             }
-            Ok(VcpuExit::MmioWrite(..)) => {
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
                 bump(&c.mmio_write);
+                self.cx.mmio.write(addr, data);
                 None
             }
             Ok(VcpuExit::Hlt) => {

@@ -4,19 +4,23 @@
 //! A reboot throws the whole `Vm` away and builds a new one from the same spec, so no state of
 //! the previous boot (memory, device registers, vCPU state) can leak into the next.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP, KVM_TSS};
 use crate::arch::x86_64::{self as arch, cpuid, regs, BootSetup};
 use crate::devices::serial::{GuestSerial, SerialOutput, COM1_IRQ};
-use crate::devices::PortBus;
+use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::devices::{MmioBus, PortBus};
 use crate::loader;
 use crate::memory::{self, GuestMemoryMmap};
-use crate::spec::VmSpec;
+use crate::spec::{VirtioKind, VmSpec};
 use crate::vcpu::{VcpuContext, Vcpus};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,18 @@ pub enum BuildError {
         #[source]
         source: regs::RegsError,
     },
+    #[error("creating the {kind:?} device")]
+    Device {
+        kind: VirtioKind,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("wiring the {kind:?} device into KVM")]
+    DeviceKvm {
+        kind: VirtioKind,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("starting vCPU threads")]
     StartVcpus(#[source] std::io::Error),
 }
@@ -62,6 +78,7 @@ pub enum BuildError {
 pub struct Vm {
     // Field order is drop order: vCPU threads stop before the VM fd and memory go away.
     vcpus: Vcpus,
+    _virtio_workers: Vec<Worker>,
     _vm: VmFd,
     _memory: GuestMemoryMmap,
 }
@@ -72,7 +89,7 @@ impl Vm {
         kvm: &Kvm,
         spec: &VmSpec,
         serial: SerialOutput,
-        cx: impl FnOnce(Arc<PortBus>) -> VcpuContext,
+        cx: impl FnOnce(Arc<PortBus>, Arc<MmioBus>) -> VcpuContext,
     ) -> Result<Self, BuildError> {
         // 1. Guest memory, registered before the in-kernel irqchip exists: once it does, every
         // memory-slot change waits for a KVM SRCU grace period (measured here: ~60 µs before,
@@ -106,7 +123,7 @@ impl Vm {
             &mem,
             &BootSetup {
                 kernel: kernel.entry,
-                cmdline: &spec.cmdline,
+                cmdline: &spec.kernel_cmdline(),
                 initrd,
                 mem_bytes: spec.mem_bytes,
                 vcpus: spec.vcpus,
@@ -118,6 +135,7 @@ impl Vm {
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(|e| BuildError::Platform("serial irqfd", e))?;
         let bus = Arc::new(PortBus::new(GuestSerial::new(serial, Some(serial_irq))));
+        let (mmio, virtio_workers) = attach_virtio(&vm, &mem, spec)?;
 
         // 5. vCPUs: CPUID and MSRs for all, registers for the boot vCPU.
         let supported = kvm
@@ -142,9 +160,10 @@ impl Vm {
         }
 
         // 6. Go.
-        let vcpus = Vcpus::start(fds, &cx(bus)).map_err(BuildError::StartVcpus)?;
+        let vcpus = Vcpus::start(fds, &cx(bus, Arc::new(mmio))).map_err(BuildError::StartVcpus)?;
         Ok(Self {
             vcpus,
+            _virtio_workers: virtio_workers,
             _vm: vm,
             _memory: mem,
         })
@@ -161,4 +180,39 @@ impl Vm {
     pub fn vcpu_time_ns(&self) -> Vec<u64> {
         self.vcpus.cpu_time_ns()
     }
+}
+
+/// Creates the spec's virtio devices: each gets its MMIO window on the bus, an irqfd on its
+/// IOAPIC pin, an ioeventfd per queue on QueueNotify, and an I/O thread serving those.
+fn attach_virtio(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    spec: &VmSpec,
+) -> Result<(MmioBus, Vec<Worker>), BuildError> {
+    let mut bus = MmioBus::default();
+    let mut workers = Vec::with_capacity(spec.virtio.len());
+    for slot in &spec.virtio {
+        let kind = slot.kind;
+        let io = |source| BuildError::Device { kind, source };
+        let kvm = |source| BuildError::DeviceKvm { kind, source };
+        let device: Box<dyn VirtioDevice> = match kind {
+            VirtioKind::Rng => Box::new(Rng::new().map_err(io)?),
+        };
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(io)?;
+        vm.register_irqfd(&irqfd, slot.irq).map_err(kvm)?;
+        let transport =
+            MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(Some(irqfd))));
+        let mut queue_events = Vec::new();
+        for queue in 0..u32::try_from(transport.queue_count()).unwrap_or(0) {
+            let event = EventFd::new(EFD_NONBLOCK).map_err(io)?;
+            let notify = IoEventAddress::Mmio(slot.base + REG_QUEUE_NOTIFY);
+            vm.register_ioevent(&event, &notify, queue).map_err(kvm)?;
+            queue_events.push(event);
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(slot.base, transport.clone());
+        let name = format!("virtio-{kind:?}-{:x}", slot.base).to_lowercase();
+        workers.push(Worker::spawn(name, transport, queue_events).map_err(io)?);
+    }
+    Ok((bus, workers))
 }

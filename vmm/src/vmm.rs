@@ -244,8 +244,9 @@ impl Vmm {
         let boot_id = self.boot_id;
         let counters = self.counters.clone();
         let events = self.events.clone();
-        let vm = Vm::boot(&self.kvm, spec, serial.clone(), |bus| VcpuContext {
+        let vm = Vm::boot(&self.kvm, spec, serial.clone(), |bus, mmio| VcpuContext {
             bus,
+            mmio,
             counters,
             events,
             boot_id,

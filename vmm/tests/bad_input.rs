@@ -108,7 +108,7 @@ fn bad_configs_are_rejected_by_name() {
             v["boot"]["kernel"] = guest("testguest.bzImage").to_str().into();
             v["boot"]["cmdline"] = "x".repeat(3000).into();
         }),
-        "boot.cmdline is 3000 bytes, more than the 2047 this kernel accepts",
+        "boot.cmdline is 3035 bytes with the device announcements, more than the 2047 this kernel accepts",
     );
 }
 

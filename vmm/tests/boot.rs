@@ -38,7 +38,11 @@ fn pvh_guest_prints_ready_and_exits_with_its_status() {
     assert_eq!(code, Some(7), "serial:\n{out}");
     assert!(out.starts_with("TRIAD-GUEST-READY\n"), "{out}");
     assert!(out.contains("TRIAD-BOOT pvh\n"), "{out}");
-    assert!(out.contains("TRIAD-CMDLINE triad.exit=7\n"), "{out}");
+    // The VMM announces its virtio-rng device after the user's words.
+    assert!(
+        out.contains("TRIAD-CMDLINE triad.exit=7 virtio_mmio.device=4K@0xd0000000:5\n"),
+        "{out}"
+    );
     assert!(out.contains("TRIAD-EXIT 7\n"), "{out}");
 }
 
@@ -73,7 +77,10 @@ fn linux_boot_protocol_enters_64_bit_with_zero_page() {
     );
     assert_eq!(code, Some(5), "{out}");
     assert!(out.contains("TRIAD-BOOT linux\n"), "{out}");
-    assert!(out.contains("TRIAD-CMDLINE triad.exit=5 hello\n"), "{out}");
+    assert!(
+        out.contains("TRIAD-CMDLINE triad.exit=5 hello virtio_mmio.device=4K@0xd0000000:5\n"),
+        "{out}"
+    );
     assert!(
         out.contains(&format!("TRIAD-MEM {}\n", 639 + 63 * 1024)),
         "{out}"

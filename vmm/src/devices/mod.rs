@@ -1,12 +1,12 @@
-//! Port-I/O devices of the PC platform that Triad models: COM1, the i8042 reset line and the
-//! debug-exit port. Everything else on the port bus reads as all-ones (absent) and ignores
+//! The devices a guest reaches by port I/O (COM1, the i8042 reset line, the debug-exit port)
+//! and by MMIO (virtio devices). Everything else reads as all-ones (absent) and ignores
 //! writes, which is what a guest probing for hardware expects.
 
 pub mod legacy;
 pub mod serial;
 pub mod virtio;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use vm_superio::I8042Device;
 
@@ -74,6 +74,38 @@ impl PortBus {
             }
             DEBUG_EXIT_PORT => IoOutcome::GuestExit(value),
             _ => IoOutcome::Continue,
+        }
+    }
+}
+
+/// The MMIO windows of the virtio devices, each `virtio::mmio::MMIO_LEN` bytes.
+#[derive(Debug, Default)]
+pub struct MmioBus {
+    devices: Vec<(u64, Arc<Mutex<virtio::mmio::MmioTransport>>)>,
+}
+
+impl MmioBus {
+    pub fn insert(&mut self, base: u64, transport: Arc<Mutex<virtio::mmio::MmioTransport>>) {
+        self.devices.push((base, transport));
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, &Mutex<virtio::mmio::MmioTransport>)> {
+        self.devices.iter().find_map(|(base, t)| {
+            let offset = addr.checked_sub(*base)?;
+            (offset < virtio::mmio::MMIO_LEN).then_some((offset, t.as_ref()))
+        })
+    }
+
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr) {
+            Some((offset, t)) => lock(t).read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        if let Some((offset, t)) = self.find(addr) {
+            lock(t).write(offset, data);
         }
     }
 }

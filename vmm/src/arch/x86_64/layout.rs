@@ -39,6 +39,11 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// First address after the 32-bit MMIO hole.
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// virtio-mmio windows, one page per device, from here up.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// The IOAPIC pins virtio devices get: 5 to 23 (0-4 are the timer, keyboard, cascade and COM).
+pub const VIRTIO_IRQ_FIRST: u32 = 5;
+pub const VIRTIO_IRQ_LAST: u32 = 23;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// The 3 pages KVM needs for the TSS (Intel), just below the IOAPIC.

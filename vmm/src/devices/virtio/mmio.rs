@@ -29,7 +29,8 @@ const REG_QUEUE_SEL: u64 = 0x030;
 const REG_QUEUE_NUM_MAX: u64 = 0x034;
 const REG_QUEUE_NUM: u64 = 0x038;
 const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
+/// Offset of QueueNotify, where KVM ioeventfds are attached.
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
 const REG_INTERRUPT_STATUS: u64 = 0x060;
 const REG_INTERRUPT_ACK: u64 = 0x064;
 const REG_STATUS: u64 = 0x070;
@@ -192,15 +193,23 @@ impl MmioTransport {
             REG_QUEUE_DEVICE_HIGH if setup => {
                 self.set_queue_addr(|q, v| q.set_used_ring_address(None, Some(v)), value)
             }
-            REG_QUEUE_NOTIFY if self.status & DRIVER_OK != 0 => {
-                if let Ok(index) = u16::try_from(value) {
-                    self.device.queue_notify(index);
-                }
-            }
+            REG_QUEUE_NOTIFY => self.notify_queue(u16::try_from(value).unwrap_or(u16::MAX)),
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.write_status(u8::try_from(value).unwrap_or(FAILED)),
             _ => {}
         }
+    }
+
+    /// The driver notified queue `index`, through the register or its ioeventfd. Ignored until
+    /// the device runs.
+    pub fn notify_queue(&mut self, index: u16) {
+        if self.status & (DRIVER_OK | DEVICE_NEEDS_RESET | FAILED) == DRIVER_OK {
+            self.device.queue_notify(index);
+        }
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.device.queue_max_sizes().len()
     }
 
     fn set_queue_addr(&mut self, set: impl FnOnce(&mut Queue, u32), value: u32) {

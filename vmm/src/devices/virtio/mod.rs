@@ -6,6 +6,7 @@
 
 pub mod mmio;
 pub mod rng;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

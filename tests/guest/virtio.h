@@ -1,0 +1,185 @@
+/*
+ * virtio.h - the test guest's virtio-mmio driver core (virtio 1.x "modern"
+ * devices, MMIO transport version 2, split virtqueues; virtio spec 1.2
+ * §2.7 and §4.2). Device drivers (virtio_rng.c, later blk/net) sit on top.
+ *
+ * Everything is polled: interrupts stay off, the driver spins on the used
+ * ring with a TSC timeout and acknowledges InterruptStatus itself. Every
+ * function that can fail returns NULL on success or a short reason string
+ * ("FEATURES_OK refused", "timeout", ...) that callers print verbatim.
+ */
+#ifndef TRIAD_GUEST_VIRTIO_H
+#define TRIAD_GUEST_VIRTIO_H
+
+#include "guest.h"
+
+/* MMIO register offsets (all 32-bit, aligned). */
+#define VIRTIO_MMIO_MAGIC 0x000
+#define VIRTIO_MMIO_VERSION 0x004
+#define VIRTIO_MMIO_DEVICE_ID 0x008
+#define VIRTIO_MMIO_VENDOR_ID 0x00c
+#define VIRTIO_MMIO_DEVICE_FEATURES 0x010
+#define VIRTIO_MMIO_DEVICE_FEATURES_SEL 0x014
+#define VIRTIO_MMIO_DRIVER_FEATURES 0x020
+#define VIRTIO_MMIO_DRIVER_FEATURES_SEL 0x024
+#define VIRTIO_MMIO_QUEUE_SEL 0x030
+#define VIRTIO_MMIO_QUEUE_NUM_MAX 0x034
+#define VIRTIO_MMIO_QUEUE_NUM 0x038
+#define VIRTIO_MMIO_QUEUE_READY 0x044
+#define VIRTIO_MMIO_QUEUE_NOTIFY 0x050
+#define VIRTIO_MMIO_INTERRUPT_STATUS 0x060
+#define VIRTIO_MMIO_INTERRUPT_ACK 0x064
+#define VIRTIO_MMIO_STATUS 0x070
+#define VIRTIO_MMIO_QUEUE_DESC_LOW 0x080
+#define VIRTIO_MMIO_QUEUE_DESC_HIGH 0x084
+#define VIRTIO_MMIO_QUEUE_DRIVER_LOW 0x090
+#define VIRTIO_MMIO_QUEUE_DRIVER_HIGH 0x094
+#define VIRTIO_MMIO_QUEUE_DEVICE_LOW 0x0a0
+#define VIRTIO_MMIO_QUEUE_DEVICE_HIGH 0x0a4
+#define VIRTIO_MMIO_CONFIG_GENERATION 0x0fc
+#define VIRTIO_MMIO_CONFIG 0x100
+
+#define VIRTIO_MMIO_MAGIC_VALUE 0x74726976u /* "virt" */
+
+/* Device status bits. */
+#define VIRTIO_STATUS_ACKNOWLEDGE 1
+#define VIRTIO_STATUS_DRIVER 2
+#define VIRTIO_STATUS_DRIVER_OK 4
+#define VIRTIO_STATUS_FEATURES_OK 8
+#define VIRTIO_STATUS_NEEDS_RESET 64
+#define VIRTIO_STATUS_FAILED 128
+
+/* Feature bits. */
+#define VIRTIO_F_VERSION_1 (1UL << 32)
+
+/* Device IDs. */
+#define VIRTIO_ID_NET 1
+#define VIRTIO_ID_BLOCK 2
+#define VIRTIO_ID_RNG 4
+
+/*
+ * Queue size cap and the static ring pool: VIRTQ_POOL queues in total, each
+ * in its own VIRTQ_SLOT-byte slot of page-aligned .noinit memory (zeroed by
+ * virtq_setup, not at boot): descriptor table at +0x000 (16 * 16 bytes),
+ * available ring at +0x100 (6 + 2 * 16), used ring at +0x200 (6 + 8 * 16).
+ */
+#define VIRTQ_MAX_SIZE 16
+#define VIRTQ_POOL 8
+#define VIRTQ_SLOT 0x400
+#define VIRTQ_AVAIL_OFF 0x100
+#define VIRTQ_USED_OFF 0x200
+
+/* Used-ring poll timeout (TSC time). */
+#define VIRTQ_TIMEOUT_MS 2000
+
+/* Up to this many virtio_mmio.device= tokens are remembered. */
+#define VIRTIO_MAX_DEVICES 16
+
+struct virtq_desc {
+	u64 addr;
+	u32 len;
+	u16 flags;
+	u16 next;
+};
+#define VIRTQ_DESC_F_NEXT 1
+#define VIRTQ_DESC_F_WRITE 2
+
+struct virtq_avail {
+	u16 flags;
+	u16 idx;
+	u16 ring[VIRTQ_MAX_SIZE];
+	u16 used_event;
+};
+
+struct virtq_used_elem {
+	u32 id;
+	u32 len;
+};
+
+struct virtq_used {
+	u16 flags;
+	u16 idx;
+	struct virtq_used_elem ring[VIRTQ_MAX_SIZE];
+	u16 avail_event;
+};
+
+/* One virtio_mmio.device=<size>@<base>:<irq>[:<id>] token. */
+struct virtio_dev {
+	u64 base;
+	u64 size;
+	u32 irq;
+	u32 device_id; /* 0: no usable device here (none, bad magic, legacy) */
+	u32 vendor_id;
+	u64 features; /* negotiated (virtio_init) */
+};
+
+struct virtq {
+	struct virtio_dev *dev;
+	u16 index;     /* queue number on the device */
+	u16 size;      /* entries: min(QueueNumMax, VIRTQ_MAX_SIZE) */
+	u16 free_head; /* first free descriptor (chained through .next) */
+	u16 num_free;
+	u16 avail_idx; /* driver's copy of avail->idx */
+	u16 last_used; /* next used->ring entry to consume */
+	u32 in_flight; /* bit per head descriptor handed to the device */
+	volatile struct virtq_desc *desc;
+	volatile struct virtq_avail *avail;
+	volatile struct virtq_used *used;
+};
+
+/* One buffer of a descriptor chain. */
+struct virtq_buf {
+	u64 addr; /* guest-physical (= our pointer, identity map) */
+	u32 len;
+	int writable; /* device writes it (VIRTQ_DESC_F_WRITE) */
+};
+
+static inline void virtio_barrier(void)
+{
+	__asm__ volatile("" ::: "memory");
+}
+
+/* Discovery: remembers every virtio_mmio.device= token of the command line
+ * and probes it (magic, version, device ID), printing TRIAD-VIRTIO lines. */
+void virtio_parse_token(const char *tok, usize len);
+void virtio_discover(void);
+/* The n-th discovered device with this ID (0-based), or NULL. */
+struct virtio_dev *virtio_find(u32 device_id, u32 n);
+
+/* Handshake up to FEATURES_OK: reset, ACKNOWLEDGE, DRIVER, features
+ * (VERSION_1 plus wanted & offered), FEATURES_OK checked. */
+const char *virtio_init(struct virtio_dev *dev, u64 want_features);
+/* Set up queue `index` (after virtio_init, before virtio_driver_ok). */
+const char *virtq_setup(struct virtio_dev *dev, struct virtq *vq, u16 index);
+/* Sets DRIVER_OK; fails if the device then reports NEEDS_RESET/FAILED. */
+const char *virtio_driver_ok(struct virtio_dev *dev);
+/* Marks the device FAILED (after an error during setup). */
+void virtio_fail(struct virtio_dev *dev);
+/* Resets the device (status 0). */
+void virtio_reset(struct virtio_dev *dev);
+
+/* Device-specific configuration space (offset from 0x100), with the access
+ * widths the spec requires for each field size. */
+u8 virtio_config_read8(struct virtio_dev *dev, u32 off);
+u16 virtio_config_read16(struct virtio_dev *dev, u32 off);
+u32 virtio_config_read32(struct virtio_dev *dev, u32 off);
+u64 virtio_config_read64(struct virtio_dev *dev, u32 off);
+
+/* Adds a chain of n buffers and publishes it in the available ring (does
+ * not notify). Returns the head descriptor index, or -1 if not enough
+ * descriptors are free (or n is 0). */
+int virtq_add(struct virtq *vq, const struct virtq_buf *bufs, u16 n);
+/* QueueNotify. */
+void virtq_notify(struct virtq *vq);
+/* Non-blocking: if the device has used a chain, frees its descriptors,
+ * stores its head and written length, acknowledges InterruptStatus and
+ * returns 1; 0 if nothing is used yet; -1 if the used entry names no chain
+ * in flight. */
+int virtq_poll(struct virtq *vq, u32 *head, u32 *len);
+/* Polls for up to VIRTQ_TIMEOUT_MS; NULL or "timeout" / "bad used id". */
+const char *virtq_wait(struct virtq *vq, u32 *head, u32 *len);
+
+/* virtio_rng.c: the triad.rng step. */
+void virtio_rng_run(void);
+
+#endif
