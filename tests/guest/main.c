@@ -4,6 +4,7 @@
  * it was given and its command line, then act on the `triad.*` tokens.
  */
 #include "guest.h"
+#include "virtio.h"
 
 /* struct hvm_start_info (Xen public/arch-x86/hvm/start_info.h). */
 #define HVM_START_MAGIC 0x336ec578u
@@ -163,7 +164,8 @@ static void tick_forever(void)
 void triad_main(u32 boot_path, u64 info_paddr)
 {
 	struct boot_info bi = { "?", 0, 0 };
-	int want_cpus = 0, want_tick = 0, want_reset = 0, exit_code = -1;
+	int want_cpus = 0, want_tick = 0, want_reset = 0, want_rng = 0;
+	int exit_code = -1;
 
 	serial_puts("TRIAD-GUEST-READY\n");
 
@@ -201,6 +203,10 @@ void triad_main(u32 boot_path, u64 info_paddr)
 			want_tick = 1;
 		} else if (token_is(tok, len, "triad.reset")) {
 			want_reset = 1;
+		} else if (token_is(tok, len, "triad.rng")) {
+			want_rng = 1;
+		} else if ((vlen = token_value(tok, len, "virtio_mmio.device=")) >= 0) {
+			virtio_parse_token(tok + len - vlen, (usize)vlen);
 		} else if ((vlen = token_value(tok, len, "triad.exit=")) >= 0) {
 			exit_code = parse_u8(tok + len - vlen, (usize)vlen);
 			if (exit_code < 0)
@@ -209,8 +215,14 @@ void triad_main(u32 boot_path, u64 info_paddr)
 		/* Anything else (console=..., etc.) is ignored. */
 	}
 
+	/* TRIAD-VIRTIO lines for the virtio_mmio.device= tokens (if any). */
+	virtio_discover();
+
 	if (want_cpus)
 		smp_boot_aps();
+
+	if (want_rng)
+		virtio_rng_run();
 
 	if (want_tick)
 		tick_forever();
