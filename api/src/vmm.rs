@@ -16,10 +16,9 @@ pub struct VmConfig {
     pub machine: MachineConfig,
     #[serde(default)]
     pub serial: SerialConfig,
-    /// Block devices; the virtio-blk model comes with its own issue, until then any entry is
-    /// rejected when the config is validated.
+    /// virtio-blk disks, in the order the guest finds them.
     #[serde(default)]
-    pub drives: Vec<serde_json::Value>,
+    pub drives: Vec<DriveConfig>,
     /// Network devices; rejected like `drives` until virtio-net exists.
     #[serde(default)]
     pub nets: Vec<serde_json::Value>,
@@ -30,6 +29,35 @@ pub struct VmConfig {
 
 fn enabled() -> bool {
     true
+}
+
+/// One virtio-blk disk backed by a raw image file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Unique within the VM; the guest reads it as the disk's serial (GET_ID, 20 bytes).
+    pub id: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub cache: CacheMode,
+    /// Token-bucket limits; not supported yet, so any value is rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<serde_json::Value>,
+}
+
+/// How disk writes meet the host page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// O_DIRECT: no host caching; FLUSH makes writes durable.
+    #[default]
+    None,
+    /// O_DSYNC: every write is durable when it completes.
+    Writethrough,
+    /// Host page cache; FLUSH (fdatasync) makes writes durable.
+    Writeback,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

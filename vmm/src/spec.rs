@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use triad_api::vmm::{SerialMode, VmConfig};
+use triad_api::vmm::{DriveConfig, SerialMode, VmConfig};
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::mptable;
@@ -64,6 +64,14 @@ pub enum SpecError {
     SerialPathNotFile(PathBuf),
     #[error("serial.path is only allowed when serial.mode is \"file\"")]
     SerialPathUnexpected,
+    #[error("drives[{index}] ({id}): {reason}")]
+    Drive {
+        index: usize,
+        id: String,
+        reason: String,
+    },
+    #[error("{count} drives; a VM has at most {MAX_DRIVES}")]
+    TooManyDrives { count: usize },
     #[error("the VM has {asked} virtio devices; at most {max} fit")]
     TooManyDevices { asked: usize, max: usize },
     #[error("{0}: this triad-vmm does not support devices of this kind yet")]
@@ -73,6 +81,10 @@ pub enum SpecError {
 /// The kinds of virtio device a VM can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VirtioKind {
+    /// `drives[drive]` of the spec.
+    Block {
+        drive: usize,
+    },
     Rng,
 }
 
@@ -93,6 +105,7 @@ pub struct VmSpec {
     pub cmdline: String,
     pub vcpus: u8,
     pub mem_bytes: u64,
+    pub drives: Vec<DriveConfig>,
     pub virtio: Vec<VirtioSlot>,
 }
 
@@ -130,30 +143,34 @@ fn kernel_cmdline(user: &str, virtio: &[VirtioSlot]) -> String {
     out
 }
 
-/// Assigns MMIO windows and IOAPIC pins to the VM's virtio devices, in order.
+/// The most virtio devices one VM may have (MMIO windows are plentiful; this bounds the
+/// threads and file descriptors one VMM holds).
+pub const MAX_VIRTIO_DEVICES: usize = 64;
+
+/// Assigns MMIO windows and IOAPIC pins to the VM's virtio devices, in order. Past 19 devices
+/// pins are shared: Linux's virtio-mmio driver registers its handler as shared and reads each
+/// device's InterruptStatus, so a shared line costs a register read, not a lost interrupt.
 fn virtio_slots(kinds: &[VirtioKind]) -> Result<Vec<VirtioSlot>, SpecError> {
-    let max = usize::try_from(VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1).unwrap_or(0);
-    if kinds.len() > max {
+    if kinds.len() > MAX_VIRTIO_DEVICES {
         return Err(SpecError::TooManyDevices {
             asked: kinds.len(),
-            max,
+            max: MAX_VIRTIO_DEVICES,
         });
     }
+    let pins = VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1;
     Ok((0u32..)
         .zip(kinds)
         .map(|(i, &kind)| VirtioSlot {
             kind,
             base: VIRTIO_MMIO_BASE + u64::from(i) * MMIO_LEN,
-            irq: VIRTIO_IRQ_FIRST + i,
+            irq: VIRTIO_IRQ_FIRST + i % pins,
         })
         .collect())
 }
 
 impl VmSpec {
     pub fn new(config: &VmConfig, host: HostLimits) -> Result<Self, SpecError> {
-        if !config.drives.is_empty() {
-            return Err(SpecError::DevicesUnsupported("drives"));
-        }
+        check_drives(&config.drives)?;
         if !config.nets.is_empty() {
             return Err(SpecError::DevicesUnsupported("nets"));
         }
@@ -194,7 +211,11 @@ impl VmSpec {
         if boot.cmdline.as_bytes().contains(&0) {
             return Err(SpecError::CmdlineNul);
         }
-        let kinds: Vec<VirtioKind> = config.rng.then_some(VirtioKind::Rng).into_iter().collect();
+        // Disks first, in config order, so the guest's first disk is `drives[0]`.
+        let kinds: Vec<VirtioKind> = (0..config.drives.len())
+            .map(|drive| VirtioKind::Block { drive })
+            .chain(config.rng.then_some(VirtioKind::Rng))
+            .collect();
         let virtio = virtio_slots(&kinds)?;
         let max = loader::cmdline_limit(&boot.kernel).map_err(|reason| SpecError::Kernel {
             path: boot.kernel.clone(),
@@ -229,9 +250,68 @@ impl VmSpec {
             cmdline: boot.cmdline.clone(),
             vcpus,
             mem_bytes,
+            drives: config.drives.clone(),
             virtio,
         })
     }
+}
+
+/// The most disks one VM may have.
+pub const MAX_DRIVES: usize = 24;
+/// Drive ids name API paths (`/drives/{id}`), so they stay short and URL-safe.
+const MAX_ID_LEN: usize = 64;
+
+fn check_drives(drives: &[DriveConfig]) -> Result<(), SpecError> {
+    if drives.len() > MAX_DRIVES {
+        return Err(SpecError::TooManyDrives {
+            count: drives.len(),
+        });
+    }
+    for (index, d) in drives.iter().enumerate() {
+        let fail = |reason: String| SpecError::Drive {
+            index,
+            id: d.id.clone(),
+            reason,
+        };
+        let id_ok = !d.id.is_empty()
+            && d.id.len() <= MAX_ID_LEN
+            && d.id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !id_ok {
+            return Err(fail(format!(
+                "id must be 1 to {MAX_ID_LEN} characters of A-Z a-z 0-9 - _ ."
+            )));
+        }
+        if drives[..index].iter().any(|other| other.id == d.id) {
+            return Err(fail("the id is used by an earlier drive".into()));
+        }
+        if d.qos.is_some() {
+            return Err(fail("qos is not supported by this triad-vmm yet".into()));
+        }
+        check_disk_image(&d.path, d.read_only)
+            .map_err(|reason| fail(format!("path {}: {reason}", d.path.display())))?;
+    }
+    Ok(())
+}
+
+/// Ok when `path` is a non-empty regular file or block device we can open as the drive needs.
+fn check_disk_image(path: &Path, read_only: bool) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let kind = meta.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err("not a regular file or block device".into());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    if kind.is_file() && file.metadata().map_err(|e| e.to_string())?.len() < 512 {
+        return Err("smaller than one 512-byte sector".into());
+    }
+    Ok(())
 }
 
 /// Ok when `path` is a regular file we can open for reading; else why not.
@@ -325,13 +405,72 @@ mod tests {
     }
 
     #[test]
-    fn virtio_slots_run_out_after_irq_23() {
-        let slots = virtio_slots(&[VirtioKind::Rng; 19]).unwrap();
+    fn virtio_pins_are_shared_past_irq_23() {
+        let slots = virtio_slots(&[VirtioKind::Rng; 25]).unwrap();
         assert_eq!((slots[18].irq, slots[18].base), (23, 0xd001_2000));
+        assert_eq!((slots[19].irq, slots[19].base), (5, 0xd001_3000));
         assert_eq!(
-            virtio_slots(&[VirtioKind::Rng; 20]),
-            Err(SpecError::TooManyDevices { asked: 20, max: 19 })
+            virtio_slots(&[VirtioKind::Rng; 65]),
+            Err(SpecError::TooManyDevices { asked: 65, max: 64 })
         );
+    }
+
+    fn drive(id: &str, path: &Path) -> DriveConfig {
+        DriveConfig {
+            id: id.into(),
+            path: path.to_owned(),
+            read_only: false,
+            cache: Default::default(),
+            qos: None,
+        }
+    }
+
+    fn disk(name: &str, len: u64) -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("spec-{name}-{}.img", std::process::id()));
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+        path
+    }
+
+    #[test]
+    fn drives_come_first_and_are_checked() {
+        let (a, b) = (disk("a", 1 << 20), disk("b", 1 << 20));
+        let mut c = config();
+        c.drives = vec![drive("root", &a), drive("data", &b)];
+        let spec = VmSpec::new(&c, HOST).unwrap();
+        let kinds: Vec<_> = spec.virtio.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                VirtioKind::Block { drive: 0 },
+                VirtioKind::Block { drive: 1 },
+                VirtioKind::Rng
+            ]
+        );
+        let msg = |edit: &dyn Fn(&mut VmConfig)| {
+            let mut c = config();
+            c.drives = vec![drive("root", &a), drive("data", &b)];
+            edit(&mut c);
+            VmSpec::new(&c, HOST).unwrap_err().to_string()
+        };
+        assert_eq!(
+            msg(&|c| c.drives[1].id = "root".into()),
+            "drives[1] (root): the id is used by an earlier drive"
+        );
+        assert!(msg(&|c| c.drives[0].id = "a/b".into()).contains("id must be"));
+        assert!(msg(&|c| c.drives[0].path = "/nonexistent.img".into()).contains("No such file"));
+        assert!(
+            msg(&|c| c.drives[0].path = "/".into()).contains("not a regular file or block device")
+        );
+        assert!(msg(&|c| c.drives[0].qos = Some(serde_json::json!({"iops": 1}))).contains("qos"));
+        let tiny = disk("tiny", 100);
+        assert!(msg(&|c| c.drives[0].path = tiny.clone()).contains("smaller than one"));
+        let many = vec![drive("x", &a); 25];
+        assert!(msg(&|c| c.drives = many.clone()).contains("at most 24"));
+        for p in [a, b, tiny] {
+            std::fs::remove_file(p).unwrap();
+        }
     }
 
     #[test]
@@ -400,10 +539,6 @@ mod tests {
         assert_eq!(
             err(|c| c.serial.path = Some("/tmp/x".into())),
             SpecError::SerialPathUnexpected
-        );
-        assert_eq!(
-            err(|c| c.drives.push(serde_json::json!({"path": "/x"}))),
-            SpecError::DevicesUnsupported("drives")
         );
         assert_eq!(
             err(|c| c.nets.push(serde_json::json!({}))),

@@ -13,6 +13,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP, KVM_TSS};
 use crate::arch::x86_64::{self as arch, cpuid, regs, BootSetup};
 use crate::devices::serial::{GuestSerial, SerialOutput, COM1_IRQ};
+use crate::devices::virtio::blk::backend::FileBackend;
+use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::worker::Worker;
@@ -60,6 +62,12 @@ pub enum BuildError {
     #[error("creating the {kind:?} device")]
     Device {
         kind: VirtioKind,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening drive {id}")]
+    Drive {
+        id: String,
         #[source]
         source: std::io::Error,
     },
@@ -197,6 +205,17 @@ fn attach_virtio(
         let kvm = |source| BuildError::DeviceKvm { kind, source };
         let device: Box<dyn VirtioDevice> = match kind {
             VirtioKind::Rng => Box::new(Rng::new().map_err(io)?),
+            VirtioKind::Block { drive } => {
+                let d = &spec.drives[drive];
+                let backend =
+                    FileBackend::open(&d.path, d.read_only, d.cache).map_err(|source| {
+                        BuildError::Drive {
+                            id: d.id.clone(),
+                            source,
+                        }
+                    })?;
+                Box::new(Block::new(&d.id, Box::new(backend), d.read_only))
+            }
         };
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(io)?;
         vm.register_irqfd(&irqfd, slot.irq).map_err(kvm)?;

@@ -17,30 +17,30 @@ const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x5452_4941; // "TRIA"
 
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_VENDOR_ID: u64 = 0x00c;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
+pub(crate) const REG_MAGIC: u64 = 0x000;
+pub(crate) const REG_VERSION: u64 = 0x004;
+pub(crate) const REG_DEVICE_ID: u64 = 0x008;
+pub(crate) const REG_VENDOR_ID: u64 = 0x00c;
+pub(crate) const REG_DEVICE_FEATURES: u64 = 0x010;
+pub(crate) const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+pub(crate) const REG_DRIVER_FEATURES: u64 = 0x020;
+pub(crate) const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+pub(crate) const REG_QUEUE_SEL: u64 = 0x030;
+pub(crate) const REG_QUEUE_NUM_MAX: u64 = 0x034;
+pub(crate) const REG_QUEUE_NUM: u64 = 0x038;
+pub(crate) const REG_QUEUE_READY: u64 = 0x044;
 /// Offset of QueueNotify, where KVM ioeventfds are attached.
 pub const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_INTERRUPT_STATUS: u64 = 0x060;
-const REG_INTERRUPT_ACK: u64 = 0x064;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC_LOW: u64 = 0x080;
-const REG_QUEUE_DESC_HIGH: u64 = 0x084;
-const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
-const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
-const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const REG_CONFIG_GENERATION: u64 = 0x0fc;
+pub(crate) const REG_INTERRUPT_STATUS: u64 = 0x060;
+pub(crate) const REG_INTERRUPT_ACK: u64 = 0x064;
+pub(crate) const REG_STATUS: u64 = 0x070;
+pub(crate) const REG_QUEUE_DESC_LOW: u64 = 0x080;
+pub(crate) const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+pub(crate) const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+pub(crate) const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+pub(crate) const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+pub(crate) const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+pub(crate) const REG_CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG_SPACE: u64 = 0x100;
 
 /// Device status bits (virtio spec §2.1).
@@ -303,84 +303,14 @@ fn high(v: u64) -> u32 {
 mod tests {
     use super::*;
     use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::testing::{self, *};
     use crate::devices::virtio::{INT_USED_RING, TYPE_RNG};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Address, Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress};
 
-    const QUEUE_AT: u64 = 0x1_0000;
     const BUF_AT: u64 = 0x4_0000;
-    const VRING_DESC_F_WRITE: u16 = 2;
-
-    fn mem() -> GuestMemoryMmap {
-        crate::memory::create(16 << 20).unwrap()
-    }
 
     fn transport(mem: &GuestMemoryMmap) -> MmioTransport {
-        let interrupt = Arc::new(Interrupt::new(None));
-        MmioTransport::new(Box::new(Rng::new().unwrap()), mem.clone(), interrupt)
-    }
-
-    fn rd(t: &mut MmioTransport, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        t.read(offset, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn wr(t: &mut MmioTransport, offset: u64, value: u32) {
-        t.write(offset, &value.to_le_bytes());
-    }
-
-    /// The driver side of the handshake up to FEATURES_OK, accepting `features`.
-    fn negotiate(t: &mut MmioTransport, features: u64) {
-        wr(t, REG_STATUS, u32::from(ACKNOWLEDGE));
-        wr(t, REG_STATUS, u32::from(ACKNOWLEDGE | DRIVER));
-        wr(t, REG_DRIVER_FEATURES_SEL, 0);
-        wr(t, REG_DRIVER_FEATURES, low(features));
-        wr(t, REG_DRIVER_FEATURES_SEL, 1);
-        wr(t, REG_DRIVER_FEATURES, high(features));
-        wr(t, REG_STATUS, u32::from(ACKNOWLEDGE | DRIVER | FEATURES_OK));
-    }
-
-    /// Programs queue 0 with the rings a mock driver laid out, and sets DRIVER_OK.
-    fn set_up_queue(t: &mut MmioTransport, q: &MockSplitQueue<'_, GuestMemoryMmap>, size: u32) {
-        wr(t, REG_QUEUE_SEL, 0);
-        wr(t, REG_QUEUE_NUM, size);
-        for (lo, hi, addr) in [
-            (
-                REG_QUEUE_DESC_LOW,
-                REG_QUEUE_DESC_HIGH,
-                q.desc_table_addr().0,
-            ),
-            (
-                REG_QUEUE_DRIVER_LOW,
-                REG_QUEUE_DRIVER_HIGH,
-                q.avail_addr().0,
-            ),
-            (REG_QUEUE_DEVICE_LOW, REG_QUEUE_DEVICE_HIGH, q.used_addr().0),
-        ] {
-            wr(t, lo, low(addr));
-            wr(t, hi, high(addr));
-        }
-        wr(t, REG_QUEUE_READY, 1);
-        wr(
-            t,
-            REG_STATUS,
-            u32::from(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK),
-        );
-    }
-
-    fn used_len(
-        mem: &GuestMemoryMmap,
-        q: &MockSplitQueue<'_, GuestMemoryMmap>,
-        slot: u64,
-    ) -> (u16, u32) {
-        // Used ring: flags u16, idx u16, then {id u32, len u32} elements.
-        let idx: u16 = mem.read_obj(q.used_addr().unchecked_add(2)).unwrap();
-        let len: u32 = mem
-            .read_obj(q.used_addr().unchecked_add(4 + slot * 8 + 4))
-            .unwrap();
-        (idx, len)
+        testing::transport(mem, Box::new(Rng::new().unwrap()))
     }
 
     #[test]
@@ -443,17 +373,13 @@ mod tests {
     #[test]
     fn rng_fills_writable_buffers_and_interrupts() {
         let mem = mem();
-        let mut t = transport(&mem);
-        let q = MockSplitQueue::create(&mem, GuestAddress(QUEUE_AT), 16);
-        negotiate(&mut t, VIRTIO_F_VERSION_1);
-        set_up_queue(&mut t, &q, 16);
-        assert_ne!(t.status() & DRIVER_OK, 0);
+        let (mut t, q) = running(&mem, Box::new(Rng::new().unwrap()));
 
-        let desc = RawDescriptor::from(SplitDescriptor::new(BUF_AT, 64, VRING_DESC_F_WRITE, 0));
-        q.add_desc_chains(&[desc], 0).unwrap();
+        let chain = desc(BUF_AT, 64, VRING_DESC_F_WRITE, 0);
+        q.add_desc_chains(&[chain], 0).unwrap();
         wr(&mut t, REG_QUEUE_NOTIFY, 0);
 
-        assert_eq!(used_len(&mem, &q, 0), (1, 64));
+        assert_eq!(used(&mem, &q, 0), (1, 64));
         let mut buf = [0u8; 64];
         mem.read_slice(&mut buf, GuestAddress(BUF_AT)).unwrap();
         assert_ne!(buf, [0u8; 64], "64 random bytes are not all zero");
@@ -465,25 +391,17 @@ mod tests {
     #[test]
     fn garbage_descriptors_are_completed_empty_and_never_written() {
         let mem = mem();
-        let mut t = transport(&mem);
-        let q = MockSplitQueue::create(&mem, GuestAddress(QUEUE_AT), 16);
-        negotiate(&mut t, VIRTIO_F_VERSION_1);
-        set_up_queue(&mut t, &q, 16);
+        let (mut t, q) = running(&mem, Box::new(Rng::new().unwrap()));
         // Past the end of guest memory, a read-only buffer, and a huge length.
         let chains = [
-            RawDescriptor::from(SplitDescriptor::new(16 << 20, 64, VRING_DESC_F_WRITE, 0)),
-            RawDescriptor::from(SplitDescriptor::new(BUF_AT, 64, 0, 0)),
-            RawDescriptor::from(SplitDescriptor::new(
-                BUF_AT,
-                u32::MAX,
-                VRING_DESC_F_WRITE,
-                0,
-            )),
+            desc(16 << 20, 64, VRING_DESC_F_WRITE, 0),
+            desc(BUF_AT, 64, 0, 0),
+            desc(BUF_AT, u32::MAX, VRING_DESC_F_WRITE, 0),
         ];
         q.add_desc_chains(&chains, 0).unwrap();
         wr(&mut t, REG_QUEUE_NOTIFY, 0);
         for slot in 0..3 {
-            assert_eq!(used_len(&mem, &q, slot), (3, 0), "chain {slot}");
+            assert_eq!(used(&mem, &q, slot), (3, 0), "chain {slot}");
         }
         let mut buf = [0u8; 64];
         mem.read_slice(&mut buf, GuestAddress(BUF_AT)).unwrap();
@@ -493,28 +411,14 @@ mod tests {
     #[test]
     fn a_looping_chain_ends_after_queue_size_descriptors() {
         let mem = mem();
-        let mut t = transport(&mem);
-        let q = MockSplitQueue::create(&mem, GuestAddress(QUEUE_AT), 16);
-        negotiate(&mut t, VIRTIO_F_VERSION_1);
-        set_up_queue(&mut t, &q, 16);
-        const NEXT: u16 = 1;
+        let (mut t, q) = running(&mem, Box::new(Rng::new().unwrap()));
         let chains = [
-            RawDescriptor::from(SplitDescriptor::new(
-                BUF_AT,
-                64,
-                VRING_DESC_F_WRITE | NEXT,
-                1,
-            )),
-            RawDescriptor::from(SplitDescriptor::new(
-                BUF_AT + 64,
-                64,
-                VRING_DESC_F_WRITE | NEXT,
-                0,
-            )),
+            desc(BUF_AT, 64, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
+            desc(BUF_AT + 64, 64, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 0),
         ];
         q.add_desc_chains(&chains, 0).unwrap();
         wr(&mut t, REG_QUEUE_NOTIFY, 0);
-        let (idx, len) = used_len(&mem, &q, 0);
+        let (idx, len) = used(&mem, &q, 0);
         assert_eq!(idx, 1, "the looping chain is completed");
         assert!(len <= 16 * 64, "{len} bytes from a 16-entry queue");
     }

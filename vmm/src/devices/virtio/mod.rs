@@ -4,8 +4,11 @@
 //! status handshake; the queues' ring layout is `virtio_queue`'s; device models (`rng`, …) see
 //! activated queues and guest memory, never registers.
 
+pub mod blk;
 pub mod mmio;
 pub mod rng;
+#[cfg(test)]
+pub mod testing;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,473 @@
+//! virtio-blk (virtio 1.2 spec §5.2): one request queue over a `BlkBackend`.
+//!
+//! Per request: measure the chain, read the header, `request::parse` it against the disk, run
+//! it on the backend through a bounded, O_DIRECT-aligned bounce buffer, write the status byte.
+//! Every popped request is completed exactly once, garbage included.
+
+pub mod backend;
+pub mod request;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT, Reader, Writer};
+
+use super::{ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK};
+use crate::memory::GuestMemoryMmap;
+use backend::{AlignedBuf, BlkBackend};
+use request::{Header, Request, Segment, Shape, ID_LEN, SECTOR_SHIFT, S_IOERR, S_OK};
+
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+/// Data moves between guest and backend in pieces of at most this size.
+const CHUNK: usize = 128 << 10;
+
+// Feature bits (spec §5.2.3).
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// Bytes of `struct virtio_blk_config` we fill (through `write_zeroes_may_unmap`).
+const CONFIG_LEN: usize = 60;
+
+#[derive(Debug)]
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+#[derive(Debug)]
+pub struct Block {
+    id: [u8; ID_LEN],
+    backend: Box<dyn BlkBackend>,
+    read_only: bool,
+    sectors: u64,
+    config: [u8; CONFIG_LEN],
+    active: Option<Active>,
+    buf: AlignedBuf,
+}
+
+impl Block {
+    pub fn new(id: &str, backend: Box<dyn BlkBackend>, read_only: bool) -> Self {
+        let sectors = backend.size() >> SECTOR_SHIFT;
+        let mut serial = [0u8; ID_LEN];
+        for (dst, src) in serial.iter_mut().zip(id.bytes()) {
+            *dst = src;
+        }
+        Self {
+            id: serial,
+            backend,
+            read_only,
+            sectors,
+            config: config_space(sectors),
+            active: None,
+            buf: AlignedBuf::new(CHUNK),
+        }
+    }
+
+    fn process(&mut self) {
+        let Some(mut active) = self.active.take() else {
+            return;
+        };
+        let mut completed = false;
+        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+            let head = chain.head_index();
+            let used = self.handle(&active.mem, chain);
+            if active.queue.add_used(&active.mem, head, used).is_err() {
+                tracing::debug!("virtio-blk: used ring unwritable");
+                break;
+            }
+            completed = true;
+        }
+        if completed && active.queue.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used();
+        }
+        self.active = Some(active);
+    }
+
+    /// Runs one request; returns the bytes written into guest memory (data and status), or 0
+    /// when the chain is too broken to carry a status byte.
+    fn handle(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    ) -> u32 {
+        let (Ok(mut reader), Ok(mut data)) =
+            (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
+        else {
+            return 0;
+        };
+        let Some(status_at) = data.available_bytes().checked_sub(1) else {
+            return 0;
+        };
+        let Ok(mut status) = data.split_at(status_at) else {
+            return 0;
+        };
+        let (code, written) = match self.run(&mut reader, &mut data) {
+            Ok(written) => (S_OK, written),
+            Err(code) => (code, 0),
+        };
+        if status.write_all(&[code]).is_err() {
+            return 0;
+        }
+        u32::try_from(written + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Parses and executes; Ok(data bytes written to the guest) or Err(status).
+    fn run(&mut self, reader: &mut Reader<'_>, data: &mut Writer<'_>) -> Result<usize, u8> {
+        let mut raw = [0u8; Header::LEN];
+        reader.read_exact(&mut raw).map_err(|_| S_IOERR)?;
+        let header = Header::from_le_bytes(raw);
+        let shape = Shape {
+            readable: reader.available_bytes() as u64,
+            writable: data.available_bytes() as u64,
+        };
+        let segment = if shape.readable == Segment::LEN as u64 {
+            let mut raw = [0u8; Segment::LEN];
+            reader.read_exact(&mut raw).map_err(|_| S_IOERR)?;
+            Some(Segment::from_le_bytes(raw))
+        } else {
+            None
+        };
+        let request = request::parse(header, shape, segment, self.sectors, self.read_only)
+            .map_err(|e| {
+                tracing::debug!("virtio-blk: {e}");
+                e.status()
+            })?;
+        self.execute(request, reader, data).map_err(|e| {
+            tracing::debug!("virtio-blk: {request:?}: {e}");
+            S_IOERR
+        })
+    }
+
+    fn execute(
+        &mut self,
+        request: Request,
+        reader: &mut Reader<'_>,
+        data: &mut Writer<'_>,
+    ) -> std::io::Result<usize> {
+        match request {
+            Request::Read { offset, len } => {
+                let mut done = 0u64;
+                while done < len {
+                    let n = chunk(len - done);
+                    let buf = &mut self.buf.as_mut_slice()[..n];
+                    self.backend.read_at(buf, offset + done)?;
+                    data.write_all(buf)?;
+                    done += n as u64;
+                }
+                Ok(usize::try_from(len).unwrap_or(usize::MAX))
+            }
+            Request::Write { offset, len } => {
+                let mut done = 0u64;
+                while done < len {
+                    let n = chunk(len - done);
+                    let buf = &mut self.buf.as_mut_slice()[..n];
+                    reader.read_exact(buf)?;
+                    self.backend.write_at(buf, offset + done)?;
+                    done += n as u64;
+                }
+                Ok(0)
+            }
+            Request::Flush => self.backend.flush().map(|()| 0),
+            Request::GetId => {
+                let n = ID_LEN.min(data.available_bytes());
+                data.write_all(&self.id[..n])?;
+                Ok(n)
+            }
+            Request::Discard { offset, len } => self.backend.discard(offset, len).map(|()| 0),
+            Request::WriteZeroes { offset, len, unmap } => {
+                self.backend.write_zeroes(offset, len, unmap).map(|()| 0)
+            }
+        }
+    }
+}
+
+fn chunk(left: u64) -> usize {
+    usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK))
+}
+
+/// `struct virtio_blk_config` (spec §5.2.4), little-endian.
+fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, &sectors.to_le_bytes()); // capacity
+    put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+    put(20, &512u32.to_le_bytes()); // blk_size
+    put(36, &(u32::MAX >> SECTOR_SHIFT).to_le_bytes()); // max_discard_sectors
+    put(40, &1u32.to_le_bytes()); // max_discard_seg
+    put(44, &8u32.to_le_bytes()); // discard_sector_alignment: 4 KiB
+    put(48, &(u32::MAX >> SECTOR_SHIFT).to_le_bytes()); // max_write_zeroes_sectors
+    put(52, &1u32.to_le_bytes()); // max_write_zeroes_seg
+    put(56, &[1]); // write_zeroes_may_unmap
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        let base = F_SEG_MAX | F_BLK_SIZE | F_FLUSH;
+        if self.read_only {
+            base | F_RO
+        } else {
+            base | F_DISCARD | F_WRITE_ZEROES
+        }
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = self.config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        _acked_features: u64,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let queue = match (queues.pop(), queues.is_empty()) {
+            (Some(q), true) => q,
+            _ => {
+                return Err(ActivateError::QueueCount {
+                    expected: 1,
+                    got: queues.len() + 1,
+                })
+            }
+        };
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        if index == 0 {
+            self.process();
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test offsets are small; the VMM is 64-bit only
+mod tests {
+    use super::*;
+    use crate::devices::virtio::mmio::{
+        REG_DEVICE_FEATURES, REG_DEVICE_FEATURES_SEL, REG_QUEUE_NOTIFY,
+    };
+    use crate::devices::virtio::testing::*;
+    use request::{S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const HDR: u64 = 0x4_0000;
+    const DATA: u64 = 0x5_0000;
+    const STATUS: u64 = 0x6_0000;
+    const W: u16 = VRING_DESC_F_WRITE;
+
+    /// A disk in a vector, counting flushes.
+    #[derive(Debug)]
+    struct MemBackend {
+        bytes: Vec<u8>,
+        flushes: Arc<AtomicU32>,
+    }
+
+    impl BlkBackend for MemBackend {
+        fn size(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let o = offset as usize;
+            buf.copy_from_slice(&self.bytes[o..o + buf.len()]);
+            Ok(())
+        }
+        fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            let o = offset as usize;
+            self.bytes[o..o + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.write_zeroes(offset, len, true)
+        }
+        fn write_zeroes(&mut self, offset: u64, len: u64, _: bool) -> std::io::Result<()> {
+            self.bytes[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        }
+    }
+
+    fn disk(read_only: bool) -> (Box<Block>, Arc<AtomicU32>) {
+        let flushes = Arc::new(AtomicU32::new(0));
+        let backend = MemBackend {
+            bytes: vec![0; 1 << 20],
+            flushes: flushes.clone(),
+        };
+        (
+            Box::new(Block::new("disk-0", Box::new(backend), read_only)),
+            flushes,
+        )
+    }
+
+    fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&kind.to_le_bytes());
+        raw[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&raw, GuestAddress(HDR)).unwrap();
+    }
+
+    fn status(mem: &GuestMemoryMmap) -> u8 {
+        mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    #[test]
+    fn a_write_is_read_back() {
+        let mem = mem();
+        let (dev, _) = disk(false);
+        let (mut t, q) = running(&mem, dev);
+        header(&mem, T_OUT, 8);
+        mem.write_slice(&[0x5a; 4096], GuestAddress(DATA)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        let chain = [
+            desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+            desc(DATA, 4096, VRING_DESC_F_NEXT, 2),
+            desc(STATUS, 1, W, 0),
+        ];
+        q.add_desc_chains(&chain, 0).unwrap();
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!((used(&mem, &q, 0), status(&mem)), ((1, 1), S_OK));
+
+        header(&mem, T_IN, 8);
+        mem.write_slice(&[0; 4096], GuestAddress(DATA)).unwrap();
+        let chain = [
+            desc(HDR, 16, VRING_DESC_F_NEXT, 4),
+            desc(DATA, 4096, W | VRING_DESC_F_NEXT, 5),
+            desc(STATUS, 1, W, 0),
+        ];
+        q.add_desc_chains(&chain, 3).unwrap();
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!((used(&mem, &q, 1), status(&mem)), ((2, 4097), S_OK));
+        let mut back = [0u8; 4096];
+        mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        assert!(back.iter().all(|&b| b == 0x5a));
+    }
+
+    #[test]
+    fn flush_get_id_and_unsupported() {
+        let mem = mem();
+        let (dev, flushes) = disk(false);
+        let (mut t, q) = running(&mem, dev);
+        header(&mem, T_FLUSH, 0);
+        q.add_desc_chains(
+            &[desc(HDR, 16, VRING_DESC_F_NEXT, 1), desc(STATUS, 1, W, 0)],
+            0,
+        )
+        .unwrap();
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!((status(&mem), flushes.load(Ordering::Relaxed)), (S_OK, 1));
+
+        header(&mem, T_GET_ID, 0);
+        let chain = [
+            desc(HDR, 16, VRING_DESC_F_NEXT, 3),
+            desc(DATA, 20, W | VRING_DESC_F_NEXT, 4),
+            desc(STATUS, 1, W, 0),
+        ];
+        q.add_desc_chains(&chain, 2).unwrap();
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        let mut id = [0u8; 20];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id[..7], b"disk-0\0");
+        assert_eq!(used(&mem, &q, 1), (2, 21));
+
+        header(&mem, 77, 0);
+        q.add_desc_chains(
+            &[desc(HDR, 16, VRING_DESC_F_NEXT, 6), desc(STATUS, 1, W, 0)],
+            5,
+        )
+        .unwrap();
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!(status(&mem), S_UNSUPP);
+    }
+
+    #[test]
+    fn read_only_disks_say_so_and_refuse_writes() {
+        let mem = mem();
+        let (dev, _) = disk(true);
+        let (mut t, q) = running(&mem, dev);
+        wr(&mut t, REG_DEVICE_FEATURES_SEL, 0);
+        assert_ne!(u64::from(rd(&mut t, REG_DEVICE_FEATURES)) & F_RO, 0);
+        header(&mem, T_OUT, 0);
+        let chain = [
+            desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+            desc(DATA, 512, VRING_DESC_F_NEXT, 2),
+            desc(STATUS, 1, W, 0),
+        ];
+        q.add_desc_chains(&chain, 0).unwrap();
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!(status(&mem), S_IOERR);
+    }
+
+    #[test]
+    fn bad_requests_complete_with_an_error_or_nothing() {
+        let mem = mem();
+        let (dev, _) = disk(false);
+        let (mut t, q) = running(&mem, dev);
+        // Past the end of the 2048-sector disk: IOERR, nothing read.
+        header(&mem, T_IN, 2047);
+        let chain = [
+            desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+            desc(DATA, 1024, W | VRING_DESC_F_NEXT, 2),
+            desc(STATUS, 1, W, 0),
+        ];
+        q.add_desc_chains(&chain, 0).unwrap();
+        // No writable byte at all: no status can be written; completed with length 0.
+        q.add_desc_chains(&[desc(HDR, 16, 0, 0)], 3).unwrap();
+        // A header shorter than 16 bytes: IOERR.
+        q.add_desc_chains(
+            &[desc(HDR, 8, VRING_DESC_F_NEXT, 5), desc(STATUS, 1, W, 0)],
+            4,
+        )
+        .unwrap();
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!(used(&mem, &q, 0), (3, 1));
+        assert_eq!(used(&mem, &q, 1), (3, 0));
+        assert_eq!((used(&mem, &q, 2), status(&mem)), ((3, 1), S_IOERR));
+    }
+
+    #[test]
+    fn config_space_reports_capacity() {
+        let mem = mem();
+        let (dev, _) = disk(false);
+        let (mut t, _q) = running(&mem, dev);
+        let lo = rd(&mut t, 0x100);
+        let hi = rd(&mut t, 0x104);
+        assert_eq!((u64::from(hi) << 32) | u64::from(lo), 2048);
+        assert_eq!(rd(&mut t, 0x100 + 20), 512, "blk_size");
+        assert_eq!(rd(&mut t, 0x100 + 0x200), 0, "past the end reads zero");
+    }
+}
