@@ -91,9 +91,9 @@ fn bad_configs_are_rejected_by_name() {
         "unknown field `gpus`",
     );
     assert_rejected(
-        "drives",
+        "drive-no-id",
         &with(|v| v["drives"] = serde_json::json!([{"path": "/x"}])),
-        "drives",
+        "missing field `id`",
     );
     assert_rejected(
         "serial-path",
@@ -101,6 +101,36 @@ fn bad_configs_are_rejected_by_name() {
         "serial.path is required",
     );
     assert_rejected("not-json", "{\"boot\":", "config");
+    let disk = TempDir::new("bad-drive-disk");
+    let img = disk.join("root.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let drive = |id: &str, path: &std::path::Path| serde_json::json!({"id": id, "path": path});
+    assert_rejected(
+        "drive-missing",
+        &with(|v| {
+            v["drives"] =
+                serde_json::json!([drive("root", std::path::Path::new("/nonexistent/root.img"))])
+        }),
+        "drives[0] (root): path /nonexistent/root.img: No such file",
+    );
+    assert_rejected(
+        "drive-dup",
+        &with(|v| v["drives"] = serde_json::json!([drive("root", &img), drive("root", &img)])),
+        "drives[1] (root): the id is used by an earlier drive",
+    );
+    assert_rejected(
+        "drive-dir",
+        &with(|v| v["drives"] = serde_json::json!([drive("root", disk.path())])),
+        "not a regular file or block device",
+    );
+    assert_rejected(
+        "drive-cache",
+        &with(|v| v["drives"] = serde_json::json!([{"id": "root", "path": img, "cache": "turbo"}])),
+        "unknown variant `turbo`",
+    );
     // The test guest's bzImage announces a 2047-byte command line in its header.
     assert_rejected(
         "long-cmdline",
