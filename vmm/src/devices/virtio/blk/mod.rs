@@ -281,7 +281,7 @@ mod tests {
     use crate::devices::virtio::testing::*;
     use request::{S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
     use std::sync::atomic::{AtomicU32, Ordering};
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Address, Bytes, GuestAddress};
 
     const HDR: u64 = 0x4_0000;
     const DATA: u64 = 0x5_0000;
@@ -469,5 +469,40 @@ mod tests {
         assert_eq!((u64::from(hi) << 32) | u64::from(lo), 2048);
         assert_eq!(rd(&mut t, 0x100 + 20), 512, "blk_size");
         assert_eq!(rd(&mut t, 0x100 + 0x200), 0, "past the end reads zero");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever a driver puts in the descriptor table (addresses anywhere, any length, any
+        /// flags, chains that loop or point past the table), the device neither panics nor
+        /// leaves a popped request uncompleted.
+        #[test]
+        fn garbage_chains_are_all_completed(
+            table in proptest::collection::vec(
+                (0u64..(20 << 20), 0u32..200_000, 0u16..8, 0u16..20),
+                1..16,
+            ),
+            headers in proptest::collection::vec((0u32..16, 0u64..4096), 1..4),
+        ) {
+            let mem = mem();
+            let (dev, _) = disk(false);
+            let (mut t, q) = running(&mem, dev);
+            for (i, (kind, sector)) in headers.iter().enumerate() {
+                let mut raw = [0u8; 16];
+                raw[..4].copy_from_slice(&kind.to_le_bytes());
+                raw[8..].copy_from_slice(&sector.to_le_bytes());
+                mem.write_slice(&raw, GuestAddress(HDR + 16 * i as u64)).unwrap();
+            }
+            let descs: Vec<_> = table
+                .iter()
+                .map(|&(addr, len, flags, next)| desc(addr, len, flags, next))
+                .collect();
+            q.add_desc_chains(&descs, 0).unwrap();
+            let avail: u16 = mem.read_obj(q.avail_addr().unchecked_add(2)).unwrap();
+            wr(&mut t, REG_QUEUE_NOTIFY, 0);
+            let (used_idx, _) = used(&mem, &q, 0);
+            proptest::prop_assert_eq!(used_idx, avail);
+        }
     }
 }
