@@ -165,6 +165,7 @@ void triad_main(u32 boot_path, u64 info_paddr)
 {
 	struct boot_info bi = { "?", 0, 0 };
 	int want_cpus = 0, want_tick = 0, want_reset = 0, want_rng = 0;
+	int blk_mode = BLK_MODE_NONE, want_counter = 0;
 	int exit_code = -1;
 
 	serial_puts("TRIAD-GUEST-READY\n");
@@ -205,6 +206,14 @@ void triad_main(u32 boot_path, u64 info_paddr)
 			want_reset = 1;
 		} else if (token_is(tok, len, "triad.rng")) {
 			want_rng = 1;
+		} else if (token_is(tok, len, "triad.counter")) {
+			want_counter = 1;
+		} else if (token_is(tok, len, "triad.blk=rw")) {
+			blk_mode = BLK_MODE_RW;
+		} else if (token_is(tok, len, "triad.blk=ro")) {
+			blk_mode = BLK_MODE_RO;
+		} else if (token_value(tok, len, "triad.blk=") >= 0) {
+			serial_line("TRIAD-ERROR triad.blk wants rw or ro");
 		} else if ((vlen = token_value(tok, len, "virtio_mmio.device=")) >= 0) {
 			virtio_parse_token(tok + len - vlen, (usize)vlen);
 		} else if ((vlen = token_value(tok, len, "triad.exit=")) >= 0) {
@@ -223,6 +232,10 @@ void triad_main(u32 boot_path, u64 info_paddr)
 
 	if (want_rng)
 		virtio_rng_run();
+
+	/* triad.counter does not come back (unless it fails). */
+	if (blk_mode != BLK_MODE_NONE || want_counter)
+		virtio_blk_run(blk_mode, want_counter);
 
 	if (want_tick)
 		tick_forever();

@@ -1,7 +1,8 @@
 /*
  * virtio.h - the test guest's virtio-mmio driver core (virtio 1.x "modern"
  * devices, MMIO transport version 2, split virtqueues; virtio spec 1.2
- * §2.7 and §4.2). Device drivers (virtio_rng.c, later blk/net) sit on top.
+ * §2.7 and §4.2). Device drivers (virtio_rng.c, virtio_blk.c, later net)
+ * sit on top.
  *
  * Everything is polled: interrupts stay off, the driver spins on the used
  * ring with a TSC timeout and acknowledges InterruptStatus itself. Every
@@ -64,7 +65,7 @@
  * available ring at +0x100 (6 + 2 * 16), used ring at +0x200 (6 + 8 * 16).
  */
 #define VIRTQ_MAX_SIZE 16
-#define VIRTQ_POOL 8
+#define VIRTQ_POOL 16
 #define VIRTQ_SLOT 0x400
 #define VIRTQ_AVAIL_OFF 0x100
 #define VIRTQ_USED_OFF 0x200
@@ -181,5 +182,12 @@ const char *virtq_wait(struct virtq *vq, u32 *head, u32 *len);
 
 /* virtio_rng.c: the triad.rng step. */
 void virtio_rng_run(void);
+
+/* virtio_blk.c: the triad.blk=<mode> / triad.counter step (counter never
+ * returns unless it fails). */
+#define BLK_MODE_NONE 0
+#define BLK_MODE_RO 1 /* triad.blk=ro */
+#define BLK_MODE_RW 2 /* triad.blk=rw */
+void virtio_blk_run(int mode, int counter);
 
 #endif
