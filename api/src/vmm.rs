@@ -19,9 +19,9 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order the guest finds them.
     #[serde(default)]
     pub drives: Vec<DriveConfig>,
-    /// Network devices; rejected like `drives` until virtio-net exists.
+    /// virtio-net NICs, each on a TAP device.
     #[serde(default)]
-    pub nets: Vec<serde_json::Value>,
+    pub nets: Vec<NetConfig>,
     /// A virtio-rng device fed from the host's kernel random source; on unless set false.
     #[serde(default = "enabled")]
     pub rng: bool,
@@ -43,6 +43,22 @@ pub struct DriveConfig {
     #[serde(default)]
     pub cache: CacheMode,
     /// Token-bucket limits; not supported yet, so any value is rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<serde_json::Value>,
+}
+
+/// One virtio-net NIC on a TAP device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Unique within the VM.
+    pub id: String,
+    /// The TAP interface; netd normally creates it, and the VMM creates it when it is absent.
+    pub tap: String,
+    /// `52:54:00:12:34:56`; when absent a stable locally administered MAC is derived from `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Token-bucket limit; not supported yet, so any value is rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<serde_json::Value>,
 }

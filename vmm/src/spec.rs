@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use triad_api::vmm::{DriveConfig, SerialMode, VmConfig};
+use triad_api::vmm::{DriveConfig, NetConfig, SerialMode, VmConfig};
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::mptable;
@@ -74,8 +74,12 @@ pub enum SpecError {
     TooManyDrives { count: usize },
     #[error("the VM has {asked} virtio devices; at most {max} fit")]
     TooManyDevices { asked: usize, max: usize },
-    #[error("{0}: this triad-vmm does not support devices of this kind yet")]
-    DevicesUnsupported(&'static str),
+    #[error("nets[{index}] ({id}): {reason}")]
+    Net {
+        index: usize,
+        id: String,
+        reason: String,
+    },
 }
 
 /// The kinds of virtio device a VM can have.
@@ -84,6 +88,10 @@ pub enum VirtioKind {
     /// `drives[drive]` of the spec.
     Block {
         drive: usize,
+    },
+    /// `nics[nic]` of the spec.
+    Net {
+        nic: usize,
     },
     Rng,
 }
@@ -106,7 +114,16 @@ pub struct VmSpec {
     pub vcpus: u8,
     pub mem_bytes: u64,
     pub drives: Vec<DriveConfig>,
+    pub nics: Vec<NicSpec>,
     pub virtio: Vec<VirtioSlot>,
+}
+
+/// A NIC with its MAC decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    pub id: String,
+    pub tap: String,
+    pub mac: [u8; 6],
 }
 
 impl VmSpec {
@@ -171,9 +188,7 @@ fn virtio_slots(kinds: &[VirtioKind]) -> Result<Vec<VirtioSlot>, SpecError> {
 impl VmSpec {
     pub fn new(config: &VmConfig, host: HostLimits) -> Result<Self, SpecError> {
         check_drives(&config.drives)?;
-        if !config.nets.is_empty() {
-            return Err(SpecError::DevicesUnsupported("nets"));
-        }
+        let nics = check_nets(&config.nets)?;
         let m = config.machine;
         let max_vcpus = host.max_vcpus.min(u32::from(mptable::MAX_VCPUS));
         let vcpus = match m.vcpus {
@@ -211,9 +226,11 @@ impl VmSpec {
         if boot.cmdline.as_bytes().contains(&0) {
             return Err(SpecError::CmdlineNul);
         }
-        // Disks first, in config order, so the guest's first disk is `drives[0]`.
+        // Disks first, then NICs, each in config order, so the guest's first disk is
+        // `drives[0]` and its first NIC `nets[0]`.
         let kinds: Vec<VirtioKind> = (0..config.drives.len())
             .map(|drive| VirtioKind::Block { drive })
+            .chain((0..nics.len()).map(|nic| VirtioKind::Net { nic }))
             .chain(config.rng.then_some(VirtioKind::Rng))
             .collect();
         let virtio = virtio_slots(&kinds)?;
@@ -251,6 +268,7 @@ impl VmSpec {
             vcpus,
             mem_bytes,
             drives: config.drives.clone(),
+            nics,
             virtio,
         })
     }
@@ -260,6 +278,108 @@ impl VmSpec {
 pub const MAX_DRIVES: usize = 24;
 /// Drive ids name API paths (`/drives/{id}`), so they stay short and URL-safe.
 const MAX_ID_LEN: usize = 64;
+
+/// The most NICs one VM may have.
+pub const MAX_NETS: usize = 8;
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn check_nets(nets: &[NetConfig]) -> Result<Vec<NicSpec>, SpecError> {
+    let mut nics: Vec<NicSpec> = Vec::with_capacity(nets.len());
+    for (index, n) in nets.iter().enumerate() {
+        let fail = |reason: String| SpecError::Net {
+            index,
+            id: n.id.clone(),
+            reason,
+        };
+        if index >= MAX_NETS {
+            return Err(fail(format!("a VM has at most {MAX_NETS} NICs")));
+        }
+        if !valid_id(&n.id) {
+            return Err(fail(format!(
+                "id must be 1 to {MAX_ID_LEN} characters of A-Z a-z 0-9 - _ ."
+            )));
+        }
+        if n.tap.is_empty()
+            || n.tap.len() > MAX_TAP_NAME
+            || !n.tap.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+        {
+            return Err(fail(format!(
+                "tap {:?} is not an interface name (1 to {MAX_TAP_NAME} characters, no '/')",
+                n.tap
+            )));
+        }
+        if n.qos.is_some() {
+            return Err(fail("qos is not supported by this triad-vmm yet".into()));
+        }
+        let mac = match &n.mac {
+            Some(text) => parse_mac(text).ok_or_else(|| {
+                fail(format!(
+                    "mac {text:?} is not a unicast MAC like 52:54:00:12:34:56"
+                ))
+            })?,
+            None => derived_mac(&n.id),
+        };
+        if nics.iter().any(|other| other.id == n.id) {
+            return Err(fail("the id is used by an earlier NIC".into()));
+        }
+        if nics.iter().any(|other| other.tap == n.tap) {
+            return Err(fail(format!("tap {} is used by an earlier NIC", n.tap)));
+        }
+        if nics.iter().any(|other| other.mac == mac) {
+            return Err(fail(format!(
+                "mac {} is used by an earlier NIC",
+                format_mac(mac)
+            )));
+        }
+        nics.push(NicSpec {
+            id: n.id.clone(),
+            tap: n.tap.clone(),
+            mac,
+        });
+    }
+    Ok(nics)
+}
+
+const MAX_TAP_NAME: usize = 15;
+
+/// `aa:bb:cc:dd:ee:ff`, unicast (the group bit of the first octet clear), not all zero.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    let unicast = mac[0] & 1 == 0 && mac != [0; 6];
+    (parts.next().is_none() && unicast).then_some(mac)
+}
+
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A stable, locally administered MAC from a NIC id (52:54:00 as QEMU and libvirt use, then
+/// 24 bits of an FNV-1a hash).
+fn derived_mac(id: &str) -> [u8; 6] {
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let [a, b, c, ..] = hash.to_le_bytes();
+    [0x52, 0x54, 0x00, a, b, c]
+}
 
 fn check_drives(drives: &[DriveConfig]) -> Result<(), SpecError> {
     if drives.len() > MAX_DRIVES {
@@ -473,6 +593,42 @@ mod tests {
         }
     }
 
+    fn nic(id: &str, tap: &str, mac: Option<&str>) -> NetConfig {
+        NetConfig {
+            id: id.into(),
+            tap: tap.into(),
+            mac: mac.map(str::to_owned),
+            qos: None,
+        }
+    }
+
+    #[test]
+    fn nics_are_checked_and_get_stable_macs() {
+        let mut c = config();
+        c.nets = vec![
+            nic("eth0", "tap-a", Some("52:54:00:aa:bb:01")),
+            nic("eth1", "tap-b", None),
+        ];
+        let spec = VmSpec::new(&c, HOST).unwrap();
+        assert_eq!(spec.nics[0].mac, [0x52, 0x54, 0, 0xaa, 0xbb, 1]);
+        assert_eq!(spec.nics[1].mac, derived_mac("eth1"));
+        assert_eq!(derived_mac("eth1")[..3], [0x52, 0x54, 0]);
+        assert_ne!(derived_mac("eth1"), derived_mac("eth2"));
+        let msg = |nets: Vec<NetConfig>| {
+            let mut c = config();
+            c.nets = nets;
+            VmSpec::new(&c, HOST).unwrap_err().to_string()
+        };
+        assert!(msg(vec![nic("a", "t1", Some("01:00:5e:00:00:01"))]).contains("not a unicast MAC"));
+        assert!(msg(vec![nic("a", "t1", Some("52:54:00:aa:bb"))]).contains("not a unicast MAC"));
+        assert!(msg(vec![nic("a", "a-very-long-tap-name", None)]).contains("not an interface name"));
+        assert!(msg(vec![nic("a", "t1", None), nic("b", "t1", None)]).contains("tap t1 is used"));
+        assert!(msg(vec![nic("a", "t1", None), nic("a", "t2", None)]).contains("id is used"));
+        let same = Some("52:54:00:00:00:01");
+        assert!(msg(vec![nic("a", "t1", same), nic("b", "t2", same)])
+            .contains("mac 52:54:00:00:00:01 is used"));
+    }
+
     #[test]
     fn machine_limits() {
         assert_eq!(err(|c| c.machine.vcpus = 0), SpecError::NoVcpus);
@@ -539,10 +695,6 @@ mod tests {
         assert_eq!(
             err(|c| c.serial.path = Some("/tmp/x".into())),
             SpecError::SerialPathUnexpected
-        );
-        assert_eq!(
-            err(|c| c.nets.push(serde_json::json!({}))),
-            SpecError::DevicesUnsupported("nets")
         );
         assert_eq!(
             err(|c| c.boot.cmdline = "a\0b".into()),

@@ -16,6 +16,8 @@ use crate::devices::serial::{GuestSerial, SerialOutput, COM1_IRQ};
 use crate::devices::virtio::blk::backend::FileBackend;
 use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::net::tap::Tap;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -68,6 +70,13 @@ pub enum BuildError {
     #[error("opening drive {id}")]
     Drive {
         id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("NIC {id}: opening tap {tap}")]
+    Tap {
+        id: String,
+        tap: String,
         #[source]
         source: std::io::Error,
     },
@@ -205,6 +214,24 @@ fn attach_virtio(
         let kvm = |source| BuildError::DeviceKvm { kind, source };
         let device: Box<dyn VirtioDevice> = match kind {
             VirtioKind::Rng => Box::new(Rng::new().map_err(io)?),
+            VirtioKind::Net { nic } => {
+                let n = &spec.nics[nic];
+                let existed = std::path::Path::new("/sys/class/net").join(&n.tap).exists();
+                let tap = Tap::open(&n.tap)
+                    .and_then(|tap| {
+                        // A TAP we just created is down; one netd made is netd's to manage.
+                        if !existed {
+                            tap.set_up()?;
+                        }
+                        Ok(tap)
+                    })
+                    .map_err(|source| BuildError::Tap {
+                        id: n.id.clone(),
+                        tap: n.tap.clone(),
+                        source,
+                    })?;
+                Box::new(Net::new(tap, n.mac))
+            }
             VirtioKind::Block { drive } => {
                 let d = &spec.drives[drive];
                 let backend =

@@ -208,6 +208,17 @@ impl MmioTransport {
         }
     }
 
+    pub fn host_events(&self) -> Vec<std::os::fd::RawFd> {
+        self.device.host_events()
+    }
+
+    /// A host event of the device fired; only a running device cares.
+    pub fn host_event(&mut self, index: usize) {
+        if self.status & (DRIVER_OK | DEVICE_NEEDS_RESET | FAILED) == DRIVER_OK {
+            self.device.host_event(index);
+        }
+    }
+
     pub fn queue_count(&self) -> usize {
         self.device.queue_max_sizes().len()
     }

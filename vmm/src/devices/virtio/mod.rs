@@ -6,6 +6,7 @@
 
 pub mod blk;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub mod testing;
@@ -66,6 +67,14 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     ) -> Result<(), ActivateError>;
     /// The driver notified queue `index`.
     fn queue_notify(&mut self, index: u16);
+    /// Host file descriptors the device's I/O thread also waits on, edge-triggered (a TAP).
+    fn host_events(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+    /// `host_events()[index]` became readable.
+    fn host_event(&mut self, index: usize) {
+        let _ = index;
+    }
     /// The driver reset the device: drop queues and in-flight state.
     fn reset(&mut self);
 }

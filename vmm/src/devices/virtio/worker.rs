@@ -11,8 +11,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::mmio::MmioTransport;
 
-/// The epoll token of the stop eventfd; queue eventfds use their queue index.
+/// The epoll token of the stop eventfd; queue eventfds use their queue index, host events
+/// `HOST + index`.
 const STOP: u64 = u64::MAX;
+const HOST: u64 = 1 << 32;
 
 /// A running device thread; dropping it stops the thread.
 #[derive(Debug)]
@@ -42,6 +44,17 @@ impl Worker {
                 EpollEvent::new(EventSet::IN, index),
             )?;
         }
+        let host_events = transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .host_events();
+        for (index, fd) in (0u64..).zip(&host_events) {
+            epoll.ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, HOST + index),
+            )?;
+        }
         let thread_stop = stop.try_clone()?;
         let thread = std::thread::Builder::new()
             .name(name)
@@ -55,7 +68,7 @@ impl Worker {
 }
 
 fn run(epoll: &Epoll, stop: &EventFd, transport: &Mutex<MmioTransport>, queues: &[EventFd]) {
-    let mut events = vec![EpollEvent::default(); queues.len() + 1];
+    let mut events = vec![EpollEvent::default(); queues.len() + 8];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -70,6 +83,14 @@ fn run(epoll: &Epoll, stop: &EventFd, transport: &Mutex<MmioTransport>, queues: 
             if token == STOP {
                 let _ = stop.read();
                 return;
+            }
+            if token >= HOST {
+                let index = usize::try_from(token - HOST).unwrap_or(usize::MAX);
+                transport
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .host_event(index);
+                continue;
             }
             let Some(fd) = usize::try_from(token).ok().and_then(|i| queues.get(i)) else {
                 continue;

@@ -1,0 +1,294 @@
+//! virtio-net (virtio 1.2 spec §5.1) on a TAP device: queue 0 receives, queue 1 transmits.
+//!
+//! Frames cross with their virtio-net header untouched, so checksum and TSO offloads the guest
+//! accepted are carried out by the host kernel. The TAP is watched edge-triggered by the
+//! device's I/O thread; a frame that arrives while the guest has no buffer waits for one.
+
+pub mod tap;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT, Reader, Writer};
+
+use super::{ActivateError, Interrupt, VirtioDevice, TYPE_NET};
+use crate::memory::GuestMemoryMmap;
+use tap::{Tap, VNET_HDR_LEN};
+
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZES: &[u16] = &[256, 256];
+/// The largest frame with its header: a 64 KiB TSO segment plus Ethernet and virtio headers.
+const MAX_FRAME: usize = VNET_HDR_LEN + 14 + 65535;
+
+// Feature bits (spec §5.1.3).
+const F_CSUM: u64 = 1 << 0;
+const F_GUEST_CSUM: u64 = 1 << 1;
+const F_MAC: u64 = 1 << 5;
+const F_GUEST_TSO4: u64 = 1 << 7;
+const F_GUEST_TSO6: u64 = 1 << 8;
+const F_HOST_TSO4: u64 = 1 << 11;
+const F_HOST_TSO6: u64 = 1 << 12;
+const F_STATUS: u64 = 1 << 16;
+
+const LINK_UP: u16 = 1;
+
+/// Frame and byte counters, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_dropped: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_dropped: u64,
+}
+
+#[derive(Debug)]
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+#[derive(Debug)]
+pub struct Net {
+    mac: [u8; 6],
+    tap: Tap,
+    active: Option<Active>,
+    /// A received frame still waiting for a guest buffer, and its length.
+    rx_frame: Vec<u8>,
+    rx_pending: Option<usize>,
+    tx_frame: Vec<u8>,
+    stats: NetStats,
+}
+
+impl Net {
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+        Self {
+            mac,
+            tap,
+            active: None,
+            rx_frame: vec![0; MAX_FRAME],
+            rx_pending: None,
+            tx_frame: vec![0; MAX_FRAME],
+            stats: NetStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// Moves frames from the TAP into the guest's receive buffers while both last.
+    fn receive(&mut self) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let mut delivered = false;
+        loop {
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => match self.tap.recv(&mut self.rx_frame) {
+                    Ok(len) if len >= VNET_HDR_LEN => len,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::warn!("virtio-net: reading {}: {e}", self.tap.name());
+                        break;
+                    }
+                },
+            };
+            self.rx_pending = Some(len);
+            let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
+                break; // the frame waits for the guest to post a buffer
+            };
+            self.rx_pending = None;
+            let head = chain.head_index();
+            // Without VIRTIO_NET_F_MRG_RXBUF every frame is one buffer (spec §5.1.6.4).
+            self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+            let written = match Writer::new(&active.mem, chain) {
+                Ok(mut w) if w.available_bytes() >= len => {
+                    w.write_all(&self.rx_frame[..len]).is_ok()
+                }
+                _ => false,
+            };
+            if written {
+                self.stats.rx_packets += 1;
+                self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
+            } else {
+                self.stats.rx_dropped += 1;
+            }
+            let used = if written {
+                u32::try_from(len).unwrap_or(0)
+            } else {
+                0
+            };
+            if active.rx.add_used(&active.mem, head, used).is_err() {
+                break;
+            }
+            delivered = true;
+        }
+        if delivered && active.rx.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used();
+        }
+    }
+
+    /// Sends every frame the guest queued.
+    fn transmit(&mut self) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let mut completed = false;
+        while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+            let head = chain.head_index();
+            let len = match Reader::new(&active.mem, chain) {
+                Ok(mut r)
+                    if r.available_bytes() <= MAX_FRAME && r.available_bytes() > VNET_HDR_LEN =>
+                {
+                    let n = r.available_bytes();
+                    r.read_exact(&mut self.tx_frame[..n]).ok().map(|()| n)
+                }
+                _ => None,
+            };
+            match len.map(|n| (n, self.tap.send(&self.tx_frame[..n]))) {
+                Some((n, Ok(_))) => {
+                    self.stats.tx_packets += 1;
+                    self.stats.tx_bytes += (n - VNET_HDR_LEN) as u64;
+                }
+                Some((_, Err(e))) => {
+                    tracing::debug!("virtio-net: writing {}: {e}", self.tap.name());
+                    self.stats.tx_dropped += 1;
+                }
+                None => self.stats.tx_dropped += 1,
+            }
+            if active.tx.add_used(&active.mem, head, 0).is_err() {
+                break;
+            }
+            completed = true;
+        }
+        if completed && active.tx.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used();
+        }
+    }
+}
+
+/// The TUN offloads matching the features the guest accepted.
+fn tap_offloads(acked: u64) -> libc::c_uint {
+    let mut flags = 0;
+    if acked & F_GUEST_CSUM != 0 {
+        flags |= libc::TUN_F_CSUM;
+        if acked & F_GUEST_TSO4 != 0 {
+            flags |= libc::TUN_F_TSO4;
+        }
+        if acked & F_GUEST_TSO6 != 0 {
+            flags |= libc::TUN_F_TSO6;
+        }
+    }
+    flags
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn features(&self) -> u64 {
+        F_CSUM
+            | F_GUEST_CSUM
+            | F_MAC
+            | F_GUEST_TSO4
+            | F_GUEST_TSO6
+            | F_HOST_TSO4
+            | F_HOST_TSO6
+            | F_STATUS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&self.mac);
+        config[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        acked_features: u64,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let Ok([rx, tx]) = <[Queue; 2]>::try_from(queues) else {
+            return Err(ActivateError::QueueCount { expected: 2, got });
+        };
+        self.tap
+            .set_offloads(tap_offloads(acked_features))
+            .map_err(|e| {
+                ActivateError::Device(format!("setting offloads on {}: {e}", self.tap.name()))
+            })?;
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+        });
+        // Frames that arrived before the driver was ready.
+        self.receive();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        match usize::from(index) {
+            RX => self.receive(),
+            TX => self.transmit(),
+            _ => {}
+        }
+    }
+
+    fn host_events(&self) -> Vec<RawFd> {
+        vec![self.tap.as_raw_fd()]
+    }
+
+    fn host_event(&mut self, _index: usize) {
+        self.receive();
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.rx_pending = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offloads_follow_the_guest() {
+        assert_eq!(tap_offloads(0), 0);
+        assert_eq!(
+            tap_offloads(F_GUEST_TSO4),
+            0,
+            "TSO without checksum offload is not allowed"
+        );
+        assert_eq!(tap_offloads(F_GUEST_CSUM), libc::TUN_F_CSUM);
+        assert_eq!(
+            tap_offloads(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+        );
+    }
+}
