@@ -32,7 +32,7 @@ fn enabled() -> bool {
 }
 
 /// One virtio-blk disk backed by a raw image file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveConfig {
     /// Unique within the VM; the guest reads it as the disk's serial (GET_ID, 20 bytes).
@@ -42,13 +42,36 @@ pub struct DriveConfig {
     pub read_only: bool,
     #[serde(default)]
     pub cache: CacheMode,
-    /// Token-bucket limits; not supported yet, so any value is rejected.
+    /// Token-bucket limits on operations and bytes per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qos: Option<serde_json::Value>,
+    pub qos: Option<Qos>,
+}
+
+/// I/O limits of one device: token buckets refilled continuously at these rates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Qos {
+    /// Operations per second (disks only); absent or 0 = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u64>,
+    /// Bytes per second; absent or 0 = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<u64>,
+    /// Seconds of the rate a device may spend at once after being idle (default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<f64>,
+}
+
+/// `PATCH /drives/{id}` and `PATCH /nets/{id}`: change a running device's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// The new limits; `null` removes them.
+    pub qos: Option<Qos>,
 }
 
 /// One virtio-net NIC on a TAP device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
     /// Unique within the VM.
@@ -58,9 +81,9 @@ pub struct NetConfig {
     /// `52:54:00:12:34:56`; when absent a stable locally administered MAC is derived from `id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
-    /// Token-bucket limit; not supported yet, so any value is rejected.
+    /// Limit on bytes per second, each way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qos: Option<serde_json::Value>,
+    pub qos: Option<Qos>,
 }
 
 /// How disk writes meet the host page cache.

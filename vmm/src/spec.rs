@@ -5,11 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use triad_api::vmm::{DriveConfig, NetConfig, SerialMode, VmConfig};
+use triad_api::vmm::{DriveConfig, NetConfig, Qos, SerialMode, VmConfig};
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::mptable;
 use crate::devices::virtio::mmio::MMIO_LEN;
+use crate::devices::virtio::ratelimit::{RateLimiter, DEFAULT_BURST};
 use crate::loader;
 
 /// The smallest guest we boot: low memory, the kernel at 1 MiB and some room after it.
@@ -105,7 +106,7 @@ pub struct VirtioSlot {
 }
 
 /// A config this host can boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VmSpec {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
@@ -119,11 +120,39 @@ pub struct VmSpec {
 }
 
 /// A NIC with its MAC decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NicSpec {
     pub id: String,
     pub tap: String,
     pub mac: [u8; 6],
+    pub qos: Option<Qos>,
+}
+
+/// Longest burst a limit may have; longer ones make a limit meaningless.
+const MAX_BURST_SECS: f64 = 3600.0;
+
+/// Checks a device's limits; `bytes_only` for NICs, which have no operation count.
+pub fn check_qos(qos: &Qos, bytes_only: bool) -> Result<(), String> {
+    if bytes_only && qos.iops.is_some() {
+        return Err("qos.iops: NICs are limited in bytes per second only".into());
+    }
+    match qos.burst {
+        Some(b) if !(0.0..=MAX_BURST_SECS).contains(&b) => Err(format!(
+            "qos.burst must be between 0 and {MAX_BURST_SECS} seconds"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The limiter a device starts with for `qos`.
+pub fn rate_limiter(qos: Option<&Qos>) -> RateLimiter {
+    let Some(q) = qos else {
+        return RateLimiter::default();
+    };
+    let burst = q.burst.map_or(DEFAULT_BURST, |b| {
+        std::time::Duration::from_secs_f64(b.clamp(0.0, MAX_BURST_SECS))
+    });
+    RateLimiter::new(q.iops, q.bytes_per_sec, burst, std::time::Instant::now())
 }
 
 impl VmSpec {
@@ -315,8 +344,8 @@ fn check_nets(nets: &[NetConfig]) -> Result<Vec<NicSpec>, SpecError> {
                 n.tap
             )));
         }
-        if n.qos.is_some() {
-            return Err(fail("qos is not supported by this triad-vmm yet".into()));
+        if let Some(qos) = &n.qos {
+            check_qos(qos, true).map_err(fail)?;
         }
         let mac = match &n.mac {
             Some(text) => parse_mac(text).ok_or_else(|| {
@@ -342,6 +371,7 @@ fn check_nets(nets: &[NetConfig]) -> Result<Vec<NicSpec>, SpecError> {
             id: n.id.clone(),
             tap: n.tap.clone(),
             mac,
+            qos: n.qos,
         });
     }
     Ok(nics)
@@ -406,8 +436,8 @@ fn check_drives(drives: &[DriveConfig]) -> Result<(), SpecError> {
         if drives[..index].iter().any(|other| other.id == d.id) {
             return Err(fail("the id is used by an earlier drive".into()));
         }
-        if d.qos.is_some() {
-            return Err(fail("qos is not supported by this triad-vmm yet".into()));
+        if let Some(qos) = &d.qos {
+            check_qos(qos, false).map_err(fail)?;
         }
         check_disk_image(&d.path, d.read_only)
             .map_err(|reason| fail(format!("path {}: {reason}", d.path.display())))?;
@@ -583,7 +613,12 @@ mod tests {
         assert!(
             msg(&|c| c.drives[0].path = "/".into()).contains("not a regular file or block device")
         );
-        assert!(msg(&|c| c.drives[0].qos = Some(serde_json::json!({"iops": 1}))).contains("qos"));
+        let bad_burst = Qos {
+            iops: Some(1),
+            bytes_per_sec: None,
+            burst: Some(-1.0),
+        };
+        assert!(msg(&|c| c.drives[0].qos = Some(bad_burst)).contains("qos.burst"));
         let tiny = disk("tiny", 100);
         assert!(msg(&|c| c.drives[0].path = tiny.clone()).contains("smaller than one"));
         let many = vec![drive("x", &a); 25];
@@ -624,6 +659,13 @@ mod tests {
         assert!(msg(vec![nic("a", "a-very-long-tap-name", None)]).contains("not an interface name"));
         assert!(msg(vec![nic("a", "t1", None), nic("b", "t1", None)]).contains("tap t1 is used"));
         assert!(msg(vec![nic("a", "t1", None), nic("a", "t2", None)]).contains("id is used"));
+        let mut with_iops = nic("a", "t1", None);
+        with_iops.qos = Some(Qos {
+            iops: Some(5),
+            bytes_per_sec: None,
+            burst: None,
+        });
+        assert!(msg(vec![with_iops]).contains("qos.iops: NICs"));
         let same = Some("52:54:00:00:00:01");
         assert!(msg(vec![nic("a", "t1", same), nic("b", "t2", same)])
             .contains("mac 52:54:00:00:00:01 is used"));

@@ -18,13 +18,14 @@ use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::tap::Tap;
 use crate::devices::virtio::net::Net;
+use crate::devices::virtio::ratelimit::RateLimiter;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{MmioBus, PortBus};
 use crate::loader;
 use crate::memory::{self, GuestMemoryMmap};
-use crate::spec::{VirtioKind, VmSpec};
+use crate::spec::{rate_limiter, VirtioKind, VmSpec};
 use crate::vcpu::{VcpuContext, Vcpus};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +96,7 @@ pub enum BuildError {
 pub struct Vm {
     // Field order is drop order: vCPU threads stop before the VM fd and memory go away.
     vcpus: Vcpus,
-    _virtio_workers: Vec<Worker>,
+    virtio: VirtioDevices,
     _vm: VmFd,
     _memory: GuestMemoryMmap,
 }
@@ -152,7 +153,8 @@ impl Vm {
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(|e| BuildError::Platform("serial irqfd", e))?;
         let bus = Arc::new(PortBus::new(GuestSerial::new(serial, Some(serial_irq))));
-        let (mmio, virtio_workers) = attach_virtio(&vm, &mem, spec)?;
+        let virtio = attach_virtio(&vm, &mem, spec)?;
+        let mmio = Arc::new(virtio.bus());
 
         // 5. vCPUs: CPUID and MSRs for all, registers for the boot vCPU.
         let supported = kvm
@@ -177,13 +179,26 @@ impl Vm {
         }
 
         // 6. Go.
-        let vcpus = Vcpus::start(fds, &cx(bus, Arc::new(mmio))).map_err(BuildError::StartVcpus)?;
+        let vcpus = Vcpus::start(fds, &cx(bus, mmio)).map_err(BuildError::StartVcpus)?;
         Ok(Self {
             vcpus,
-            _virtio_workers: virtio_workers,
+            virtio,
             _vm: vm,
             _memory: mem,
         })
+    }
+
+    /// New limits for a running device; false when there is no such device.
+    pub fn set_rate_limiter(&self, device: VirtioKind, limiter: RateLimiter) -> bool {
+        self.virtio
+            .devices
+            .iter()
+            .find(|(kind, ..)| *kind == device)
+            .is_some_and(|(_, _, t)| {
+                t.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_rate_limiter(limiter)
+            })
     }
 
     pub fn pause(&self) {
@@ -199,14 +214,32 @@ impl Vm {
     }
 }
 
+/// A boot's virtio devices and their I/O threads (which stop when this is dropped).
+#[derive(Debug)]
+struct VirtioDevices {
+    devices: Vec<(VirtioKind, u64, Arc<Mutex<MmioTransport>>)>,
+    _workers: Vec<Worker>,
+}
+
+impl VirtioDevices {
+    /// The MMIO windows the vCPUs dispatch to.
+    fn bus(&self) -> MmioBus {
+        let mut bus = MmioBus::default();
+        for (_, base, transport) in &self.devices {
+            bus.insert(*base, transport.clone());
+        }
+        bus
+    }
+}
+
 /// Creates the spec's virtio devices: each gets its MMIO window on the bus, an irqfd on its
 /// IOAPIC pin, an ioeventfd per queue on QueueNotify, and an I/O thread serving those.
 fn attach_virtio(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     spec: &VmSpec,
-) -> Result<(MmioBus, Vec<Worker>), BuildError> {
-    let mut bus = MmioBus::default();
+) -> Result<VirtioDevices, BuildError> {
+    let mut devices = Vec::with_capacity(spec.virtio.len());
     let mut workers = Vec::with_capacity(spec.virtio.len());
     for slot in &spec.virtio {
         let kind = slot.kind;
@@ -230,7 +263,7 @@ fn attach_virtio(
                         tap: n.tap.clone(),
                         source,
                     })?;
-                Box::new(Net::new(tap, n.mac))
+                Box::new(Net::new(tap, n.mac, rate_limiter(n.qos.as_ref())).map_err(io)?)
             }
             VirtioKind::Block { drive } => {
                 let d = &spec.drives[drive];
@@ -241,7 +274,8 @@ fn attach_virtio(
                             source,
                         }
                     })?;
-                Box::new(Block::new(&d.id, Box::new(backend), d.read_only))
+                let limiter = rate_limiter(d.qos.as_ref());
+                Box::new(Block::new(&d.id, Box::new(backend), d.read_only, limiter).map_err(io)?)
             }
         };
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(io)?;
@@ -256,9 +290,12 @@ fn attach_virtio(
             queue_events.push(event);
         }
         let transport = Arc::new(Mutex::new(transport));
-        bus.insert(slot.base, transport.clone());
+        devices.push((kind, slot.base, transport.clone()));
         let name = format!("virtio-{kind:?}-{:x}", slot.base).to_lowercase();
         workers.push(Worker::spawn(name, transport, queue_events).map_err(io)?);
     }
-    Ok((bus, workers))
+    Ok(VirtioDevices {
+        devices,
+        _workers: workers,
+    })
 }

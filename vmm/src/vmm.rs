@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::Kvm;
-use triad_api::vmm::{SerialMode, VmAction, VmConfig, VmInfo, VmMetrics, VmState};
+use triad_api::vmm::{DevicePatch, SerialMode, VmAction, VmConfig, VmInfo, VmMetrics, VmState};
 
-use crate::api::{ApiCall, ApiError, ApiOk, ApiReply, ApiRequest};
+use crate::api::{ApiCall, ApiError, ApiOk, ApiReply, ApiRequest, DeviceKind};
 use crate::devices::serial::SerialOutput;
-use crate::spec::{HostLimits, VmSpec};
+use crate::spec::{rate_limiter, HostLimits, VirtioKind, VmSpec};
 use crate::vcpu::{ExitCounters, VcpuContext, VcpuEvent};
 use crate::vm::Vm;
 use crate::Event;
@@ -154,7 +154,75 @@ impl Vmm {
             ApiRequest::GetMetrics => Ok(ApiOk::Metrics(self.metrics())),
             ApiRequest::PutConfig(config) => self.configure(*config).map(|()| self.info()),
             ApiRequest::Action(action) => self.act(action).map(|()| self.info()),
+            ApiRequest::PutDrive(drive) => self
+                .edit_devices(|c| upsert(&mut c.drives, *drive, |d| &d.id))
+                .map(|()| self.info()),
+            ApiRequest::PutNet(net) => self
+                .edit_devices(|c| upsert(&mut c.nets, *net, |n| &n.id))
+                .map(|()| self.info()),
+            ApiRequest::Patch { kind, id, patch } => {
+                self.patch_device(kind, &id, patch).map(|()| self.info())
+            }
         }
+    }
+
+    /// Changes the configured devices before the VM starts; the whole config is validated
+    /// again and kept unchanged if it no longer holds.
+    fn edit_devices(&mut self, edit: impl FnOnce(&mut VmConfig)) -> Result<(), ApiError> {
+        let Some((config, _)) = &self.config else {
+            return Err(ApiError::WrongState(
+                "the VM has no config yet; PUT /vm/config first".into(),
+            ));
+        };
+        let mut config = config.clone();
+        edit(&mut config);
+        self.configure(config)
+    }
+
+    /// New limits for a drive or NIC: kept in the config (a reboot keeps them) and applied
+    /// at once to a running device.
+    fn patch_device(
+        &mut self,
+        kind: DeviceKind,
+        id: &str,
+        patch: DevicePatch,
+    ) -> Result<(), ApiError> {
+        let Some((config, spec)) = &mut self.config else {
+            return Err(ApiError::WrongState("the VM has no config yet".into()));
+        };
+        let (qos, index) = match kind {
+            DeviceKind::Drive => {
+                let i = config.drives.iter().position(|d| d.id == id);
+                (i.map(|i| &mut config.drives[i].qos), i)
+            }
+            DeviceKind::Net => {
+                let i = config.nets.iter().position(|n| n.id == id);
+                (i.map(|i| &mut config.nets[i].qos), i)
+            }
+        };
+        let (Some(qos), Some(index)) = (qos, index) else {
+            return Err(ApiError::NotFound(format!(
+                "no {} with id {id:?}",
+                kind_name(kind)
+            )));
+        };
+        if let Some(new) = &patch.qos {
+            crate::spec::check_qos(new, kind == DeviceKind::Net)
+                .map_err(|e| ApiError::Invalid(format!("{} {id}: {e}", kind_name(kind))))?;
+        }
+        *qos = patch.qos;
+        match kind {
+            DeviceKind::Drive => spec.drives[index].qos = patch.qos,
+            DeviceKind::Net => spec.nics[index].qos = patch.qos,
+        }
+        if let Some(vm) = &self.vm {
+            let device = match kind {
+                DeviceKind::Drive => VirtioKind::Block { drive: index },
+                DeviceKind::Net => VirtioKind::Net { nic: index },
+            };
+            vm.set_rate_limiter(device, rate_limiter(patch.qos.as_ref()));
+        }
+        Ok(())
     }
 
     fn act(&mut self, action: VmAction) -> Result<(), ApiError> {
@@ -319,6 +387,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// Replaces the element with the same id, or appends.
+fn upsert<T>(list: &mut Vec<T>, item: T, id: impl Fn(&T) -> &String) {
+    match list.iter().position(|x| id(x) == id(&item)) {
+        Some(i) => list[i] = item,
+        None => list.push(item),
+    }
+}
+
+fn kind_name(kind: DeviceKind) -> &'static str {
+    match kind {
+        DeviceKind::Drive => "drive",
+        DeviceKind::Net => "NIC",
+    }
 }
 
 fn state_name(state: VmState) -> &'static str {

@@ -8,7 +8,7 @@ pub mod server;
 
 use std::sync::mpsc::Sender;
 
-use triad_api::vmm::{VmAction, VmConfig, VmInfo, VmMetrics};
+use triad_api::vmm::{DevicePatch, DriveConfig, NetConfig, VmAction, VmConfig, VmInfo, VmMetrics};
 
 #[derive(Debug)]
 pub enum ApiRequest {
@@ -16,6 +16,23 @@ pub enum ApiRequest {
     GetMetrics,
     PutConfig(Box<VmConfig>),
     Action(VmAction),
+    /// Add or replace a drive before the VM starts.
+    PutDrive(Box<DriveConfig>),
+    /// Add or replace a NIC before the VM starts.
+    PutNet(Box<NetConfig>),
+    /// Change a device's limits, running or not.
+    Patch {
+        kind: DeviceKind,
+        id: String,
+        patch: DevicePatch,
+    },
+}
+
+/// Which collection a device id belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Drive,
+    Net,
 }
 
 #[derive(Debug)]
@@ -30,6 +47,9 @@ pub enum ApiError {
     /// The request itself is wrong (400).
     #[error("{0}")]
     Invalid(String),
+    /// The named thing does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
     /// The request does not fit the VM's current state (409).
     #[error("{0}")]
     WrongState(String),

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
-use triad_api::vmm::{VmActionRequest, VmConfig};
+use triad_api::vmm::{DevicePatch, DriveConfig, NetConfig, VmActionRequest, VmConfig};
 use triad_api::ErrorBody;
 
-use super::{ApiCall, ApiError, ApiOk, ApiRequest};
+use super::{ApiCall, ApiError, ApiOk, ApiRequest, DeviceKind};
 use crate::Event;
 
 const MAX_HEAD: usize = 16 << 10;
@@ -217,19 +217,61 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize, HttpError> 
 /// Maps method and path to a request; pure, so it is tested without sockets.
 fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpError> {
     let path = path.split('?').next().unwrap_or(path);
-    let allowed = match path {
-        "/vm" | "/vm/metrics" => "GET",
-        "/vm/config" | "/vm/actions" => "PUT",
-        _ => return Err(error(404, format!("no such endpoint: {method} {path}"))),
+    let device = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .filter(|id| !id.is_empty() && !id.contains('/'))
     };
-    if method != allowed {
+    let (allowed, kind): (&[&str], _) = match path {
+        "/vm" | "/vm/metrics" => (&["GET"], None),
+        "/vm/config" | "/vm/actions" => (&["PUT"], None),
+        _ => match (device("/drives/"), device("/nets/")) {
+            (Some(id), _) => (&["PUT", "PATCH"], Some((DeviceKind::Drive, id))),
+            (_, Some(id)) => (&["PUT", "PATCH"], Some((DeviceKind::Net, id))),
+            _ => return Err(error(404, format!("no such endpoint: {method} {path}"))),
+        },
+    };
+    if !allowed.contains(&method) {
+        let allowed = allowed.join(" or ");
         return Err(error(405, format!("{path} takes {allowed}, not {method}")));
     }
-    match path {
-        "/vm" => Ok(ApiRequest::GetVm),
-        "/vm/metrics" => Ok(ApiRequest::GetMetrics),
-        "/vm/config" => parse_body::<VmConfig>(body).map(|c| ApiRequest::PutConfig(Box::new(c))),
-        _ => parse_body::<VmActionRequest>(body).map(|a| ApiRequest::Action(a.action)),
+    match (path, kind, method) {
+        ("/vm", ..) => Ok(ApiRequest::GetVm),
+        ("/vm/metrics", ..) => Ok(ApiRequest::GetMetrics),
+        ("/vm/config", ..) => {
+            parse_body::<VmConfig>(body).map(|c| ApiRequest::PutConfig(Box::new(c)))
+        }
+        ("/vm/actions", ..) => {
+            parse_body::<VmActionRequest>(body).map(|a| ApiRequest::Action(a.action))
+        }
+        (_, Some((kind, id)), "PATCH") => {
+            parse_body::<DevicePatch>(body).map(|patch| ApiRequest::Patch {
+                kind,
+                id: id.to_owned(),
+                patch,
+            })
+        }
+        (_, Some((DeviceKind::Drive, id)), _) => {
+            let drive: DriveConfig = parse_body(body)?;
+            same_id(id, &drive.id)?;
+            Ok(ApiRequest::PutDrive(Box::new(drive)))
+        }
+        (_, Some((DeviceKind::Net, id)), _) => {
+            let net: NetConfig = parse_body(body)?;
+            same_id(id, &net.id)?;
+            Ok(ApiRequest::PutNet(Box::new(net)))
+        }
+        _ => Err(error(404, format!("no such endpoint: {method} {path}"))),
+    }
+}
+
+fn same_id(in_path: &str, in_body: &str) -> Result<(), HttpError> {
+    if in_path == in_body {
+        Ok(())
+    } else {
+        Err(error(
+            400,
+            format!("the path names {in_path:?} but the body's id is {in_body:?}"),
+        ))
     }
 }
 
@@ -259,6 +301,7 @@ fn dispatch(request: ApiRequest, events: &Sender<Event>) -> (u16, String) {
         Err(e) => {
             let status = match e {
                 ApiError::Invalid(_) => 400,
+                ApiError::NotFound(_) => 404,
                 ApiError::WrongState(_) => 409,
                 ApiError::Failed(_) => 500,
             };
@@ -291,6 +334,23 @@ mod tests {
             route("PUT", "/vm/actions", br#"{"action":"pause"}"#),
             Ok(ApiRequest::Action(VmAction::Pause))
         ));
+    }
+
+    #[test]
+    fn routes_device_endpoints() {
+        let r = route("PATCH", "/drives/root", br#"{"qos":{"iops":100}}"#).unwrap();
+        assert!(
+            matches!(r, ApiRequest::Patch { kind: DeviceKind::Drive, ref id, .. } if id == "root")
+        );
+        let r = route("PUT", "/nets/eth0", br#"{"id":"eth0","tap":"t0"}"#).unwrap();
+        assert!(matches!(r, ApiRequest::PutNet(_)));
+        let e = route("PUT", "/drives/a", br#"{"id":"b","path":"/x"}"#)
+            .err()
+            .unwrap();
+        assert_eq!(e.0, 400);
+        assert_eq!(status(route("GET", "/drives/a", b"")), 405);
+        assert_eq!(status(route("PATCH", "/drives/", b"{}")), 404);
+        assert_eq!(status(route("PATCH", "/drives/a/b", b"{}")), 404);
     }
 
     #[test]

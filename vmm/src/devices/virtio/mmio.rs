@@ -219,6 +219,13 @@ impl MmioTransport {
         }
     }
 
+    pub fn set_rate_limiter(&mut self, limiter: super::ratelimit::RateLimiter) -> bool {
+        let changed = self.device.set_rate_limiter(limiter);
+        // Requests held back by the old limits are looked at again under the new ones.
+        self.host_event(usize::MAX);
+        changed
+    }
+
     pub fn queue_count(&self) -> usize {
         self.device.queue_max_sizes().len()
     }

@@ -7,6 +7,7 @@
 pub mod blk;
 pub mod mmio;
 pub mod net;
+pub mod ratelimit;
 pub mod rng;
 #[cfg(test)]
 pub mod testing;
@@ -77,6 +78,11 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     }
     /// The driver reset the device: drop queues and in-flight state.
     fn reset(&mut self);
+    /// Replaces the device's I/O limits; false when the device has none to change.
+    fn set_rate_limiter(&mut self, limiter: ratelimit::RateLimiter) -> bool {
+        let _ = limiter;
+        false
+    }
 }
 
 /// A device's interrupt: the InterruptStatus register plus the line into KVM (an irqfd).

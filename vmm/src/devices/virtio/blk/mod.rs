@@ -10,8 +10,9 @@ pub mod request;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 
+use super::ratelimit::{RateLimiter, Throttle};
 use super::{ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK};
 use crate::memory::GuestMemoryMmap;
 use backend::{AlignedBuf, BlkBackend};
@@ -49,16 +50,22 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
     buf: AlignedBuf,
+    throttle: Throttle,
 }
 
 impl Block {
-    pub fn new(id: &str, backend: Box<dyn BlkBackend>, read_only: bool) -> Self {
+    pub fn new(
+        id: &str,
+        backend: Box<dyn BlkBackend>,
+        read_only: bool,
+        limiter: RateLimiter,
+    ) -> std::io::Result<Self> {
         let sectors = backend.size() >> SECTOR_SHIFT;
         let mut serial = [0u8; ID_LEN];
         for (dst, src) in serial.iter_mut().zip(id.bytes()) {
             *dst = src;
         }
-        Self {
+        Ok(Self {
             id: serial,
             backend,
             read_only,
@@ -66,7 +73,8 @@ impl Block {
             config: config_space(sectors),
             active: None,
             buf: AlignedBuf::new(CHUNK),
-        }
+            throttle: Throttle::new(limiter)?,
+        })
     }
 
     fn process(&mut self) {
@@ -75,6 +83,13 @@ impl Block {
         };
         let mut completed = false;
         while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+            // QoS charges the data bytes: everything but the 16-byte header and status byte.
+            let bytes = chain.clone().map(|d| u64::from(d.len())).sum::<u64>();
+            if !self.throttle.admit(bytes.saturating_sub(17)) {
+                // Back on the ring; the throttle's timer brings us back when it fits.
+                active.queue.go_to_previous_position();
+                break;
+            }
             let head = chain.head_index();
             let used = self.handle(&active.mem, chain);
             if active.queue.add_used(&active.mem, head, used).is_err() {
@@ -269,6 +284,22 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    fn host_events(&self) -> Vec<std::os::fd::RawFd> {
+        vec![self.throttle.fd()]
+    }
+
+    fn host_event(&mut self, index: usize) {
+        if index == 0 {
+            self.throttle.expired();
+        }
+        self.process();
+    }
+
+    fn set_rate_limiter(&mut self, limiter: RateLimiter) -> bool {
+        self.throttle.set(limiter);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -329,7 +360,15 @@ mod tests {
             flushes: flushes.clone(),
         };
         (
-            Box::new(Block::new("disk-0", Box::new(backend), read_only)),
+            Box::new(
+                Block::new(
+                    "disk-0",
+                    Box::new(backend),
+                    read_only,
+                    RateLimiter::default(),
+                )
+                .unwrap(),
+            ),
             flushes,
         )
     }

@@ -10,8 +10,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 
+use super::ratelimit::{RateLimiter, Throttle};
 use super::{ActivateError, Interrupt, VirtioDevice, TYPE_NET};
 use crate::memory::GuestMemoryMmap;
 use tap::{Tap, VNET_HDR_LEN};
@@ -63,11 +64,19 @@ pub struct Net {
     rx_pending: Option<usize>,
     tx_frame: Vec<u8>,
     stats: NetStats,
+    rx_throttle: Throttle,
+    tx_throttle: Throttle,
 }
 
+/// Host events: the TAP, then the two QoS timers.
+const EVENT_TAP: usize = 0;
+const EVENT_RX_TIMER: usize = 1;
+const EVENT_TX_TIMER: usize = 2;
+
 impl Net {
-    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
-        Self {
+    /// A NIC on `tap`; `limiter` caps bytes per second in each direction.
+    pub fn new(tap: Tap, mac: [u8; 6], limiter: RateLimiter) -> std::io::Result<Self> {
+        Ok(Self {
             mac,
             tap,
             active: None,
@@ -75,7 +84,9 @@ impl Net {
             rx_pending: None,
             tx_frame: vec![0; MAX_FRAME],
             stats: NetStats::default(),
-        }
+            rx_throttle: Throttle::new(limiter)?,
+            tx_throttle: Throttle::new(limiter)?,
+        })
     }
 
     pub fn stats(&self) -> NetStats {
@@ -102,8 +113,13 @@ impl Net {
                 },
             };
             self.rx_pending = Some(len);
+            if !self.rx_throttle.admit((len - VNET_HDR_LEN) as u64) {
+                break; // the frame waits for its timer
+            }
             let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
-                break; // the frame waits for the guest to post a buffer
+                // The frame waits for the guest to post a buffer; its tokens wait with it.
+                self.rx_throttle.refund((len - VNET_HDR_LEN) as u64);
+                break;
             };
             self.rx_pending = None;
             let head = chain.head_index();
@@ -143,6 +159,14 @@ impl Net {
         };
         let mut completed = false;
         while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+            let bytes = chain.clone().map(|d| u64::from(d.len())).sum::<u64>();
+            if !self
+                .tx_throttle
+                .admit(bytes.saturating_sub(VNET_HDR_LEN as u64))
+            {
+                active.tx.go_to_previous_position();
+                break;
+            }
             let head = chain.head_index();
             let len = match Reader::new(&active.mem, chain) {
                 Ok(mut r)
@@ -260,11 +284,35 @@ impl VirtioDevice for Net {
     }
 
     fn host_events(&self) -> Vec<RawFd> {
-        vec![self.tap.as_raw_fd()]
+        vec![
+            self.tap.as_raw_fd(),
+            self.rx_throttle.fd(),
+            self.tx_throttle.fd(),
+        ]
     }
 
-    fn host_event(&mut self, _index: usize) {
-        self.receive();
+    fn host_event(&mut self, index: usize) {
+        match index {
+            EVENT_TAP => self.receive(),
+            EVENT_RX_TIMER => {
+                self.rx_throttle.expired();
+                self.receive();
+            }
+            EVENT_TX_TIMER => {
+                self.tx_throttle.expired();
+                self.transmit();
+            }
+            _ => {
+                self.receive();
+                self.transmit();
+            }
+        }
+    }
+
+    fn set_rate_limiter(&mut self, limiter: RateLimiter) -> bool {
+        self.rx_throttle.set(limiter);
+        self.tx_throttle.set(limiter);
+        true
     }
 
     fn reset(&mut self) {
