@@ -203,4 +203,11 @@ pub struct VmMetrics {
     pub rss_kib: u64,
     /// Peak resident set size of the VMM process, in KiB.
     pub peak_rss_kib: u64,
+    /// Per drive id: reads, read_bytes, writes, write_bytes, flushes, discards, errors,
+    /// throttled (requests held back by QoS), for the current boot.
+    #[serde(default)]
+    pub drives: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Per NIC id: rx/tx packets, bytes and drops, and throttled, for the current boot.
+    #[serde(default)]
+    pub nets: BTreeMap<String, BTreeMap<String, u64>>,
 }

@@ -188,6 +188,18 @@ impl Vm {
         })
     }
 
+    /// Each virtio device's counters.
+    pub fn device_counters(&self) -> Vec<(VirtioKind, std::collections::BTreeMap<String, u64>)> {
+        self.virtio
+            .devices
+            .iter()
+            .map(|(kind, _, t)| {
+                let counters = t.lock().unwrap_or_else(|e| e.into_inner()).counters();
+                (*kind, counters.snapshot())
+            })
+            .collect()
+    }
+
     /// New limits for a running device; false when there is no such device.
     pub fn set_rate_limiter(&self, device: VirtioKind, limiter: RateLimiter) -> bool {
         self.virtio

@@ -355,12 +355,29 @@ impl Vmm {
 
     fn metrics(&self) -> VmMetrics {
         let (rss_kib, peak_rss_kib) = process_rss_kib();
-        VmMetrics {
+        let mut metrics = VmMetrics {
             exits: self.counters.snapshot(),
             vcpu_time_ns: self.vm.as_ref().map(Vm::vcpu_time_ns).unwrap_or_default(),
             rss_kib,
             peak_rss_kib,
+            ..Default::default()
+        };
+        if let (Some(vm), Some((_, spec))) = (&self.vm, &self.config) {
+            for (kind, counters) in vm.device_counters() {
+                match kind {
+                    VirtioKind::Block { drive } => {
+                        metrics
+                            .drives
+                            .insert(spec.drives[drive].id.clone(), counters);
+                    }
+                    VirtioKind::Net { nic } => {
+                        metrics.nets.insert(spec.nics[nic].id.clone(), counters);
+                    }
+                    VirtioKind::Rng => {}
+                }
+            }
         }
+        metrics
     }
 }
 

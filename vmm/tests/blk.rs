@@ -155,8 +155,22 @@ fn the_counter_survives_a_vmm_restart() {
             serde_json::json!([{"id": "c", "path": image}]),
         );
         let serial = dir.join("serial.log");
-        let vmm = VmmProcess::spawn(&["--config", vm.to_str().unwrap()]);
+        let sock = dir.join("api.sock");
+        let vmm = VmmProcess::spawn(&[
+            "--config",
+            vm.to_str().unwrap(),
+            "--api-sock",
+            sock.to_str().unwrap(),
+        ]);
         let out = wait_for_serial(&serial, "TRIAD-COUNTER ", 3, TIMEOUT);
+        // Each step is a write and a flush, and the metrics count them.
+        let metrics = triad_api::http::VmmClient::new(&sock).metrics().unwrap();
+        let disk = &metrics.drives["c"];
+        assert!(
+            disk["writes"] >= 3 && disk["flushes"] >= 3 && disk["reads"] >= 1,
+            "{disk:?}"
+        );
+        assert_eq!(disk["write_bytes"] % 512, 0, "{disk:?}");
         drop(vmm); // killed: a power cut, not a shutdown
         let values: Vec<u64> = out
             .lines()

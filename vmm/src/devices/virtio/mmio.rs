@@ -226,6 +226,10 @@ impl MmioTransport {
         changed
     }
 
+    pub fn counters(&self) -> Arc<super::Counters> {
+        self.device.counters()
+    }
+
     pub fn queue_count(&self) -> usize {
         self.device.queue_max_sizes().len()
     }

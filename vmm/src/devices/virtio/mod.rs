@@ -14,6 +14,7 @@ pub mod testing;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
@@ -42,6 +43,41 @@ pub enum ActivateError {
     Device(String),
 }
 
+/// Named counters a device bumps from its I/O thread and the API reads without taking the
+/// device's lock.
+#[derive(Debug)]
+pub struct Counters {
+    names: &'static [&'static str],
+    values: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl Counters {
+    pub fn new(names: &'static [&'static str]) -> Arc<Self> {
+        Arc::new(Self {
+            names,
+            values: names
+                .iter()
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        })
+    }
+
+    /// Adds `n` to counter `index` (an index into the names given to `new`).
+    pub fn add(&self, index: usize, n: u64) {
+        if let Some(v) = self.values.get(index) {
+            v.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        self.names
+            .iter()
+            .zip(&self.values)
+            .map(|(name, v)| ((*name).to_owned(), v.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 /// A device model behind the transport.
 pub trait VirtioDevice: Send + std::fmt::Debug {
     fn device_type(&self) -> u32;
@@ -64,7 +100,7 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         acked_features: u64,
-        interrupt: std::sync::Arc<Interrupt>,
+        interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError>;
     /// The driver notified queue `index`.
     fn queue_notify(&mut self, index: u16);
@@ -78,6 +114,8 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     }
     /// The driver reset the device: drop queues and in-flight state.
     fn reset(&mut self);
+    /// The device's counters, for metrics.
+    fn counters(&self) -> Arc<Counters>;
     /// Replaces the device's I/O limits; false when the device has none to change.
     fn set_rate_limiter(&mut self, limiter: ratelimit::RateLimiter) -> bool {
         let _ = limiter;

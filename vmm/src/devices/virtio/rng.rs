@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT, Writer};
 
-use super::{ActivateError, Interrupt, VirtioDevice, TYPE_RNG};
+use super::{ActivateError, Counters, Interrupt, VirtioDevice, TYPE_RNG};
 use crate::memory::GuestMemoryMmap;
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -27,7 +27,7 @@ pub struct Rng {
     source: File,
     active: Option<Active>,
     /// Entropy bytes handed to the guest, for metrics.
-    bytes: u64,
+    stats: Arc<Counters>,
 }
 
 impl Rng {
@@ -40,12 +40,8 @@ impl Rng {
         Self {
             source,
             active: None,
-            bytes: 0,
+            stats: Counters::new(&["bytes"]),
         }
-    }
-
-    pub fn bytes_served(&self) -> u64 {
-        self.bytes
     }
 
     fn process(&mut self) {
@@ -74,7 +70,7 @@ impl Rng {
                     0
                 }
             };
-            self.bytes += written as u64;
+            self.stats.add(0, written as u64);
             let len = u32::try_from(written).unwrap_or(0);
             if active.queue.add_used(&active.mem, head, len).is_err() {
                 // The used ring itself is out of guest memory: nothing more can be completed.
@@ -134,5 +130,9 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn counters(&self) -> Arc<Counters> {
+        self.stats.clone()
     }
 }

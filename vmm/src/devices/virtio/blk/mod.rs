@@ -13,7 +13,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 
 use super::ratelimit::{RateLimiter, Throttle};
-use super::{ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK};
+use super::{ActivateError, Counters, Interrupt, VirtioDevice, TYPE_BLOCK};
 use crate::memory::GuestMemoryMmap;
 use backend::{AlignedBuf, BlkBackend};
 use request::{Header, Request, Segment, Shape, ID_LEN, SECTOR_SHIFT, S_IOERR, S_OK};
@@ -30,6 +30,26 @@ const F_BLK_SIZE: u64 = 1 << 6;
 const F_FLUSH: u64 = 1 << 9;
 const F_DISCARD: u64 = 1 << 13;
 const F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// Request counters, for metrics.
+const COUNTERS: &[&str] = &[
+    "reads",
+    "read_bytes",
+    "writes",
+    "write_bytes",
+    "flushes",
+    "discards",
+    "errors",
+    "throttled",
+];
+const READS: usize = 0;
+const READ_BYTES: usize = 1;
+const WRITES: usize = 2;
+const WRITE_BYTES: usize = 3;
+const FLUSHES: usize = 4;
+const DISCARDS: usize = 5;
+const ERRORS: usize = 6;
+const THROTTLED: usize = 7;
 
 /// Bytes of `struct virtio_blk_config` we fill (through `write_zeroes_may_unmap`).
 const CONFIG_LEN: usize = 60;
@@ -51,6 +71,7 @@ pub struct Block {
     active: Option<Active>,
     buf: AlignedBuf,
     throttle: Throttle,
+    stats: Arc<Counters>,
 }
 
 impl Block {
@@ -74,6 +95,7 @@ impl Block {
             active: None,
             buf: AlignedBuf::new(CHUNK),
             throttle: Throttle::new(limiter)?,
+            stats: Counters::new(COUNTERS),
         })
     }
 
@@ -86,6 +108,7 @@ impl Block {
             // QoS charges the data bytes: everything but the 16-byte header and status byte.
             let bytes = chain.clone().map(|d| u64::from(d.len())).sum::<u64>();
             if !self.throttle.admit(bytes.saturating_sub(17)) {
+                self.stats.add(THROTTLED, 1);
                 // Back on the ring; the throttle's timer brings us back when it fits.
                 active.queue.go_to_previous_position();
                 break;
@@ -124,7 +147,10 @@ impl Block {
         };
         let (code, written) = match self.run(&mut reader, &mut data) {
             Ok(written) => (S_OK, written),
-            Err(code) => (code, 0),
+            Err(code) => {
+                self.stats.add(ERRORS, 1);
+                (code, 0)
+            }
         };
         if status.write_all(&[code]).is_err() {
             return 0;
@@ -165,6 +191,19 @@ impl Block {
         reader: &mut Reader<'_>,
         data: &mut Writer<'_>,
     ) -> std::io::Result<usize> {
+        let (counter, bytes) = match request {
+            Request::Read { len, .. } => (Some(READS), Some((READ_BYTES, len))),
+            Request::Write { len, .. } => (Some(WRITES), Some((WRITE_BYTES, len))),
+            Request::Flush => (Some(FLUSHES), None),
+            Request::Discard { .. } | Request::WriteZeroes { .. } => (Some(DISCARDS), None),
+            Request::GetId => (None, None),
+        };
+        if let Some(c) = counter {
+            self.stats.add(c, 1);
+        }
+        if let Some((c, n)) = bytes {
+            self.stats.add(c, n);
+        }
         match request {
             Request::Read { offset, len } => {
                 let mut done = 0u64;
@@ -294,6 +333,10 @@ impl VirtioDevice for Block {
             self.throttle.expired();
         }
         self.process();
+    }
+
+    fn counters(&self) -> Arc<Counters> {
+        self.stats.clone()
     }
 
     fn set_rate_limiter(&mut self, limiter: RateLimiter) -> bool {

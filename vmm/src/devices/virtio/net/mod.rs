@@ -13,7 +13,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 
 use super::ratelimit::{RateLimiter, Throttle};
-use super::{ActivateError, Interrupt, VirtioDevice, TYPE_NET};
+use super::{ActivateError, Counters, Interrupt, VirtioDevice, TYPE_NET};
 use crate::memory::GuestMemoryMmap;
 use tap::{Tap, VNET_HDR_LEN};
 
@@ -35,16 +35,23 @@ const F_STATUS: u64 = 1 << 16;
 
 const LINK_UP: u16 = 1;
 
-/// Frame and byte counters, for metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct NetStats {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub rx_dropped: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub tx_dropped: u64,
-}
+/// Frame and byte counters, for metrics (bytes exclude the virtio-net header).
+const COUNTERS: &[&str] = &[
+    "rx_packets",
+    "rx_bytes",
+    "rx_dropped",
+    "tx_packets",
+    "tx_bytes",
+    "tx_dropped",
+    "throttled",
+];
+const RX_PACKETS: usize = 0;
+const RX_BYTES: usize = 1;
+const RX_DROPPED: usize = 2;
+const TX_PACKETS: usize = 3;
+const TX_BYTES: usize = 4;
+const TX_DROPPED: usize = 5;
+const THROTTLED: usize = 6;
 
 #[derive(Debug)]
 struct Active {
@@ -63,7 +70,7 @@ pub struct Net {
     rx_frame: Vec<u8>,
     rx_pending: Option<usize>,
     tx_frame: Vec<u8>,
-    stats: NetStats,
+    stats: Arc<Counters>,
     rx_throttle: Throttle,
     tx_throttle: Throttle,
 }
@@ -83,14 +90,10 @@ impl Net {
             rx_frame: vec![0; MAX_FRAME],
             rx_pending: None,
             tx_frame: vec![0; MAX_FRAME],
-            stats: NetStats::default(),
+            stats: Counters::new(COUNTERS),
             rx_throttle: Throttle::new(limiter)?,
             tx_throttle: Throttle::new(limiter)?,
         })
-    }
-
-    pub fn stats(&self) -> NetStats {
-        self.stats
     }
 
     /// Moves frames from the TAP into the guest's receive buffers while both last.
@@ -114,6 +117,7 @@ impl Net {
             };
             self.rx_pending = Some(len);
             if !self.rx_throttle.admit((len - VNET_HDR_LEN) as u64) {
+                self.stats.add(THROTTLED, 1);
                 break; // the frame waits for its timer
             }
             let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
@@ -132,10 +136,10 @@ impl Net {
                 _ => false,
             };
             if written {
-                self.stats.rx_packets += 1;
-                self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
+                self.stats.add(RX_PACKETS, 1);
+                self.stats.add(RX_BYTES, (len - VNET_HDR_LEN) as u64);
             } else {
-                self.stats.rx_dropped += 1;
+                self.stats.add(RX_DROPPED, 1);
             }
             let used = if written {
                 u32::try_from(len).unwrap_or(0)
@@ -179,14 +183,14 @@ impl Net {
             };
             match len.map(|n| (n, self.tap.send(&self.tx_frame[..n]))) {
                 Some((n, Ok(_))) => {
-                    self.stats.tx_packets += 1;
-                    self.stats.tx_bytes += (n - VNET_HDR_LEN) as u64;
+                    self.stats.add(TX_PACKETS, 1);
+                    self.stats.add(TX_BYTES, (n - VNET_HDR_LEN) as u64);
                 }
                 Some((_, Err(e))) => {
                     tracing::debug!("virtio-net: writing {}: {e}", self.tap.name());
-                    self.stats.tx_dropped += 1;
+                    self.stats.add(TX_DROPPED, 1);
                 }
-                None => self.stats.tx_dropped += 1,
+                None => self.stats.add(TX_DROPPED, 1),
             }
             if active.tx.add_used(&active.mem, head, 0).is_err() {
                 break;
@@ -307,6 +311,10 @@ impl VirtioDevice for Net {
                 self.transmit();
             }
         }
+    }
+
+    fn counters(&self) -> Arc<Counters> {
+        self.stats.clone()
     }
 
     fn set_rate_limiter(&mut self, limiter: RateLimiter) -> bool {
