@@ -13,7 +13,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP, KVM_TSS};
 use crate::arch::x86_64::{self as arch, cpuid, regs, BootSetup};
 use crate::devices::serial::{GuestSerial, SerialOutput, COM1_IRQ};
-use crate::devices::virtio::blk::backend::FileBackend;
+use crate::devices::virtio::blk::backend::{open_image, BlkBackend, FileBackend};
+use crate::devices::virtio::blk::uring::UringBackend;
 use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::tap::Tap;
@@ -279,15 +280,14 @@ fn attach_virtio(
             }
             VirtioKind::Block { drive } => {
                 let d = &spec.drives[drive];
-                let backend =
-                    FileBackend::open(&d.path, d.read_only, d.cache).map_err(|source| {
-                        BuildError::Drive {
-                            id: d.id.clone(),
-                            source,
-                        }
-                    })?;
+                let drive_err = |source| BuildError::Drive {
+                    id: d.id.clone(),
+                    source,
+                };
+                let file = open_image(&d.path, d.read_only, d.cache).map_err(drive_err)?;
+                let backend = disk_backend(file).map_err(drive_err)?;
                 let limiter = rate_limiter(d.qos.as_ref());
-                Box::new(Block::new(&d.id, Box::new(backend), d.read_only, limiter).map_err(io)?)
+                Box::new(Block::new(&d.id, backend, d.read_only, limiter).map_err(io)?)
             }
         };
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(io)?;
@@ -310,4 +310,17 @@ fn attach_virtio(
         devices,
         _workers: workers,
     })
+}
+
+/// io_uring when the host allows it (many requests in flight), else synchronous I/O.
+fn disk_backend(file: std::fs::File) -> std::io::Result<Box<dyn BlkBackend>> {
+    let sync_copy = file.try_clone()?;
+    match UringBackend::new(file, crate::devices::virtio::blk::QUEUE_SIZE) {
+        Ok(uring) => Ok(Box::new(uring)),
+        Err(e) => {
+            tracing::warn!("io_uring unavailable ({e}); disks use synchronous I/O");
+            let len = sync_copy.metadata()?.len();
+            Ok(Box::new(FileBackend::from_file(sync_copy, len)))
+        }
+    }
 }

@@ -9,17 +9,60 @@ use std::path::Path;
 use nix::fcntl::{fallocate, FallocateFlags};
 use triad_api::vmm::CacheMode;
 
+/// A data operation and the buffer it reads into or writes from. The backend owns the buffer
+/// until the operation comes back from `complete`, so an asynchronous engine may hand it to
+/// the kernel.
+#[derive(Debug)]
+pub struct Io {
+    /// The caller's handle; unique among operations in flight.
+    pub tag: u16,
+    pub op: Op,
+    pub offset: u64,
+    pub buf: AlignedBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+    Flush,
+}
+
+/// A finished operation with its buffer back.
+#[derive(Debug)]
+pub struct Done {
+    pub tag: u16,
+    pub result: io::Result<()>,
+    pub buf: AlignedBuf,
+}
+
 pub trait BlkBackend: Send + std::fmt::Debug {
     /// Size in bytes.
     fn size(&self) -> u64;
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// Makes every completed write durable.
-    fn flush(&mut self) -> io::Result<()>;
+    /// Starts `io`; it finishes, well or badly, through `complete`.
+    fn submit(&mut self, io: Io);
+    /// Lets submitted operations start, for engines that batch them.
+    fn kick(&mut self) {}
+    /// Moves finished operations into `out`.
+    fn complete(&mut self, out: &mut Vec<Done>);
+    /// Readable when `complete` has something to report; `None` when operations finish
+    /// inside `submit`.
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// Forgets the range; reads of it may return anything (we return zeroes).
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes the range read as zeroes; `unmap` allows deallocating it.
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+}
+
+/// Runs one operation synchronously with positioned I/O.
+pub fn run_sync(file: &File, io: &mut Io) -> io::Result<()> {
+    match io.op {
+        Op::Read => file.read_exact_at(io.buf.as_mut_slice(), io.offset),
+        Op::Write => file.write_all_at(io.buf.as_mut_slice(), io.offset),
+        Op::Flush => file.sync_data(),
+    }
 }
 
 /// A raw image file. Cache modes are the ones users know from KVM platforms:
@@ -30,6 +73,7 @@ pub trait BlkBackend: Send + std::fmt::Debug {
 pub struct FileBackend {
     file: File,
     len: u64,
+    done: Vec<Done>,
 }
 
 /// Alignment O_DIRECT buffers need (a page covers every logical block size in use).
@@ -37,6 +81,27 @@ pub const DIRECT_IO_ALIGN: usize = 4096;
 
 impl FileBackend {
     pub fn open(path: &Path, read_only: bool, cache: CacheMode) -> io::Result<Self> {
+        let file = open_image(path, read_only, cache)?;
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file,
+            len,
+            done: Vec::new(),
+        })
+    }
+
+    pub fn from_file(file: File, len: u64) -> Self {
+        Self {
+            file,
+            len,
+            done: Vec::new(),
+        }
+    }
+}
+
+/// Opens an image with the flags of its cache mode.
+pub fn open_image(path: &Path, read_only: bool, cache: CacheMode) -> io::Result<File> {
+    {
         let flags = match cache {
             CacheMode::None => libc::O_DIRECT,
             CacheMode::Writethrough => libc::O_DSYNC,
@@ -54,8 +119,7 @@ impl FileBackend {
                 ),
                 _ => e,
             })?;
-        let len = file.metadata()?.len();
-        Ok(Self { file, len })
+        Ok(file)
     }
 }
 
@@ -64,16 +128,17 @@ impl BlkBackend for FileBackend {
         self.len
     }
 
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+    fn submit(&mut self, mut io: Io) {
+        let result = run_sync(&self.file, &mut io);
+        self.done.push(Done {
+            tag: io.tag,
+            result,
+            buf: io.buf,
+        });
     }
 
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.sync_data()
+    fn complete(&mut self, out: &mut Vec<Done>) {
+        out.append(&mut self.done);
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
@@ -81,20 +146,24 @@ impl BlkBackend for FileBackend {
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        if unmap {
-            return punch_hole(&self.file, offset, len);
-        }
-        let flags = FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        match fallocate(&self.file, flags, to_off(offset)?, to_off(len)?) {
-            Ok(()) => Ok(()),
-            // A filesystem without ZERO_RANGE: a hole reads as zeroes too.
-            Err(nix::errno::Errno::EOPNOTSUPP) => punch_hole(&self.file, offset, len),
-            Err(e) => Err(e.into()),
-        }
+        write_zeroes(&self.file, offset, len, unmap)
     }
 }
 
-fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+pub fn write_zeroes(file: &File, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+    if unmap {
+        return punch_hole(file, offset, len);
+    }
+    let flags = FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    match fallocate(file, flags, to_off(offset)?, to_off(len)?) {
+        Ok(()) => Ok(()),
+        // A filesystem without ZERO_RANGE: a hole reads as zeroes too.
+        Err(nix::errno::Errno::EOPNOTSUPP) => punch_hole(file, offset, len),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
     fallocate(file, flags, to_off(offset)?, to_off(len)?).map_err(io::Error::from)
 }
@@ -103,9 +172,10 @@ fn to_off(v: u64) -> io::Result<i64> {
     i64::try_from(v).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-/// A reusable bounce buffer aligned for O_DIRECT, without unsafe allocation: a slightly larger
-/// vector, used from its first aligned byte.
-#[derive(Debug)]
+/// A bounce buffer aligned for O_DIRECT, without unsafe allocation: a slightly larger vector,
+/// used from its first aligned byte. Its heap block never moves while it is alive, so its
+/// address may be handed to the kernel.
+#[derive(Debug, Default)]
 pub struct AlignedBuf {
     storage: Vec<u8>,
     start: usize,
@@ -123,8 +193,20 @@ impl AlignedBuf {
         }
     }
 
+    /// Makes the buffer `len` bytes long, reallocating only when it must grow.
+    pub fn set_len(&mut self, len: usize) {
+        if self.start + len > self.storage.len() {
+            *self = Self::new(len);
+        }
+        self.len = len;
+    }
+
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_slice().as_mut_ptr()
     }
 }
 
@@ -155,11 +237,23 @@ mod tests {
             assert_eq!(b.size(), 1 << 20);
             let mut buf = AlignedBuf::new(4096);
             buf.as_mut_slice().fill(0xab);
-            b.write_at(buf.as_mut_slice(), 8192).unwrap();
-            b.flush().unwrap();
-            buf.as_mut_slice().fill(0);
-            b.read_at(buf.as_mut_slice(), 8192).unwrap();
-            assert!(buf.as_mut_slice().iter().all(|&x| x == 0xab), "{cache:?}");
+            let mut done = Vec::new();
+            for (tag, op, buf) in [
+                (1, Op::Write, buf),
+                (2, Op::Flush, AlignedBuf::default()),
+                (3, Op::Read, AlignedBuf::new(4096)),
+            ] {
+                b.submit(Io {
+                    tag,
+                    op,
+                    offset: 8192,
+                    buf,
+                });
+                b.complete(&mut done);
+            }
+            assert!(done.iter().all(|d| d.result.is_ok()), "{cache:?}: {done:?}");
+            let read = &mut done[2].buf;
+            assert!(read.as_mut_slice().iter().all(|&x| x == 0xab), "{cache:?}");
             std::fs::remove_file(&path).unwrap();
         }
     }
@@ -168,8 +262,13 @@ mod tests {
     fn discard_punches_holes_so_thin_images_stay_thin() {
         let path = image("discard", 4 << 20);
         let mut b = FileBackend::open(&path, false, CacheMode::Writeback).unwrap();
-        b.write_at(&vec![1u8; 1 << 20], 0).unwrap();
-        b.flush().unwrap();
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
         let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
         assert!(allocated(&path) >= 1 << 20);
         b.discard(0, 1 << 20).unwrap();
@@ -178,13 +277,16 @@ mod tests {
             "{} bytes still allocated",
             allocated(&path)
         );
-        let mut back = vec![9u8; 4096];
-        b.read_at(&mut back, 0).unwrap();
-        assert!(back.iter().all(|&x| x == 0));
-        b.write_at(&[7u8; 512], 512).unwrap();
+        let read_back = || std::fs::read(&path).unwrap()[..4096].to_vec();
+        assert!(read_back().iter().all(|&x| x == 0));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(&[7u8; 512], 512)
+            .unwrap();
         b.write_zeroes(0, 4096, false).unwrap();
-        b.read_at(&mut back, 0).unwrap();
-        assert!(back.iter().all(|&x| x == 0));
+        assert!(read_back().iter().all(|&x| x == 0));
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -192,16 +294,36 @@ mod tests {
     fn read_only_files_refuse_writes() {
         let path = image("ro", 1 << 20);
         let mut b = FileBackend::open(&path, true, CacheMode::Writeback).unwrap();
-        assert!(b.write_at(&[0u8; 512], 0).is_err());
+        let mut done = Vec::new();
+        b.submit(Io {
+            tag: 0,
+            op: Op::Write,
+            offset: 0,
+            buf: AlignedBuf::new(512),
+        });
+        b.complete(&mut done);
+        assert!(done[0].result.is_err());
         std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
-    fn aligned_buffers_are_aligned() {
+    fn aligned_buffers_are_aligned_and_reused() {
         for len in [512, 4096, 65536] {
             let mut b = AlignedBuf::new(len);
             let s = b.as_mut_slice();
             assert_eq!((s.len(), s.as_ptr() as usize % DIRECT_IO_ALIGN), (len, 0));
         }
+        let mut b = AlignedBuf::new(8192);
+        let first = b.as_mut_ptr();
+        b.set_len(512);
+        assert_eq!((b.as_mut_ptr(), b.as_mut_slice().len()), (first, 512));
+        b.set_len(1 << 20);
+        assert_eq!(
+            (
+                b.as_mut_slice().len(),
+                b.as_mut_ptr() as usize % DIRECT_IO_ALIGN
+            ),
+            (1 << 20, 0)
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! virtio-blk (virtio 1.2 spec §5.2): one request queue over a `BlkBackend`.
 //!
-//! Per request: measure the chain, read the header, `request::parse` it against the disk, run
-//! it on the backend through a bounded, O_DIRECT-aligned bounce buffer, write the status byte.
-//! Every popped request is completed exactly once, garbage included.
+//! Per request: measure the chain, read the header, `request::parse` it against the disk, hand
+//! reads, writes and flushes to the backend with an O_DIRECT-aligned bounce buffer (many may be
+//! in flight), and on completion copy read data into the guest's buffers and write the status
+//! byte. Every popped request is completed exactly once, garbage included.
 
 pub mod backend;
 pub mod request;
+pub mod uring;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -15,15 +17,22 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use super::ratelimit::{RateLimiter, Throttle};
 use super::{ActivateError, Counters, Interrupt, VirtioDevice, TYPE_BLOCK};
 use crate::memory::GuestMemoryMmap;
-use backend::{AlignedBuf, BlkBackend};
+use backend::{AlignedBuf, BlkBackend, Done, Io, Op};
 use request::{Header, Request, Segment, Shape, ID_LEN, SECTOR_SHIFT, S_IOERR, S_OK};
+use vm_memory::{Address, Bytes, GuestAddress};
 
-const QUEUE_SIZE: u16 = 256;
+pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
-/// Data moves between guest and backend in pieces of at most this size.
-const CHUNK: usize = 128 << 10;
+/// The largest segment a driver may use (advertised as `size_max`); with `seg_max` segments
+/// this bounds a request's data, and so its bounce buffer.
+const SIZE_MAX: u32 = 32 << 10;
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+const MAX_REQUEST: u64 = SIZE_MAX as u64 * SEG_MAX as u64;
+/// Bounce buffers kept for reuse; more in flight allocate and free as needed.
+const POOL: usize = 64;
 
 // Feature bits (spec §5.2.3).
+const F_SIZE_MAX: u64 = 1 << 1;
 const F_SEG_MAX: u64 = 1 << 2;
 const F_RO: u64 = 1 << 5;
 const F_BLK_SIZE: u64 = 1 << 6;
@@ -69,9 +78,29 @@ pub struct Block {
     sectors: u64,
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
-    buf: AlignedBuf,
+    /// Requests the backend holds, by tag; a tag is a slot here, never a guest value.
+    in_flight: Vec<Option<InFlight>>,
+    pool: Vec<AlignedBuf>,
+    done: Vec<Done>,
     throttle: Throttle,
     stats: Arc<Counters>,
+}
+
+/// What completing a request in flight needs: where its data and status go in the guest.
+#[derive(Debug)]
+struct InFlight {
+    head: u16,
+    /// Guest buffers a read fills, in order.
+    data: Vec<(GuestAddress, usize)>,
+    status: GuestAddress,
+    /// Bytes the used ring reports when it succeeds.
+    used: u32,
+}
+
+/// How `start` left a request.
+enum Started {
+    InFlight,
+    Finished(u32),
 }
 
 impl Block {
@@ -93,7 +122,9 @@ impl Block {
             sectors,
             config: config_space(sectors),
             active: None,
-            buf: AlignedBuf::new(CHUNK),
+            in_flight: (0..QUEUE_SIZE).map(|_| None).collect(),
+            pool: Vec::new(),
+            done: Vec::new(),
             throttle: Throttle::new(limiter)?,
             stats: Counters::new(COUNTERS),
         })
@@ -103,8 +134,12 @@ impl Block {
         let Some(mut active) = self.active.take() else {
             return;
         };
-        let mut completed = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+        let mut completed = self.reap(&mut active);
+        // With every slot busy, the next completion brings us back.
+        while let Some(slot) = self.in_flight.iter().position(Option::is_none) {
+            let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
+                break;
+            };
             // QoS charges the data bytes: everything but the 16-byte header and status byte.
             let bytes = chain.clone().map(|d| u64::from(d.len())).sum::<u64>();
             if !self.throttle.admit(bytes.saturating_sub(17)) {
@@ -114,12 +149,20 @@ impl Block {
                 break;
             }
             let head = chain.head_index();
-            let used = self.handle(&active.mem, chain);
-            if active.queue.add_used(&active.mem, head, used).is_err() {
-                tracing::debug!("virtio-blk: used ring unwritable");
-                break;
+            match self.start(&active.mem, chain, slot) {
+                Started::InFlight => {}
+                Started::Finished(used) => {
+                    if active.queue.add_used(&active.mem, head, used).is_err() {
+                        tracing::debug!("virtio-blk: used ring unwritable");
+                        break;
+                    }
+                    completed = true;
+                }
             }
-            completed = true;
+        }
+        self.backend.kick();
+        if self.backend.completion_fd().is_none() {
+            completed |= self.reap(&mut active);
         }
         if completed && active.queue.needs_notification(&active.mem).unwrap_or(true) {
             active.interrupt.signal_used();
@@ -127,39 +170,152 @@ impl Block {
         self.active = Some(active);
     }
 
-    /// Runs one request; returns the bytes written into guest memory (data and status), or 0
-    /// when the chain is too broken to carry a status byte.
-    fn handle(
+    /// Finishes what the backend completed; true when anything reached the used ring.
+    fn reap(&mut self, active: &mut Active) -> bool {
+        self.backend.complete(&mut self.done);
+        let mut completed = false;
+        for done in std::mem::take(&mut self.done) {
+            let Some(request) = self
+                .in_flight
+                .get_mut(usize::from(done.tag))
+                .and_then(Option::take)
+            else {
+                continue;
+            };
+            let mut buf = done.buf;
+            let ok = done.result.is_ok() && {
+                let mut src: &[u8] = buf.as_mut_slice();
+                request.data.iter().all(|&(addr, len)| {
+                    let (chunk, rest) = src.split_at(len.min(src.len()));
+                    src = rest;
+                    active.mem.write_slice(chunk, addr).is_ok()
+                })
+            };
+            if let Err(e) = &done.result {
+                tracing::debug!("virtio-blk: I/O failed: {e}");
+            }
+            if !ok {
+                self.stats.add(ERRORS, 1);
+            }
+            let status = if ok { S_OK } else { S_IOERR };
+            let used = if ok { request.used } else { 1 };
+            let used = if active.mem.write_obj(status, request.status).is_ok() {
+                used
+            } else {
+                0
+            };
+            if self.pool.len() < POOL {
+                self.pool.push(buf);
+            }
+            if active
+                .queue
+                .add_used(&active.mem, request.head, used)
+                .is_ok()
+            {
+                completed = true;
+            }
+        }
+        completed
+    }
+
+    /// Parses one request and starts it; simple ones finish at once.
+    fn start(
         &mut self,
         mem: &GuestMemoryMmap,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-    ) -> u32 {
+        slot: usize,
+    ) -> Started {
+        let head = chain.head_index();
+        // Where the driver wants data and status, before the chain is consumed.
+        let writable: Vec<(GuestAddress, usize)> = chain
+            .clone()
+            .filter(|d| d.is_write_only())
+            .map(|d| (d.addr(), d.len() as usize))
+            .collect();
         let (Ok(mut reader), Ok(mut data)) =
             (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
         else {
-            return 0;
+            return Started::Finished(0);
         };
         let Some(status_at) = data.available_bytes().checked_sub(1) else {
-            return 0;
+            return Started::Finished(0);
         };
         let Ok(mut status) = data.split_at(status_at) else {
-            return 0;
+            return Started::Finished(0);
         };
-        let (code, written) = match self.run(&mut reader, &mut data) {
-            Ok(written) => (S_OK, written),
-            Err(code) => {
-                self.stats.add(ERRORS, 1);
-                (code, 0)
+        let request = match self.parse(&mut reader, &data) {
+            Ok(r) => r,
+            Err(code) => return self.finish(&mut status, code, 0),
+        };
+        let (op, offset, len) = match request {
+            Request::Read { offset, len } => (Op::Read, offset, len),
+            Request::Write { offset, len } => (Op::Write, offset, len),
+            Request::Flush => (Op::Flush, 0, 0),
+            other => {
+                return match self.execute_inline(other, &mut data) {
+                    Ok(n) => self.finish(&mut status, S_OK, n),
+                    Err(e) => {
+                        tracing::debug!("virtio-blk: {other:?}: {e}");
+                        self.finish(&mut status, S_IOERR, 0)
+                    }
+                };
             }
         };
-        if status.write_all(&[code]).is_err() {
-            return 0;
+        self.count(request);
+        let Ok(len) = usize::try_from(len).map_err(drop).and_then(|l| {
+            if l as u64 <= MAX_REQUEST {
+                Ok(l)
+            } else {
+                Err(())
+            }
+        }) else {
+            return self.finish(&mut status, S_IOERR, 0);
+        };
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.set_len(len);
+        if op == Op::Write && reader.read_exact(buf.as_mut_slice()).is_err() {
+            return self.finish(&mut status, S_IOERR, 0);
         }
-        u32::try_from(written + 1).unwrap_or(u32::MAX)
+        let status_addr = writable
+            .last()
+            .and_then(|&(addr, len)| addr.checked_add(len as u64 - 1));
+        let Some(status_addr) = status_addr else {
+            return self.finish(&mut status, S_IOERR, 0);
+        };
+        let data_regions = if op == Op::Read {
+            trim(&writable, len)
+        } else {
+            Vec::new()
+        };
+        let used = if op == Op::Read { len + 1 } else { 1 };
+        self.in_flight[slot] = Some(InFlight {
+            head,
+            data: data_regions,
+            status: status_addr,
+            used: u32::try_from(used).unwrap_or(u32::MAX),
+        });
+        let tag = u16::try_from(slot).unwrap_or(u16::MAX);
+        self.backend.submit(Io {
+            tag,
+            op,
+            offset,
+            buf,
+        });
+        Started::InFlight
     }
 
-    /// Parses and executes; Ok(data bytes written to the guest) or Err(status).
-    fn run(&mut self, reader: &mut Reader<'_>, data: &mut Writer<'_>) -> Result<usize, u8> {
+    fn finish(&mut self, status: &mut Writer<'_>, code: u8, written: usize) -> Started {
+        if code != S_OK {
+            self.stats.add(ERRORS, 1);
+        }
+        if status.write_all(&[code]).is_err() {
+            return Started::Finished(0);
+        }
+        Started::Finished(u32::try_from(written + 1).unwrap_or(u32::MAX))
+    }
+
+    /// Reads the header (and a discard segment) and checks the request against the disk.
+    fn parse(&mut self, reader: &mut Reader<'_>, data: &Writer<'_>) -> Result<Request, u8> {
         let mut raw = [0u8; Header::LEN];
         reader.read_exact(&mut raw).map_err(|_| S_IOERR)?;
         let header = Header::from_le_bytes(raw);
@@ -174,23 +330,13 @@ impl Block {
         } else {
             None
         };
-        let request = request::parse(header, shape, segment, self.sectors, self.read_only)
-            .map_err(|e| {
-                tracing::debug!("virtio-blk: {e}");
-                e.status()
-            })?;
-        self.execute(request, reader, data).map_err(|e| {
-            tracing::debug!("virtio-blk: {request:?}: {e}");
-            S_IOERR
+        request::parse(header, shape, segment, self.sectors, self.read_only).map_err(|e| {
+            tracing::debug!("virtio-blk: {e}");
+            e.status()
         })
     }
 
-    fn execute(
-        &mut self,
-        request: Request,
-        reader: &mut Reader<'_>,
-        data: &mut Writer<'_>,
-    ) -> std::io::Result<usize> {
+    fn count(&self, request: Request) {
         let (counter, bytes) = match request {
             Request::Read { len, .. } => (Some(READS), Some((READ_BYTES, len))),
             Request::Write { len, .. } => (Some(WRITES), Some((WRITE_BYTES, len))),
@@ -204,30 +350,16 @@ impl Block {
         if let Some((c, n)) = bytes {
             self.stats.add(c, n);
         }
+    }
+
+    /// The rare requests that run on the I/O thread itself: GET_ID, DISCARD, WRITE_ZEROES.
+    fn execute_inline(
+        &mut self,
+        request: Request,
+        data: &mut Writer<'_>,
+    ) -> std::io::Result<usize> {
+        self.count(request);
         match request {
-            Request::Read { offset, len } => {
-                let mut done = 0u64;
-                while done < len {
-                    let n = chunk(len - done);
-                    let buf = &mut self.buf.as_mut_slice()[..n];
-                    self.backend.read_at(buf, offset + done)?;
-                    data.write_all(buf)?;
-                    done += n as u64;
-                }
-                Ok(usize::try_from(len).unwrap_or(usize::MAX))
-            }
-            Request::Write { offset, len } => {
-                let mut done = 0u64;
-                while done < len {
-                    let n = chunk(len - done);
-                    let buf = &mut self.buf.as_mut_slice()[..n];
-                    reader.read_exact(buf)?;
-                    self.backend.write_at(buf, offset + done)?;
-                    done += n as u64;
-                }
-                Ok(0)
-            }
-            Request::Flush => self.backend.flush().map(|()| 0),
             Request::GetId => {
                 let n = ID_LEN.min(data.available_bytes());
                 data.write_all(&self.id[..n])?;
@@ -237,12 +369,24 @@ impl Block {
             Request::WriteZeroes { offset, len, unmap } => {
                 self.backend.write_zeroes(offset, len, unmap).map(|()| 0)
             }
+            Request::Read { .. } | Request::Write { .. } | Request::Flush => {
+                Err(std::io::Error::other("data requests go to the backend"))
+            }
         }
     }
 }
 
-fn chunk(left: u64) -> usize {
-    usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK))
+/// The first `len` bytes of `regions`.
+fn trim(regions: &[(GuestAddress, usize)], mut len: usize) -> Vec<(GuestAddress, usize)> {
+    let mut out = Vec::with_capacity(regions.len());
+    for &(addr, n) in regions {
+        if len == 0 {
+            break;
+        }
+        out.push((addr, n.min(len)));
+        len -= n.min(len);
+    }
+    out
 }
 
 /// `struct virtio_blk_config` (spec §5.2.4), little-endian.
@@ -250,7 +394,8 @@ fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
     put(0, &sectors.to_le_bytes()); // capacity
-    put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+    put(8, &SIZE_MAX.to_le_bytes()); // size_max
+    put(12, &SEG_MAX.to_le_bytes()); // seg_max
     put(20, &512u32.to_le_bytes()); // blk_size
     put(36, &(u32::MAX >> SECTOR_SHIFT).to_le_bytes()); // max_discard_sectors
     put(40, &1u32.to_le_bytes()); // max_discard_seg
@@ -267,7 +412,7 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let base = F_SEG_MAX | F_BLK_SIZE | F_FLUSH;
+        let base = F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH;
         if self.read_only {
             base | F_RO
         } else {
@@ -321,11 +466,15 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
+        // Operations still in the backend finish there; their results are dropped.
         self.active = None;
+        self.in_flight.iter_mut().for_each(|r| *r = None);
     }
 
     fn host_events(&self) -> Vec<std::os::fd::RawFd> {
-        vec![self.throttle.fd()]
+        std::iter::once(self.throttle.fd())
+            .chain(self.backend.completion_fd())
+            .collect()
     }
 
     fn host_event(&mut self, index: usize) {
@@ -367,25 +516,31 @@ mod tests {
     struct MemBackend {
         bytes: Vec<u8>,
         flushes: Arc<AtomicU32>,
+        done: Vec<Done>,
     }
 
     impl BlkBackend for MemBackend {
         fn size(&self) -> u64 {
             self.bytes.len() as u64
         }
-        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            let o = offset as usize;
-            buf.copy_from_slice(&self.bytes[o..o + buf.len()]);
-            Ok(())
+        fn submit(&mut self, mut io: Io) {
+            let o = io.offset as usize;
+            let buf = io.buf.as_mut_slice();
+            match io.op {
+                Op::Read => buf.copy_from_slice(&self.bytes[o..o + buf.len()]),
+                Op::Write => self.bytes[o..o + buf.len()].copy_from_slice(buf),
+                Op::Flush => {
+                    self.flushes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.done.push(Done {
+                tag: io.tag,
+                result: Ok(()),
+                buf: io.buf,
+            });
         }
-        fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            let o = offset as usize;
-            self.bytes[o..o + buf.len()].copy_from_slice(buf);
-            Ok(())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            self.flushes.fetch_add(1, Ordering::Relaxed);
-            Ok(())
+        fn complete(&mut self, out: &mut Vec<Done>) {
+            out.append(&mut self.done);
         }
         fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
             self.write_zeroes(offset, len, true)
@@ -401,6 +556,7 @@ mod tests {
         let backend = MemBackend {
             bytes: vec![0; 1 << 20],
             flushes: flushes.clone(),
+            done: Vec::new(),
         };
         (
             Box::new(
