@@ -82,15 +82,15 @@ void halt_forever(void)
 		__asm__ volatile("cli; hlt");
 }
 
-/* The build passes -fno-tree-loop-distribute-patterns, so these loops are
- * not turned back into calls to themselves. */
+/* memcpy is one `rep movsb`: at ~3 M guest instructions/s a byte loop
+ * costs ~3 ms per 1400-byte frame that net.c copies. The build passes
+ * -fno-tree-loop-distribute-patterns, so memset's loop is not turned back
+ * into a call to itself. */
 void *memcpy(void *dst, const void *src, usize n)
 {
-	u8 *d = dst;
-	const u8 *s = src;
+	void *d = dst;
 
-	while (n--)
-		*d++ = *s++;
+	__asm__ volatile("rep movsb" : "+D"(d), "+S"(src), "+c"(n) : : "memory");
 	return dst;
 }
 

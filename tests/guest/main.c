@@ -5,6 +5,7 @@
  */
 #include "guest.h"
 #include "virtio.h"
+#include "net.h"
 
 /* struct hvm_start_info (Xen public/arch-x86/hvm/start_info.h). */
 #define HVM_START_MAGIC 0x336ec578u
@@ -166,6 +167,7 @@ void triad_main(u32 boot_path, u64 info_paddr)
 	struct boot_info bi = { "?", 0, 0 };
 	int want_cpus = 0, want_tick = 0, want_reset = 0, want_rng = 0;
 	int blk_mode = BLK_MODE_NONE, want_counter = 0;
+	int want_dhcp = 0, have_static_ip = 0;
 	int exit_code = -1;
 
 	serial_puts("TRIAD-GUEST-READY\n");
@@ -214,6 +216,15 @@ void triad_main(u32 boot_path, u64 info_paddr)
 			blk_mode = BLK_MODE_RO;
 		} else if (token_value(tok, len, "triad.blk=") >= 0) {
 			serial_line("TRIAD-ERROR triad.blk wants rw or ro");
+		} else if (token_is(tok, len, "triad.net=dhcp")) {
+			want_dhcp = 1;
+		} else if (token_value(tok, len, "triad.net=") >= 0) {
+			serial_line("TRIAD-ERROR triad.net wants dhcp");
+		} else if ((vlen = token_value(tok, len, "triad.ip=")) >= 0) {
+			if (net_parse_static(tok + len - vlen, (usize)vlen))
+				have_static_ip = 1;
+			else
+				serial_line("TRIAD-ERROR triad.ip wants A.B.C.D/NN[,gw=E.F.G.H]");
 		} else if ((vlen = token_value(tok, len, "virtio_mmio.device=")) >= 0) {
 			virtio_parse_token(tok + len - vlen, (usize)vlen);
 		} else if ((vlen = token_value(tok, len, "triad.exit=")) >= 0) {
@@ -236,6 +247,12 @@ void triad_main(u32 boot_path, u64 info_paddr)
 	/* triad.counter does not come back (unless it fails). */
 	if (blk_mode != BLK_MODE_NONE || want_counter)
 		virtio_blk_run(blk_mode, want_counter);
+
+	/* Serves forever once it has an address (returns only on an error). */
+	if (have_static_ip)
+		net_run(NET_MODE_STATIC);
+	else if (want_dhcp)
+		net_run(NET_MODE_DHCP);
 
 	if (want_tick)
 		tick_forever();

@@ -308,6 +308,20 @@ u64 virtio_config_read64(struct virtio_dev *dev, u32 off)
 	return (u64)hi << 32 | lo;
 }
 
+/* A byte array (e.g. virtio-net's MAC), read with 8-bit accesses and
+ * retried while ConfigGeneration changes under them. */
+void virtio_config_read_bytes(struct virtio_dev *dev, u32 off, u8 *buf, u32 n)
+{
+	u32 gen;
+	int tries = 0;
+
+	do {
+		gen = rd(dev, VIRTIO_MMIO_CONFIG_GENERATION);
+		for (u32 i = 0; i < n; i++)
+			buf[i] = virtio_config_read8(dev, off + i);
+	} while (rd(dev, VIRTIO_MMIO_CONFIG_GENERATION) != gen && ++tries < 10);
+}
+
 /* ---- Split virtqueues --------------------------------------------------- */
 
 const char *virtq_setup(struct virtio_dev *dev, struct virtq *vq, u16 index)

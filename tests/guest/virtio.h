@@ -1,8 +1,8 @@
 /*
  * virtio.h - the test guest's virtio-mmio driver core (virtio 1.x "modern"
  * devices, MMIO transport version 2, split virtqueues; virtio spec 1.2
- * §2.7 and §4.2). Device drivers (virtio_rng.c, virtio_blk.c, later net)
- * sit on top.
+ * §2.7 and §4.2). Device drivers (virtio_rng.c, virtio_blk.c,
+ * virtio_net.c) sit on top.
  *
  * Everything is polled: interrupts stay off, the driver spins on the used
  * ring with a TSC timeout and acknowledges InterruptStatus itself. Every
@@ -165,6 +165,7 @@ u8 virtio_config_read8(struct virtio_dev *dev, u32 off);
 u16 virtio_config_read16(struct virtio_dev *dev, u32 off);
 u32 virtio_config_read32(struct virtio_dev *dev, u32 off);
 u64 virtio_config_read64(struct virtio_dev *dev, u32 off);
+void virtio_config_read_bytes(struct virtio_dev *dev, u32 off, u8 *buf, u32 n);
 
 /* Adds a chain of n buffers and publishes it in the available ring (does
  * not notify). Returns the head descriptor index, or -1 if not enough

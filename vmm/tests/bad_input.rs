@@ -131,6 +131,19 @@ fn bad_configs_are_rejected_by_name() {
         &with(|v| v["drives"] = serde_json::json!([{"id": "root", "path": img, "cache": "turbo"}])),
         "unknown variant `turbo`",
     );
+    // "lo" exists but is no TAP: the VMM says so and leaves nothing behind.
+    assert_rejected(
+        "tap-not-tap",
+        &with(|v| v["nets"] = serde_json::json!([{"id": "eth0", "tap": "lo"}])),
+        "NIC eth0: opening tap lo",
+    );
+    assert_rejected(
+        "tap-bad-mac",
+        &with(|v| {
+            v["nets"] = serde_json::json!([{"id": "eth0", "tap": "t0", "mac": "ff:ff:ff:ff:ff:ff"}])
+        }),
+        "nets[0] (eth0): mac \"ff:ff:ff:ff:ff:ff\" is not a unicast MAC",
+    );
     // The test guest's bzImage announces a 2047-byte command line in its header.
     assert_rejected(
         "long-cmdline",
