@@ -214,8 +214,10 @@ void triad_main(u32 boot_path, u64 info_paddr)
 			blk_mode = BLK_MODE_RW;
 		} else if (token_is(tok, len, "triad.blk=ro")) {
 			blk_mode = BLK_MODE_RO;
+		} else if (token_is(tok, len, "triad.blk=flood")) {
+			blk_mode = BLK_MODE_FLOOD;
 		} else if (token_value(tok, len, "triad.blk=") >= 0) {
-			serial_line("TRIAD-ERROR triad.blk wants rw or ro");
+			serial_line("TRIAD-ERROR triad.blk wants rw, ro or flood");
 		} else if (token_is(tok, len, "triad.net=dhcp")) {
 			want_dhcp = 1;
 		} else if (token_value(tok, len, "triad.net=") >= 0) {

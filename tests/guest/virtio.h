@@ -189,6 +189,7 @@ void virtio_rng_run(void);
 #define BLK_MODE_NONE 0
 #define BLK_MODE_RO 1 /* triad.blk=ro */
 #define BLK_MODE_RW 2 /* triad.blk=rw */
+#define BLK_MODE_FLOOD 3 /* triad.blk=flood */
 void virtio_blk_run(int mode, int counter);
 
 #endif

@@ -438,6 +438,41 @@ static void counter_run(struct blk_disk *d)
 	}
 }
 
+/* ---- triad.blk=flood --------------------------------------------------------- */
+
+/* Requests between progress lines: the host times the lines to measure IOPS (QoS tests). */
+#define FLOOD_REPORT 50
+
+/* 4 KiB reads walking disk 0 as fast as the device completes them, forever; a
+ * `TRIAD-BLK-IOS <total>` line every FLOOD_REPORT requests. Returns only on an error. */
+static void flood_run(struct blk_disk *d)
+{
+	u32 len = BLK_IO_MAX;
+	u64 span = d->capacity > len / SECTOR ? d->capacity - len / SECTOR : 0;
+	u64 total = 0, sector = 0;
+	const char *reason;
+	u8 status;
+
+	if (span == 0) {
+		serial_line("TRIAD-BLK-FAIL disk 0: too small to flood");
+		return;
+	}
+	for (;;) {
+		if (!blk_ok(d, VIRTIO_BLK_T_IN, sector, len, &reason, &status)) {
+			serial_puts("TRIAD-BLK-FAIL ");
+			put_where(0, "read", 1, sector);
+			put_failure(reason, status);
+			return;
+		}
+		sector = (sector + len / SECTOR) % span;
+		if (++total % FLOOD_REPORT == 0) {
+			serial_puts("TRIAD-BLK-IOS ");
+			serial_u64(total);
+			serial_putc('\n');
+		}
+	}
+}
+
 /* ---- The step -------------------------------------------------------------- */
 
 void virtio_blk_run(int mode, int counter)
@@ -463,6 +498,14 @@ void virtio_blk_run(int mode, int counter)
 			break;
 		}
 		ready++;
+	}
+
+	if (mode == BLK_MODE_FLOOD) {
+		if (ready == 0)
+			serial_line("TRIAD-BLK-FAIL no disk to flood");
+		else
+			flood_run(&disks[0]);
+		return;
 	}
 
 	if (mode != BLK_MODE_NONE && !failed) {
