@@ -16,8 +16,11 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// timed by this process as they appear, over `window` after `settle` (which lets the burst
 /// allowance drain).
 fn measure_iops(serial: &Path, settle: Duration, window: Duration) -> f64 {
+    // Complete lines only: the guest writes a byte at a time, so the last line may be partial.
     let total = |text: &str| {
-        text.lines()
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
             .filter_map(|l| l.strip_prefix("TRIAD-BLK-IOS "))
             .filter_map(|v| v.parse::<u64>().ok())
             .next_back()

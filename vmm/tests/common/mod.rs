@@ -168,11 +168,14 @@ pub fn run_vmm(args: &[&str], timeout: Duration) -> (Option<i32>, String, String
     (status.code(), out, err)
 }
 
-/// Waits until `path` holds `count` occurrences of `needle`; returns its contents.
+/// Waits until the complete lines of `path` hold `count` occurrences of `needle`; returns
+/// those lines.
 pub fn wait_for_serial(path: &Path, needle: &str, count: usize, timeout: Duration) -> String {
     let start = Instant::now();
     loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut text = std::fs::read_to_string(path).unwrap_or_default();
+        // Complete lines only: the guest writes a byte at a time.
+        text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
         if text.matches(needle).count() >= count {
             return text;
         }
