@@ -9,7 +9,7 @@ pub mod mmio;
 pub mod net;
 pub mod ratelimit;
 pub mod rng;
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod worker;
 

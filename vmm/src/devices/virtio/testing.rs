@@ -1,6 +1,6 @@
-//! The driver side of a virtio-mmio device, for unit tests: lays out a split queue in real
-//! guest memory, runs the status handshake through the transport's registers, and reads
-//! completions back. No KVM involved.
+//! The driver side of a virtio-mmio device, for unit tests and benchmarks: lays out split
+//! queues in real guest memory, runs the status handshake through the transport's registers,
+//! and reads completions back. No KVM involved.
 
 #![allow(clippy::cast_possible_truncation)] // splitting u64 addresses into register halves
 
@@ -47,32 +47,131 @@ pub fn negotiate(t: &mut MmioTransport, features: u64) {
     wr(t, REG_STATUS, u32::from(ACKNOWLEDGE | DRIVER | FEATURES_OK));
 }
 
-/// Programs queue 0 with the rings a mock driver laid out, and sets DRIVER_OK.
-pub fn set_up_queue(t: &mut MmioTransport, q: &MockSplitQueue<'_, GuestMemoryMmap>, size: u32) {
-    wr(t, REG_QUEUE_SEL, 0);
+/// Programs queue `index` with rings at the given addresses.
+pub fn program_queue(
+    t: &mut MmioTransport,
+    index: u32,
+    size: u32,
+    desc: u64,
+    avail: u64,
+    used: u64,
+) {
+    wr(t, REG_QUEUE_SEL, index);
     wr(t, REG_QUEUE_NUM, size);
     for (lo, hi, addr) in [
-        (
-            REG_QUEUE_DESC_LOW,
-            REG_QUEUE_DESC_HIGH,
-            q.desc_table_addr().0,
-        ),
-        (
-            REG_QUEUE_DRIVER_LOW,
-            REG_QUEUE_DRIVER_HIGH,
-            q.avail_addr().0,
-        ),
-        (REG_QUEUE_DEVICE_LOW, REG_QUEUE_DEVICE_HIGH, q.used_addr().0),
+        (REG_QUEUE_DESC_LOW, REG_QUEUE_DESC_HIGH, desc),
+        (REG_QUEUE_DRIVER_LOW, REG_QUEUE_DRIVER_HIGH, avail),
+        (REG_QUEUE_DEVICE_LOW, REG_QUEUE_DEVICE_HIGH, used),
     ] {
         wr(t, lo, (addr & 0xffff_ffff) as u32);
         wr(t, hi, (addr >> 32) as u32);
     }
     wr(t, REG_QUEUE_READY, 1);
+}
+
+pub fn driver_ok(t: &mut MmioTransport) {
     wr(
         t,
         REG_STATUS,
         u32::from(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK),
     );
+}
+
+/// Programs queue 0 with the rings a mock driver laid out, and sets DRIVER_OK.
+pub fn set_up_queue(t: &mut MmioTransport, q: &MockSplitQueue<'_, GuestMemoryMmap>, size: u32) {
+    program_queue(
+        t,
+        0,
+        size,
+        q.desc_table_addr().0,
+        q.avail_addr().0,
+        q.used_addr().0,
+    );
+    driver_ok(t);
+}
+
+/// A split virtqueue driven for as long as one likes (the mock's helpers do not wrap): the
+/// caller chooses descriptor-table slots, publishes chains and collects completions.
+#[derive(Debug)]
+pub struct Ring {
+    mem: GuestMemoryMmap,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    next_avail: u16,
+    next_used: u16,
+}
+
+impl Ring {
+    /// Rings of `size` entries laid out from `base`, each part aligned as the spec asks.
+    pub fn new(mem: &GuestMemoryMmap, base: u64, size: u16) -> Self {
+        let desc = base;
+        let avail = desc + 16 * u64::from(size);
+        let used = (avail + 6 + 2 * u64::from(size) + 4095) & !4095;
+        let zeroes = vec![0u8; (used + 6 + 8 * u64::from(size) - base) as usize];
+        mem.write_slice(&zeroes, GuestAddress(base)).unwrap();
+        Self {
+            mem: mem.clone(),
+            size,
+            desc,
+            avail,
+            used,
+            next_avail: 0,
+            next_used: 0,
+        }
+    }
+
+    pub fn program(&self, t: &mut MmioTransport, index: u32) {
+        program_queue(
+            t,
+            index,
+            u32::from(self.size),
+            self.desc,
+            self.avail,
+            self.used,
+        );
+    }
+
+    /// Writes `descs` (address, length, flags) into the table from slot `first`, chained in
+    /// order, and makes the chain available.
+    pub fn push(&mut self, first: u16, descs: &[(u64, u32, u16)]) {
+        for (i, &(addr, len, flags)) in (0u16..).zip(descs) {
+            let slot = first + i;
+            let last = usize::from(i) + 1 == descs.len();
+            let flags = if last {
+                flags
+            } else {
+                flags | VRING_DESC_F_NEXT
+            };
+            let next = if last { 0 } else { slot + 1 };
+            let at = GuestAddress(self.desc + 16 * u64::from(slot));
+            self.mem
+                .write_obj(desc(addr, len, flags, next), at)
+                .unwrap();
+        }
+        let entry = self.avail + 4 + 2 * u64::from(self.next_avail % self.size);
+        self.mem.write_obj(first, GuestAddress(entry)).unwrap();
+        self.next_avail = self.next_avail.wrapping_add(1);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.mem
+            .write_obj(self.next_avail, GuestAddress(self.avail + 2))
+            .unwrap();
+    }
+
+    /// The next completion not yet collected: (head, length).
+    pub fn pop_used(&mut self) -> Option<(u16, u32)> {
+        let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        if idx == self.next_used {
+            return None;
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let elem = self.used + 4 + 8 * u64::from(self.next_used % self.size);
+        let id: u32 = self.mem.read_obj(GuestAddress(elem)).unwrap();
+        let len: u32 = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
+        self.next_used = self.next_used.wrapping_add(1);
+        Some((id as u16, len))
+    }
 }
 
 /// A device behind a transport, negotiated and running with one 16-entry queue.

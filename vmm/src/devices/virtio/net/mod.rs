@@ -6,11 +6,13 @@
 
 pub mod tap;
 
-use std::io::{Read, Write};
+use std::io::Write;
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use vm_memory::Bytes;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 
 use super::ratelimit::{RateLimiter, Throttle};
 use super::{ActivateError, Counters, Interrupt, VirtioDevice, TYPE_NET};
@@ -163,24 +165,29 @@ impl Net {
         };
         let mut completed = false;
         while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
-            let bytes = chain.clone().map(|d| u64::from(d.len())).sum::<u64>();
+            let head = chain.head_index();
+            // Gather the frame in one pass over the chain; a device-writable descriptor, a
+            // frame over MAX_FRAME or memory outside the guest makes it a drop.
+            let mut n = 0usize;
+            let mut valid = true;
+            for d in chain {
+                let len = d.len() as usize;
+                let dst = self.tx_frame.get_mut(n..n + len);
+                valid &= !d.is_write_only()
+                    && dst.is_some_and(|dst| active.mem.read_slice(dst, d.addr()).is_ok());
+                if !valid {
+                    break;
+                }
+                n += len;
+            }
+            let len = (valid && n > VNET_HDR_LEN).then_some(n);
             if !self
                 .tx_throttle
-                .admit(bytes.saturating_sub(VNET_HDR_LEN as u64))
+                .admit(len.map_or(0, |n| (n - VNET_HDR_LEN) as u64))
             {
                 active.tx.go_to_previous_position();
                 break;
             }
-            let head = chain.head_index();
-            let len = match Reader::new(&active.mem, chain) {
-                Ok(mut r)
-                    if r.available_bytes() <= MAX_FRAME && r.available_bytes() > VNET_HDR_LEN =>
-                {
-                    let n = r.available_bytes();
-                    r.read_exact(&mut self.tx_frame[..n]).ok().map(|()| n)
-                }
-                _ => None,
-            };
             match len.map(|n| (n, self.tap.send(&self.tx_frame[..n]))) {
                 Some((n, Ok(_))) => {
                     self.stats.add(TX_PACKETS, 1);
