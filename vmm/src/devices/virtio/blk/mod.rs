@@ -6,20 +6,21 @@
 //! byte. Every popped request is completed exactly once, garbage included.
 
 pub mod backend;
+mod chain;
 pub mod request;
 pub mod uring;
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use super::ratelimit::{RateLimiter, Throttle};
 use super::{ActivateError, Counters, Interrupt, VirtioDevice, TYPE_BLOCK};
 use crate::memory::GuestMemoryMmap;
 use backend::{AlignedBuf, BlkBackend, Done, Io, Op};
+use chain::Segments;
 use request::{Header, Request, Segment, Shape, ID_LEN, SECTOR_SHIFT, S_IOERR, S_OK};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
@@ -79,19 +80,26 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
     /// Requests the backend holds, by tag; a tag is a slot here, never a guest value.
-    in_flight: Vec<Option<InFlight>>,
+    slots: Vec<Slot>,
     pool: Vec<AlignedBuf>,
     done: Vec<Done>,
     throttle: Throttle,
     stats: Arc<Counters>,
 }
 
-/// What completing a request in flight needs: where its data and status go in the guest.
-#[derive(Debug)]
+/// One request's place: its buffers (kept for completion) and, while the backend holds it,
+/// what completing it needs.
+#[derive(Debug, Default)]
+struct Slot {
+    segments: Segments,
+    in_flight: Option<InFlight>,
+}
+
+#[derive(Debug, Clone, Copy)]
 struct InFlight {
     head: u16,
-    /// Guest buffers a read fills, in order.
-    data: Vec<(GuestAddress, usize)>,
+    /// Read data goes to the first `read_len` writable bytes.
+    read_len: usize,
     status: GuestAddress,
     /// Bytes the used ring reports when it succeeds.
     used: u32,
@@ -122,7 +130,7 @@ impl Block {
             sectors,
             config: config_space(sectors),
             active: None,
-            in_flight: (0..QUEUE_SIZE).map(|_| None).collect(),
+            slots: (0..QUEUE_SIZE).map(|_| Slot::default()).collect(),
             pool: Vec::new(),
             done: Vec::new(),
             throttle: Throttle::new(limiter)?,
@@ -136,7 +144,7 @@ impl Block {
         };
         let mut completed = self.reap(&mut active);
         // With every slot busy, the next completion brings us back.
-        while let Some(slot) = self.in_flight.iter().position(Option::is_none) {
+        while let Some(slot) = self.slots.iter().position(|s| s.in_flight.is_none()) {
             let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
                 break;
             };
@@ -175,22 +183,18 @@ impl Block {
         self.backend.complete(&mut self.done);
         let mut completed = false;
         for done in std::mem::take(&mut self.done) {
-            let Some(request) = self
-                .in_flight
-                .get_mut(usize::from(done.tag))
-                .and_then(Option::take)
-            else {
+            let Some(slot) = self.slots.get_mut(usize::from(done.tag)) else {
+                continue;
+            };
+            let Some(request) = slot.in_flight.take() else {
                 continue;
             };
             let mut buf = done.buf;
-            let ok = done.result.is_ok() && {
-                let mut src: &[u8] = buf.as_mut_slice();
-                request.data.iter().all(|&(addr, len)| {
-                    let (chunk, rest) = src.split_at(len.min(src.len()));
-                    src = rest;
-                    active.mem.write_slice(chunk, addr).is_ok()
-                })
-            };
+            let ok = done.result.is_ok()
+                && slot
+                    .segments
+                    .write(&active.mem, 0, &buf.as_mut_slice()[..request.read_len])
+                    .is_ok();
             if let Err(e) = &done.result {
                 tracing::debug!("virtio-blk: I/O failed: {e}");
             }
@@ -226,73 +230,69 @@ impl Block {
         slot: usize,
     ) -> Started {
         let head = chain.head_index();
-        // Where the driver wants data and status, before the chain is consumed.
-        let writable: Vec<(GuestAddress, usize)> = chain
-            .clone()
-            .filter(|d| d.is_write_only())
-            .map(|d| (d.addr(), d.len() as usize))
-            .collect();
-        let (Ok(mut reader), Ok(mut data)) =
-            (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
-        else {
+        let segs = &mut self.slots[slot].segments;
+        if segs.load(chain).is_err() {
+            return Started::Finished(0);
+        }
+        let Some(status) = segs.last_writable_byte() else {
             return Started::Finished(0);
         };
-        let Some(status_at) = data.available_bytes().checked_sub(1) else {
-            return Started::Finished(0);
+        let finish = |code: u8, written: usize| {
+            if code != S_OK {
+                self.stats.add(ERRORS, 1);
+            }
+            match mem.write_obj(code, status) {
+                Ok(()) => Started::Finished(u32::try_from(written + 1).unwrap_or(u32::MAX)),
+                Err(_) => Started::Finished(0),
+            }
         };
-        let Ok(mut status) = data.split_at(status_at) else {
-            return Started::Finished(0);
-        };
-        let request = match self.parse(&mut reader, &data) {
+        let request = match parse(mem, segs, self.sectors, self.read_only) {
             Ok(r) => r,
-            Err(code) => return self.finish(&mut status, code, 0),
+            Err(code) => return finish(code, 0),
         };
+        count(&self.stats, request);
         let (op, offset, len) = match request {
             Request::Read { offset, len } => (Op::Read, offset, len),
             Request::Write { offset, len } => (Op::Write, offset, len),
             Request::Flush => (Op::Flush, 0, 0),
-            other => {
-                return match self.execute_inline(other, &mut data) {
-                    Ok(n) => self.finish(&mut status, S_OK, n),
-                    Err(e) => {
-                        tracing::debug!("virtio-blk: {other:?}: {e}");
-                        self.finish(&mut status, S_IOERR, 0)
-                    }
+            Request::GetId => {
+                let n = ID_LEN.min(segs.writable_len() - 1);
+                return match segs.write(mem, 0, &self.id[..n]) {
+                    Ok(()) => finish(S_OK, n),
+                    Err(_) => finish(S_IOERR, 0),
+                };
+            }
+            Request::Discard { offset, len } => {
+                return match self.backend.discard(offset, len) {
+                    Ok(()) => finish(S_OK, 0),
+                    Err(_) => finish(S_IOERR, 0),
+                };
+            }
+            Request::WriteZeroes { offset, len, unmap } => {
+                return match self.backend.write_zeroes(offset, len, unmap) {
+                    Ok(()) => finish(S_OK, 0),
+                    Err(_) => finish(S_IOERR, 0),
                 };
             }
         };
-        self.count(request);
-        let Ok(len) = usize::try_from(len).map_err(drop).and_then(|l| {
-            if l as u64 <= MAX_REQUEST {
-                Ok(l)
-            } else {
-                Err(())
-            }
-        }) else {
-            return self.finish(&mut status, S_IOERR, 0);
+        let Some(len) = usize::try_from(len)
+            .ok()
+            .filter(|&l| l as u64 <= MAX_REQUEST)
+        else {
+            return finish(S_IOERR, 0);
         };
         let mut buf = self.pool.pop().unwrap_or_default();
         buf.set_len(len);
-        if op == Op::Write && reader.read_exact(buf.as_mut_slice()).is_err() {
-            return self.finish(&mut status, S_IOERR, 0);
+        if op == Op::Write && segs.read(mem, Header::LEN, buf.as_mut_slice()).is_err() {
+            self.pool.push(buf);
+            return finish(S_IOERR, 0);
         }
-        let status_addr = writable
-            .last()
-            .and_then(|&(addr, len)| addr.checked_add(len as u64 - 1));
-        let Some(status_addr) = status_addr else {
-            return self.finish(&mut status, S_IOERR, 0);
-        };
-        let data_regions = if op == Op::Read {
-            trim(&writable, len)
-        } else {
-            Vec::new()
-        };
-        let used = if op == Op::Read { len + 1 } else { 1 };
-        self.in_flight[slot] = Some(InFlight {
+        let read_len = if op == Op::Read { len } else { 0 };
+        self.slots[slot].in_flight = Some(InFlight {
             head,
-            data: data_regions,
-            status: status_addr,
-            used: u32::try_from(used).unwrap_or(u32::MAX),
+            read_len,
+            status,
+            used: u32::try_from(read_len + 1).unwrap_or(u32::MAX),
         });
         let tag = u16::try_from(slot).unwrap_or(u16::MAX);
         self.backend.submit(Io {
@@ -303,90 +303,49 @@ impl Block {
         });
         Started::InFlight
     }
-
-    fn finish(&mut self, status: &mut Writer<'_>, code: u8, written: usize) -> Started {
-        if code != S_OK {
-            self.stats.add(ERRORS, 1);
-        }
-        if status.write_all(&[code]).is_err() {
-            return Started::Finished(0);
-        }
-        Started::Finished(u32::try_from(written + 1).unwrap_or(u32::MAX))
-    }
-
-    /// Reads the header (and a discard segment) and checks the request against the disk.
-    fn parse(&mut self, reader: &mut Reader<'_>, data: &Writer<'_>) -> Result<Request, u8> {
-        let mut raw = [0u8; Header::LEN];
-        reader.read_exact(&mut raw).map_err(|_| S_IOERR)?;
-        let header = Header::from_le_bytes(raw);
-        let shape = Shape {
-            readable: reader.available_bytes() as u64,
-            writable: data.available_bytes() as u64,
-        };
-        let segment = if shape.readable == Segment::LEN as u64 {
-            let mut raw = [0u8; Segment::LEN];
-            reader.read_exact(&mut raw).map_err(|_| S_IOERR)?;
-            Some(Segment::from_le_bytes(raw))
-        } else {
-            None
-        };
-        request::parse(header, shape, segment, self.sectors, self.read_only).map_err(|e| {
-            tracing::debug!("virtio-blk: {e}");
-            e.status()
-        })
-    }
-
-    fn count(&self, request: Request) {
-        let (counter, bytes) = match request {
-            Request::Read { len, .. } => (Some(READS), Some((READ_BYTES, len))),
-            Request::Write { len, .. } => (Some(WRITES), Some((WRITE_BYTES, len))),
-            Request::Flush => (Some(FLUSHES), None),
-            Request::Discard { .. } | Request::WriteZeroes { .. } => (Some(DISCARDS), None),
-            Request::GetId => (None, None),
-        };
-        if let Some(c) = counter {
-            self.stats.add(c, 1);
-        }
-        if let Some((c, n)) = bytes {
-            self.stats.add(c, n);
-        }
-    }
-
-    /// The rare requests that run on the I/O thread itself: GET_ID, DISCARD, WRITE_ZEROES.
-    fn execute_inline(
-        &mut self,
-        request: Request,
-        data: &mut Writer<'_>,
-    ) -> std::io::Result<usize> {
-        self.count(request);
-        match request {
-            Request::GetId => {
-                let n = ID_LEN.min(data.available_bytes());
-                data.write_all(&self.id[..n])?;
-                Ok(n)
-            }
-            Request::Discard { offset, len } => self.backend.discard(offset, len).map(|()| 0),
-            Request::WriteZeroes { offset, len, unmap } => {
-                self.backend.write_zeroes(offset, len, unmap).map(|()| 0)
-            }
-            Request::Read { .. } | Request::Write { .. } | Request::Flush => {
-                Err(std::io::Error::other("data requests go to the backend"))
-            }
-        }
-    }
 }
 
-/// The first `len` bytes of `regions`.
-fn trim(regions: &[(GuestAddress, usize)], mut len: usize) -> Vec<(GuestAddress, usize)> {
-    let mut out = Vec::with_capacity(regions.len());
-    for &(addr, n) in regions {
-        if len == 0 {
-            break;
-        }
-        out.push((addr, n.min(len)));
-        len -= n.min(len);
+/// Reads the header (and a discard segment) and checks the request against the disk.
+fn parse(
+    mem: &GuestMemoryMmap,
+    segs: &Segments,
+    sectors: u64,
+    read_only: bool,
+) -> Result<Request, u8> {
+    let mut raw = [0u8; Header::LEN];
+    segs.read(mem, 0, &mut raw).map_err(|_| S_IOERR)?;
+    let header = Header::from_le_bytes(raw);
+    let shape = Shape {
+        readable: (segs.readable_len() - Header::LEN) as u64,
+        writable: (segs.writable_len() - 1) as u64,
+    };
+    let segment = if shape.readable == Segment::LEN as u64 {
+        let mut raw = [0u8; Segment::LEN];
+        segs.read(mem, Header::LEN, &mut raw).map_err(|_| S_IOERR)?;
+        Some(Segment::from_le_bytes(raw))
+    } else {
+        None
+    };
+    request::parse(header, shape, segment, sectors, read_only).map_err(|e| {
+        tracing::debug!("virtio-blk: {e}");
+        e.status()
+    })
+}
+
+fn count(stats: &Counters, request: Request) {
+    let (counter, bytes) = match request {
+        Request::Read { len, .. } => (Some(READS), Some((READ_BYTES, len))),
+        Request::Write { len, .. } => (Some(WRITES), Some((WRITE_BYTES, len))),
+        Request::Flush => (Some(FLUSHES), None),
+        Request::Discard { .. } | Request::WriteZeroes { .. } => (Some(DISCARDS), None),
+        Request::GetId => (None, None),
+    };
+    if let Some(c) = counter {
+        stats.add(c, 1);
     }
-    out
+    if let Some((c, n)) = bytes {
+        stats.add(c, n);
+    }
 }
 
 /// `struct virtio_blk_config` (spec §5.2.4), little-endian.
@@ -468,7 +427,7 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         // Operations still in the backend finish there; their results are dropped.
         self.active = None;
-        self.in_flight.iter_mut().for_each(|r| *r = None);
+        self.slots.iter_mut().for_each(|s| s.in_flight = None);
     }
 
     fn host_events(&self) -> Vec<std::os::fd::RawFd> {
