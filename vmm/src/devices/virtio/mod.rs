@@ -43,6 +43,26 @@ pub enum ActivateError {
     Device(String),
 }
 
+/// The one queue of a single-queue device, or why the driver's setup does not fit.
+pub fn single_queue(queues: Vec<Queue>) -> Result<Queue, ActivateError> {
+    let got = queues.len();
+    <[Queue; 1]>::try_from(queues)
+        .map(|[q]| q)
+        .map_err(|_| ActivateError::QueueCount { expected: 1, got })
+}
+
+/// Serves a read of a device's configuration space from its bytes; past the end reads zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let src = usize::try_from(offset)
+        .ok()
+        .and_then(|start| config.get(start..));
+    if let Some(src) = src {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// Named counters a device bumps from its I/O thread and the API reads without taking the
 /// device's lock.
 #[derive(Debug)]

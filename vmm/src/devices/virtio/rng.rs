@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT, Writer};
 
-use super::{ActivateError, Counters, Interrupt, VirtioDevice, TYPE_RNG};
+use super::{single_queue, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_RNG};
 use crate::memory::GuestMemoryMmap;
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -101,19 +101,11 @@ impl VirtioDevice for Rng {
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         _acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let queue = match (queues.pop(), queues.is_empty()) {
-            (Some(q), true) => q,
-            _ => {
-                return Err(ActivateError::QueueCount {
-                    expected: 1,
-                    got: queues.len() + 1,
-                })
-            }
-        };
+        let queue = single_queue(queues)?;
         self.active = Some(Active {
             mem,
             queue,

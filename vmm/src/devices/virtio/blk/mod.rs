@@ -15,7 +15,9 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use super::ratelimit::{RateLimiter, Throttle};
-use super::{ActivateError, Counters, Interrupt, VirtioDevice, TYPE_BLOCK};
+use super::{
+    read_config_bytes, single_queue, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_BLOCK,
+};
 use crate::memory::GuestMemoryMmap;
 use backend::{AlignedBuf, BlkBackend, Done, Io, Op};
 use chain::Segments;
@@ -384,32 +386,17 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = self.config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         _acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let queue = match (queues.pop(), queues.is_empty()) {
-            (Some(q), true) => q,
-            _ => {
-                return Err(ActivateError::QueueCount {
-                    expected: 1,
-                    got: queues.len() + 1,
-                })
-            }
-        };
+        let queue = single_queue(queues)?;
         self.active = Some(Active {
             mem,
             queue,

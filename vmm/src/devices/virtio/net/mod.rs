@@ -15,7 +15,7 @@ use vm_memory::Bytes;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 
 use super::ratelimit::{RateLimiter, Throttle};
-use super::{ActivateError, Counters, Interrupt, VirtioDevice, TYPE_NET};
+use super::{read_config_bytes, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_NET};
 use crate::memory::GuestMemoryMmap;
 use tap::{Tap, VNET_HDR_LEN};
 
@@ -249,14 +249,7 @@ impl VirtioDevice for Net {
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&self.mac);
         config[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_bytes(&config, offset, data);
     }
 
     fn activate(
