@@ -213,3 +213,76 @@ fn socket_in_use_is_refused_and_stale_socket_replaced() {
     assert_eq!(second.wait(TIMEOUT).code(), Some(143));
     assert!(!sock.exists(), "socket left behind after SIGTERM");
 }
+
+#[test]
+fn drives_and_nics_are_added_before_start_only() {
+    if !kvm_available("drives_and_nics_are_added_before_start_only") {
+        return;
+    }
+    let dir = TempDir::new("api-devices");
+    let serial = dir.join("serial.log");
+    let image = workspace_root()
+        .join("target/tmp")
+        .join(format!("api-devices-{}.img", std::process::id()));
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let (mut vmm, api, sock) = start_api_vmm(&dir);
+    let raw = |m: &str, p: &str, b: &str| {
+        triad_api::http::request(&sock, m, p, Some(b), TIMEOUT).unwrap()
+    };
+    let drive = serde_json::json!({"id": "root", "path": image, "cache": "writeback"}).to_string();
+
+    // No config yet: nothing to add to.
+    assert_eq!(raw("PUT", "/drives/root", &drive).status, 409);
+    api.put_config(&tick_config(&serial, "triad.blk=ro triad.exit=0", 1))
+        .unwrap();
+    assert_eq!(raw("PUT", "/drives/root", &drive).status, 200, "first add");
+    // Replacing by id keeps one drive; a broken one is refused and changes nothing.
+    assert_eq!(raw("PUT", "/drives/root", &drive).status, 200, "replace");
+    let broken = serde_json::json!({"id": "data", "path": "/nonexistent.img"}).to_string();
+    let resp = raw("PUT", "/drives/data", &broken);
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert!(resp.body.contains("drives[1] (data)"), "{}", resp.body);
+    let config = api.info().unwrap().config.unwrap();
+    assert_eq!(config.drives.len(), 1);
+
+    api.action(VmAction::Start).unwrap();
+    assert_eq!(vmm.wait(TIMEOUT).code(), Some(0));
+    let out = std::fs::read_to_string(&serial).unwrap();
+    assert!(
+        out.contains("TRIAD-BLK 0xd0000000 sectors=2048 ro=0 id=root\n"),
+        "{out}"
+    );
+    assert!(out.contains("TRIAD-BLK-OK 1\n"), "{out}");
+    let _ = std::fs::remove_file(&image);
+}
+
+#[test]
+fn devices_cannot_be_added_to_a_running_vm() {
+    if !kvm_available("devices_cannot_be_added_to_a_running_vm") {
+        return;
+    }
+    let dir = TempDir::new("api-devices-running");
+    let serial = dir.join("serial.log");
+    let (mut vmm, api, sock) = start_api_vmm(&dir);
+    api.put_config(&tick_config(&serial, "triad.tick", 1))
+        .unwrap();
+    api.action(VmAction::Start).unwrap();
+    let nic = r#"{"id":"eth0","tap":"t-none"}"#;
+    let resp = triad_api::http::request(&sock, "PUT", "/nets/eth0", Some(nic), TIMEOUT).unwrap();
+    assert_eq!(resp.status, 409, "{}", resp.body);
+    let resp = triad_api::http::request(
+        &sock,
+        "PATCH",
+        "/nets/eth0",
+        Some(r#"{"qos":null}"#),
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(resp.status, 404, "{}", resp.body);
+    api.action(VmAction::Shutdown).unwrap();
+    assert_eq!(vmm.wait(TIMEOUT).code(), Some(0));
+}
