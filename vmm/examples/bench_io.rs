@@ -8,6 +8,9 @@
 //! transmit queue, which the device writes to the TAP.
 //! `bench-io tap TAP SECONDS` prints the same for a plain loop writing those frames to the
 //! TAP: the limit the device is measured against.
+//! `bench-io net-rx FROM TO SECONDS` and `bench-io tap-rx FROM TO SECONDS`: frames written to
+//! TAP `FROM` cross a bridge to TAP `TO`, where the device's receive queue, or a plain read
+//! loop, takes them; prints the frames per second received.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,8 +60,17 @@ fn main() {
             let gbps = pps * f64::from(FRAME) * 8.0 / 1e9;
             println!("pps {pps:.0} gbps {gbps:.2}");
         }
+        Some(kind @ ("net-rx" | "tap-rx")) if args.len() == 5 => {
+            let duration = Duration::from_secs(args[4].parse().expect("SECONDS"));
+            let pps = receive(&args[2], &args[3], kind == "net-rx", duration);
+            let gbps = pps * f64::from(FRAME) * 8.0 / 1e9;
+            println!("pps {pps:.0} gbps {gbps:.2}");
+        }
         _ => {
-            eprintln!("usage: bench-io blk FILE read|write DEPTH SECONDS | net TAP SECONDS | tap TAP SECONDS");
+            eprintln!(
+                "usage: bench-io blk FILE read|write DEPTH SECONDS | net|tap TAP SECONDS | \
+                 net-rx|tap-rx FROM TO SECONDS"
+            );
             std::process::exit(2);
         }
     }
@@ -216,4 +228,87 @@ fn net(name: &str, duration: Duration) -> f64 {
         }
     }
     sent as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Frames per second arriving at TAP `to` while a thread floods TAP `from`, received by the
+/// device (`through_device`) or by a plain read loop.
+fn receive(from: &str, to: &str, through_device: bool, duration: Duration) -> f64 {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        let tap = Tap::open(from).expect("opening the sending TAP");
+        std::thread::spawn(move || {
+            let f = frame();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = tap.send(&f);
+            }
+        })
+    };
+    let pps = if through_device {
+        device_receive(to, duration)
+    } else {
+        let tap = Tap::open(to).expect("opening the receiving TAP");
+        let mut buf = vec![0u8; 65536];
+        let start = Instant::now();
+        let mut got = 0u64;
+        while start.elapsed() < duration {
+            if tap.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        got as f64 / start.elapsed().as_secs_f64()
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.join();
+    pps
+}
+
+fn device_receive(name: &str, duration: Duration) -> f64 {
+    const QUEUE: u16 = 256;
+    const BUF: u32 = 2048;
+    let mem = triad_vmm::memory::create(256 << 20).unwrap();
+    let tap = Tap::open(name).expect("opening the receiving TAP");
+    let device = Net::new(tap, [0x52, 0x54, 0, 0xbe, 0x4c, 2], RateLimiter::default()).unwrap();
+    let irq = EventFd::new(0).unwrap();
+    let interrupt = Arc::new(Interrupt::new(Some(irq.try_clone().unwrap())));
+    let mut transport = MmioTransport::new(Box::new(device), mem.clone(), interrupt);
+    let mut rx = Ring::new(&mem, RING_AT, QUEUE);
+    let tx = Ring::new(&mem, 0x18_0000, QUEUE);
+    negotiate(&mut transport, VIRTIO_F_VERSION_1);
+    rx.program(&mut transport, 0);
+    tx.program(&mut transport, 1);
+    driver_ok(&mut transport);
+    let transport = Arc::new(Mutex::new(transport));
+    let rx_notify = EventFd::new(0).unwrap();
+    let queues = vec![rx_notify.try_clone().unwrap(), EventFd::new(0).unwrap()];
+    let _worker = Worker::spawn("bench-net-rx".into(), transport, queues).unwrap();
+    let post = |rx: &mut Ring, slot: u16| {
+        rx.push(
+            slot,
+            &[(
+                DATA_AT + u64::from(BUF) * u64::from(slot),
+                BUF,
+                VRING_DESC_F_WRITE,
+            )],
+        );
+    };
+    for slot in 0..QUEUE {
+        post(&mut rx, slot);
+    }
+    rx_notify.write(1).unwrap();
+    let start = Instant::now();
+    let mut got = 0u64;
+    while start.elapsed() < duration {
+        let _ = irq.read();
+        let mut any = false;
+        while let Some((head, _)) = rx.pop_used() {
+            got += 1;
+            post(&mut rx, head);
+            any = true;
+        }
+        if any {
+            rx_notify.write(1).unwrap();
+        }
+    }
+    got as f64 / start.elapsed().as_secs_f64()
 }
