@@ -193,3 +193,63 @@ fn guest_leases_an_address_from_dnsmasq() {
     assert!(std::fs::read_to_string(&leases).unwrap().contains(&ip));
     assert!(lan.ping(&ip).contains("3 received"));
 }
+
+#[test]
+fn nic_bandwidth_is_capped() {
+    let test = "nic_bandwidth_is_capped";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(lan) = Lan::new("net-qos") else {
+        return;
+    };
+    let dir = TempDir::new("net-qos");
+    let serial = dir.join("serial.log");
+    let mut json: serde_json::Value = serde_json::from_str(&config_json(
+        &guest_elf(),
+        "triad.ip=10.99.0.2/24",
+        1,
+        64,
+        Some(&serial),
+    ))
+    .unwrap();
+    // 200 kB/s each way; a 1000-byte UDP payload is a 1042-byte Ethernet frame.
+    let limit = 200_000.0;
+    json["nets"] =
+        serde_json::json!([{"id": "eth0", "tap": lan.tap, "qos": {"bytes_per_sec": 200_000}}]);
+    let vm = dir.join("vm.json");
+    std::fs::write(&vm, json.to_string()).unwrap();
+    let _vmm = lan.vmm(&vm);
+    wait_for_serial(&serial, "TRIAD-NET-READY", 1, TIMEOUT);
+    // Keep 16 datagrams in flight to the echo port; count echoes over 3 s after a 0.5 s
+    // settle (the burst allowance drains).
+    let script = "import socket,time\n\
+        s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.3)\n\
+        p=b'x'*1000;a=('10.99.0.2',7)\n\
+        [s.sendto(p,a) for _ in range(16)]\n\
+        t0=time.time();n=0;m0=None\n\
+        while time.time()-t0<3.5:\n\
+        \x20 try:\n\
+        \x20   s.recv(2048);s.sendto(p,a)\n\
+        \x20   if time.time()-t0>0.5:\n\
+        \x20     m0=m0 or time.time();n+=1\n\
+        \x20 except socket.timeout:\n\
+        \x20   [s.sendto(p,a) for _ in range(16)]\n\
+        print(n/(time.time()-m0))\n";
+    let out = lan
+        .exec("python3", &["-c", script])
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let echoes: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let expected = limit / 1042.0;
+    eprintln!("{echoes:.1} echoes/s against {expected:.1}/s allowed");
+    assert!(
+        (echoes - expected).abs() / expected <= 0.10,
+        "{echoes:.1}/s vs {expected:.1}/s"
+    );
+}
