@@ -66,7 +66,7 @@ pub struct Qos {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DevicePatch {
-    /// The new limits; `null` removes them.
+    /// The new limits; `null` removes them. Required: a PATCH without it is refused.
     pub qos: Option<Qos>,
 }
 
@@ -204,7 +204,7 @@ pub struct VmMetrics {
     /// Peak resident set size of the VMM process, in KiB.
     pub peak_rss_kib: u64,
     /// Per drive id: reads, read_bytes, writes, write_bytes, flushes, discards, errors,
-    /// throttled (requests held back by QoS), for the current boot.
+    /// throttled (times QoS held a request back), for the current boot.
     #[serde(default)]
     pub drives: BTreeMap<String, BTreeMap<String, u64>>,
     /// Per NIC id: rx/tx packets, bytes and drops, and throttled, for the current boot.

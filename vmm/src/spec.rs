@@ -10,6 +10,7 @@ use triad_api::vmm::{DriveConfig, NetConfig, Qos, SerialMode, VmConfig};
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::mptable;
 use crate::devices::virtio::mmio::MMIO_LEN;
+use crate::devices::virtio::net::tap::MAX_NAME_LEN;
 use crate::devices::virtio::ratelimit::{RateLimiter, DEFAULT_BURST};
 use crate::loader;
 
@@ -335,12 +336,14 @@ fn check_nets(nets: &[NetConfig]) -> Result<Vec<NicSpec>, SpecError> {
                 "id must be 1 to {MAX_ID_LEN} characters of A-Z a-z 0-9 - _ ."
             )));
         }
-        if n.tap.is_empty()
-            || n.tap.len() > MAX_TAP_NAME
-            || !n.tap.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
-        {
+        let name_ok = !n.tap.is_empty()
+            && n.tap.len() <= MAX_NAME_LEN
+            && n.tap
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"/:%".contains(&b));
+        if !name_ok {
             return Err(fail(format!(
-                "tap {:?} is not an interface name (1 to {MAX_TAP_NAME} characters, no '/')",
+                "tap {:?} is not an interface name (1 to {MAX_NAME_LEN} printable characters, none of / : %)",
                 n.tap
             )));
         }
@@ -376,8 +379,6 @@ fn check_nets(nets: &[NetConfig]) -> Result<Vec<NicSpec>, SpecError> {
     }
     Ok(nics)
 }
-
-const MAX_TAP_NAME: usize = 15;
 
 /// `aa:bb:cc:dd:ee:ff`, unicast (the group bit of the first octet clear), not all zero.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -458,7 +459,9 @@ fn check_disk_image(path: &Path, read_only: bool) -> Result<(), String> {
         .write(!read_only)
         .open(path)
         .map_err(|e| e.to_string())?;
-    if kind.is_file() && file.metadata().map_err(|e| e.to_string())?.len() < 512 {
+    let size =
+        crate::devices::virtio::blk::backend::image_size(&file).map_err(|e| e.to_string())?;
+    if size < 512 {
         return Err("smaller than one 512-byte sector".into());
     }
     Ok(())

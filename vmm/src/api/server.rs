@@ -244,7 +244,17 @@ fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpError>
             parse_body::<VmActionRequest>(body).map(|a| ApiRequest::Action(a.action))
         }
         (_, Some((kind, id)), "PATCH") => {
-            parse_body::<DevicePatch>(body).map(|patch| ApiRequest::Patch {
+            // `qos` must be there: `null` removes limits, a missing field is a mistake.
+            let value: serde_json::Value = parse_body(body)?;
+            if value.get("qos").is_none() {
+                return Err(error(
+                    400,
+                    "PATCH needs a \"qos\" field (null removes the limits)",
+                ));
+            }
+            let patch: DevicePatch = serde_json::from_value(value)
+                .map_err(|e| error(400, format!("invalid JSON body: {e}")))?;
+            Ok(ApiRequest::Patch {
                 kind,
                 id: id.to_owned(),
                 patch,
@@ -351,6 +361,15 @@ mod tests {
         assert_eq!(status(route("GET", "/drives/a", b"")), 405);
         assert_eq!(status(route("PATCH", "/drives/", b"{}")), 404);
         assert_eq!(status(route("PATCH", "/drives/a/b", b"{}")), 404);
+        assert_eq!(
+            status(route("PATCH", "/drives/a", b"{}")),
+            400,
+            "qos must be given"
+        );
+        assert!(matches!(
+            route("PATCH", "/drives/a", br#"{"qos":null}"#),
+            Ok(ApiRequest::Patch { .. })
+        ));
     }
 
     #[test]

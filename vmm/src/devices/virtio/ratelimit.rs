@@ -48,6 +48,15 @@ impl TokenBucket {
         Err(now + Duration::from_secs_f64(missing / self.rate))
     }
 
+    /// This bucket's rate and burst with `self`'s tokens (clamped) and clock.
+    fn retuned(self, new: TokenBucket) -> TokenBucket {
+        TokenBucket {
+            tokens: self.tokens.min(new.capacity),
+            last: self.last,
+            ..new
+        }
+    }
+
     /// Gives back tokens taken for a request that did not run after all.
     pub fn refund(&mut self, n: u64) {
         self.tokens = (self.tokens + n as f64).min(self.capacity);
@@ -91,6 +100,18 @@ impl RateLimiter {
         }
     }
 
+    /// `new`'s limits, keeping the tokens of buckets that stay limited.
+    pub fn retuned(self, new: RateLimiter) -> RateLimiter {
+        let keep = |old: Option<TokenBucket>, new: Option<TokenBucket>| match (old, new) {
+            (Some(old), Some(new)) => Some(old.retuned(new)),
+            (_, new) => new,
+        };
+        RateLimiter {
+            ops: keep(self.ops, new.ops),
+            bytes: keep(self.bytes, new.bytes),
+        }
+    }
+
     pub fn is_unlimited(&self) -> bool {
         self.ops.is_none() && self.bytes.is_none()
     }
@@ -114,7 +135,8 @@ impl RateLimiter {
 }
 
 /// A device's limiter with the timer that wakes its I/O thread when a refused request would
-/// fit. The timer's fd is one of the device's host events.
+/// fit. The timer's fd is one of the device's host events, watched edge-triggered, so its
+/// expiry count is never read (a blocking read could stall the I/O thread after a re-arm).
 #[derive(Debug)]
 pub struct Throttle {
     limiter: RateLimiter,
@@ -129,8 +151,10 @@ impl Throttle {
         })
     }
 
+    /// New limits; the tokens in hand carry over (clamped to the new burst), so changing
+    /// limits, or setting the same ones again, hands out no extra burst and forgives no debt.
     pub fn set(&mut self, limiter: RateLimiter) {
-        self.limiter = limiter;
+        self.limiter = self.limiter.retuned(limiter);
     }
 
     /// True when an operation of `bytes` may run now; otherwise the timer is armed for when it
@@ -157,11 +181,6 @@ impl Throttle {
     /// Gives back what `admit` took for an operation that could not run after all.
     pub fn refund(&mut self, bytes: u64) {
         self.limiter.refund(bytes);
-    }
-
-    /// The timer fired: consume the expiry so the next one is reported again.
-    pub fn expired(&mut self) {
-        let _ = self.timer.wait();
     }
 
     pub fn fd(&self) -> std::os::fd::RawFd {
@@ -218,6 +237,24 @@ mod tests {
             (bytes as f64 - expected).abs() / expected < 0.01,
             "{bytes} vs {expected}"
         );
+    }
+
+    #[test]
+    fn retuning_keeps_the_tokens_in_hand() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(Some(100), None, ms(1000), t0);
+        for _ in 0..100 {
+            l.admit(0, t0).unwrap();
+        }
+        // The same limits again: still empty, no new burst.
+        let mut again = l.retuned(RateLimiter::new(Some(100), None, ms(1000), t0));
+        assert!(again.admit(0, t0).is_err());
+        // A higher rate refills faster but starts from what was left.
+        let mut faster = l.retuned(RateLimiter::new(Some(1000), None, ms(1000), t0));
+        assert!(faster.admit(0, t0).is_err());
+        assert_eq!(faster.admit(0, t0 + ms(1)), Ok(()));
+        // Removing a limit removes it.
+        assert!(l.retuned(RateLimiter::default()).is_unlimited());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub struct Rng {
     active: Option<Active>,
     /// Entropy bytes handed to the guest, for metrics.
     stats: Arc<Counters>,
+    buf: Vec<u8>,
 }
 
 impl Rng {
@@ -41,6 +42,7 @@ impl Rng {
             source,
             active: None,
             stats: Counters::new(&["bytes"]),
+            buf: vec![0; MAX_REQUEST],
         }
     }
 
@@ -48,7 +50,7 @@ impl Rng {
         let Some(active) = &mut self.active else {
             return;
         };
-        let mut buf = vec![0u8; MAX_REQUEST];
+        let buf = &mut self.buf;
         let mut used_any = false;
         while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();

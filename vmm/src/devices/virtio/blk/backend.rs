@@ -82,7 +82,7 @@ pub const DIRECT_IO_ALIGN: usize = 4096;
 impl FileBackend {
     pub fn open(path: &Path, read_only: bool, cache: CacheMode) -> io::Result<Self> {
         let file = open_image(path, read_only, cache)?;
-        let len = file.metadata()?.len();
+        let len = image_size(&file)?;
         Ok(Self {
             file,
             len,
@@ -97,6 +97,13 @@ impl FileBackend {
             done: Vec::new(),
         }
     }
+}
+
+/// The size of an image file or block device (whose metadata says 0).
+pub fn image_size(file: &File) -> io::Result<u64> {
+    use std::io::Seek;
+    let mut f = file;
+    f.seek(io::SeekFrom::End(0))
 }
 
 /// Opens an image with the flags of its cache mode.
@@ -185,7 +192,8 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     pub fn new(len: usize) -> Self {
         let storage = vec![0u8; len + DIRECT_IO_ALIGN];
-        let start = storage.as_ptr().align_offset(DIRECT_IO_ALIGN);
+        let misalign = storage.as_ptr() as usize % DIRECT_IO_ALIGN;
+        let start = (DIRECT_IO_ALIGN - misalign) % DIRECT_IO_ALIGN;
         Self {
             storage,
             start,

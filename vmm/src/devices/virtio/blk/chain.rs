@@ -19,8 +19,9 @@ pub struct Malformed;
 
 impl Segments {
     /// Replaces the lists with `chain`'s buffers. A readable descriptor after a writable one
-    /// breaks virtio's ordering rule (spec §2.7.4.2) and makes the chain malformed.
-    pub fn load<M>(&mut self, chain: DescriptorChain<M>) -> Result<(), Malformed>
+    /// breaks virtio's ordering rule (spec §2.7.4.2), and more than `max` descriptors
+    /// (indirect tables included) is more than the device offered: both make it malformed.
+    pub fn load<M>(&mut self, chain: DescriptorChain<M>, max: usize) -> Result<(), Malformed>
     where
         M: std::ops::Deref,
         M::Target: vm_memory::GuestMemory,
@@ -28,6 +29,9 @@ impl Segments {
         self.readable.clear();
         self.writable.clear();
         for d in chain {
+            if self.readable.len() + self.writable.len() == max {
+                return Err(Malformed);
+            }
             let range = (d.addr(), d.len() as usize);
             if d.is_write_only() {
                 self.writable.push(range);

@@ -31,8 +31,11 @@ const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
 const SIZE_MAX: u32 = 32 << 10;
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 const MAX_REQUEST: u64 = SIZE_MAX as u64 * SEG_MAX as u64;
-/// Bounce buffers kept for reuse; more in flight allocate and free as needed.
+/// Bounce buffers kept for reuse (only small ones); more in flight allocate and free as needed.
 const POOL: usize = 64;
+const POOL_BUF_MAX: usize = 128 << 10;
+/// Most bytes of bounce buffers in flight per disk: what a guest can make the VMM allocate.
+const BOUNCE_BUDGET: usize = 64 << 20;
 
 // Feature bits (spec §5.2.3).
 const F_SIZE_MAX: u64 = 1 << 1;
@@ -84,6 +87,8 @@ pub struct Block {
     /// Requests the backend holds, by tag; a tag is a slot here, never a guest value.
     slots: Vec<Slot>,
     pool: Vec<AlignedBuf>,
+    /// Bytes of bounce buffers the backend holds now.
+    bounce_in_flight: usize,
     done: Vec<Done>,
     throttle: Throttle,
     stats: Arc<Counters>,
@@ -94,7 +99,17 @@ pub struct Block {
 #[derive(Debug, Default)]
 struct Slot {
     segments: Segments,
-    in_flight: Option<InFlight>,
+    state: SlotState,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum SlotState {
+    #[default]
+    Free,
+    InFlight(InFlight),
+    /// In the backend from before a driver reset: its result is dropped, and the slot is not
+    /// reused until the backend gives it back.
+    Orphaned,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +126,8 @@ struct InFlight {
 enum Started {
     InFlight,
     Finished(u32),
+    /// QoS holds it back: it goes back on the ring untouched.
+    Throttled,
 }
 
 impl Block {
@@ -134,6 +151,7 @@ impl Block {
             active: None,
             slots: (0..QUEUE_SIZE).map(|_| Slot::default()).collect(),
             pool: Vec::new(),
+            bounce_in_flight: 0,
             done: Vec::new(),
             throttle: Throttle::new(limiter)?,
             stats: Counters::new(COUNTERS),
@@ -145,19 +163,18 @@ impl Block {
             return;
         };
         let mut completed = self.reap(&mut active);
-        // With every slot busy, the next completion brings us back.
-        while let Some(slot) = self.slots.iter().position(|s| s.in_flight.is_none()) {
+        // With every slot busy, or the bounce budget spent, the next completion brings us back.
+        while self.bounce_in_flight < BOUNCE_BUDGET {
+            let Some(slot) = self
+                .slots
+                .iter()
+                .position(|s| matches!(s.state, SlotState::Free))
+            else {
+                break;
+            };
             let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
                 break;
             };
-            // QoS charges the data bytes: everything but the 16-byte header and status byte.
-            let bytes = chain.clone().map(|d| u64::from(d.len())).sum::<u64>();
-            if !self.throttle.admit(bytes.saturating_sub(17)) {
-                self.stats.add(THROTTLED, 1);
-                // Back on the ring; the throttle's timer brings us back when it fits.
-                active.queue.go_to_previous_position();
-                break;
-            }
             let head = chain.head_index();
             match self.start(&active.mem, chain, slot) {
                 Started::InFlight => {}
@@ -167,6 +184,11 @@ impl Block {
                         break;
                     }
                     completed = true;
+                }
+                Started::Throttled => {
+                    // Back on the ring; the throttle's timer brings us back when it fits.
+                    active.queue.go_to_previous_position();
+                    break;
                 }
             }
         }
@@ -188,37 +210,40 @@ impl Block {
             let Some(slot) = self.slots.get_mut(usize::from(done.tag)) else {
                 continue;
             };
-            let Some(request) = slot.in_flight.take() else {
-                continue;
-            };
             let mut buf = done.buf;
-            let ok = done.result.is_ok()
-                && slot
-                    .segments
-                    .write(&active.mem, 0, &buf.as_mut_slice()[..request.read_len])
-                    .is_ok();
-            if let Err(e) = &done.result {
-                tracing::debug!("virtio-blk: I/O failed: {e}");
+            let len = buf.as_mut_slice().len();
+            self.bounce_in_flight = self.bounce_in_flight.saturating_sub(len);
+            // An orphan (its driver reset meanwhile) only gives its slot and buffer back.
+            if let SlotState::InFlight(request) = std::mem::take(&mut slot.state) {
+                if let Err(e) = &done.result {
+                    tracing::debug!("virtio-blk: I/O failed: {e}");
+                }
+                let read = buf.as_mut_slice().get(..request.read_len);
+                let ok = done.result.is_ok()
+                    && read.is_some_and(|data| slot.segments.write(&active.mem, 0, data).is_ok());
+                if !ok {
+                    self.stats.add(ERRORS, 1);
+                }
+                let (status, used) = if ok {
+                    (S_OK, request.used)
+                } else {
+                    (S_IOERR, 1)
+                };
+                let used = if active.mem.write_obj(status, request.status).is_ok() {
+                    used
+                } else {
+                    0
+                };
+                if active
+                    .queue
+                    .add_used(&active.mem, request.head, used)
+                    .is_ok()
+                {
+                    completed = true;
+                }
             }
-            if !ok {
-                self.stats.add(ERRORS, 1);
-            }
-            let status = if ok { S_OK } else { S_IOERR };
-            let used = if ok { request.used } else { 1 };
-            let used = if active.mem.write_obj(status, request.status).is_ok() {
-                used
-            } else {
-                0
-            };
-            if self.pool.len() < POOL {
+            if len <= POOL_BUF_MAX && self.pool.len() < POOL {
                 self.pool.push(buf);
-            }
-            if active
-                .queue
-                .add_used(&active.mem, request.head, used)
-                .is_ok()
-            {
-                completed = true;
             }
         }
         completed
@@ -233,7 +258,8 @@ impl Block {
     ) -> Started {
         let head = chain.head_index();
         let segs = &mut self.slots[slot].segments;
-        if segs.load(chain).is_err() {
+        // Header, at most SEG_MAX data segments, status.
+        if segs.load(chain, SEG_MAX as usize + 2).is_err() {
             return Started::Finished(0);
         }
         let Some(status) = segs.last_writable_byte() else {
@@ -252,13 +278,22 @@ impl Block {
             Ok(r) => r,
             Err(code) => return finish(code, 0),
         };
+        // QoS charges what a request moves, once it is known to be valid.
+        let bytes = match request {
+            Request::Read { len, .. } | Request::Write { len, .. } => len,
+            _ => 0,
+        };
+        if !self.throttle.admit(bytes) {
+            self.stats.add(THROTTLED, 1);
+            return Started::Throttled;
+        }
         count(&self.stats, request);
         let (op, offset, len) = match request {
             Request::Read { offset, len } => (Op::Read, offset, len),
             Request::Write { offset, len } => (Op::Write, offset, len),
             Request::Flush => (Op::Flush, 0, 0),
             Request::GetId => {
-                let n = ID_LEN.min(segs.writable_len() - 1);
+                let n = ID_LEN.min(segs.writable_len().saturating_sub(1));
                 return match segs.write(mem, 0, &self.id[..n]) {
                     Ok(()) => finish(S_OK, n),
                     Err(_) => finish(S_IOERR, 0),
@@ -283,19 +318,25 @@ impl Block {
         else {
             return finish(S_IOERR, 0);
         };
-        let mut buf = self.pool.pop().unwrap_or_default();
+        // Small requests reuse pooled buffers; large ones get their own.
+        let mut buf = if len <= POOL_BUF_MAX {
+            self.pool.pop().unwrap_or_default()
+        } else {
+            AlignedBuf::default()
+        };
         buf.set_len(len);
         if op == Op::Write && segs.read(mem, Header::LEN, buf.as_mut_slice()).is_err() {
             self.pool.push(buf);
             return finish(S_IOERR, 0);
         }
         let read_len = if op == Op::Read { len } else { 0 };
-        self.slots[slot].in_flight = Some(InFlight {
+        self.slots[slot].state = SlotState::InFlight(InFlight {
             head,
             read_len,
             status,
             used: u32::try_from(read_len + 1).unwrap_or(u32::MAX),
         });
+        self.bounce_in_flight += len;
         let tag = u16::try_from(slot).unwrap_or(u16::MAX);
         self.backend.submit(Io {
             tag,
@@ -318,8 +359,8 @@ fn parse(
     segs.read(mem, 0, &mut raw).map_err(|_| S_IOERR)?;
     let header = Header::from_le_bytes(raw);
     let shape = Shape {
-        readable: (segs.readable_len() - Header::LEN) as u64,
-        writable: (segs.writable_len() - 1) as u64,
+        readable: segs.readable_len().saturating_sub(Header::LEN) as u64,
+        writable: segs.writable_len().saturating_sub(1) as u64,
     };
     let segment = if shape.readable == Segment::LEN as u64 {
         let mut raw = [0u8; Segment::LEN];
@@ -402,6 +443,8 @@ impl VirtioDevice for Block {
             queue,
             interrupt,
         });
+        // Requests posted before DRIVER_OK.
+        self.process();
         Ok(())
     }
 
@@ -414,7 +457,11 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         // Operations still in the backend finish there; their results are dropped.
         self.active = None;
-        self.slots.iter_mut().for_each(|s| s.in_flight = None);
+        for slot in &mut self.slots {
+            if let SlotState::InFlight(_) = slot.state {
+                slot.state = SlotState::Orphaned;
+            }
+        }
     }
 
     fn host_events(&self) -> Vec<std::os::fd::RawFd> {
@@ -423,10 +470,8 @@ impl VirtioDevice for Block {
             .collect()
     }
 
-    fn host_event(&mut self, index: usize) {
-        if index == 0 {
-            self.throttle.expired();
-        }
+    fn host_event(&mut self, _index: usize) {
+        // The QoS timer or a completion: either way, look at the queue and the backend again.
         self.process();
     }
 

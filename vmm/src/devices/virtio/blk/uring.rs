@@ -15,9 +15,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::backend::{punch_hole, write_zeroes, BlkBackend, Done, Io, Op};
 
 pub struct UringBackend {
+    // Declared first so it is dropped first: after `Drop` has waited, nothing refers to the
+    // file any more.
+    ring: IoUring,
     file: File,
     size: u64,
-    ring: IoUring,
     completions: EventFd,
     /// Operations the kernel owns, by tag.
     in_flight: Vec<Option<Io>>,
@@ -41,7 +43,7 @@ impl UringBackend {
         let ring = IoUring::new(u32::from(depth))?;
         let completions = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(completions.as_raw_fd())?;
-        let size = file.metadata()?.len();
+        let size = super::backend::image_size(&file)?;
         Ok(Self {
             file,
             size,
@@ -59,6 +61,8 @@ impl UringBackend {
             result: Err(error),
             buf: io.buf,
         });
+        // Wake the I/O thread so the failure is reported now, not at some later completion.
+        let _ = self.completions.write(1);
     }
 
     fn reap(&mut self, out: &mut Vec<Done>) {
@@ -123,7 +127,8 @@ impl BlkBackend for UringBackend {
         .user_data(u64::from(io.tag));
         // SAFETY: the buffer the entry points at is owned by `io`, which moves into
         // `in_flight` just below and stays there until the kernel reports the completion
-        // (`reap`); its heap block does not move when `io` does. The file outlives the ring.
+        // (`reap`) or, failing that, forever (`Drop`); its heap block does not move when `io`
+        // does. The file is dropped after the ring.
         let pushed = unsafe { self.ring.submission().push(&entry) }.is_ok()
             || (self.ring.submit().is_ok()
                 // SAFETY: as above; the queue had room after submitting what it held.
@@ -138,6 +143,9 @@ impl BlkBackend for UringBackend {
     fn kick(&mut self) {
         if let Err(e) = self.ring.submit() {
             tracing::warn!("io_uring submit: {e}");
+            // Come back and try again rather than leave the queued requests waiting for the
+            // guest's next notification.
+            let _ = self.completions.write(1);
         }
     }
 
@@ -166,10 +174,20 @@ impl Drop for UringBackend {
         // The kernel may still be writing into buffers we own: wait for all of it.
         let mut sink = Vec::new();
         while self.count > 0 {
-            if self.ring.submit_and_wait(1).is_err() {
-                break;
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => self.reap(&mut sink),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Cannot wait any longer: leak the buffers rather than free memory the
+                    // kernel may still write to.
+                    tracing::error!(
+                        "io_uring: {e}; leaking {} buffers still in flight",
+                        self.count
+                    );
+                    std::mem::forget(std::mem::take(&mut self.in_flight));
+                    return;
+                }
             }
-            self.reap(&mut sink);
         }
     }
 }

@@ -22,8 +22,10 @@ use tap::{Tap, VNET_HDR_LEN};
 const RX: usize = 0;
 const TX: usize = 1;
 const QUEUE_SIZES: &[u16] = &[256, 256];
-/// The largest frame with its header: a 64 KiB TSO segment plus Ethernet and virtio headers.
-const MAX_FRAME: usize = VNET_HDR_LEN + 14 + 65535;
+/// The largest frame with its header: a 64 KiB TSO segment plus Ethernet (with a VLAN tag)
+/// and virtio headers. Receive reads into one byte more, to tell a frame that filled the
+/// buffer from one the kernel cut short.
+const MAX_FRAME: usize = VNET_HDR_LEN + 18 + 65535;
 
 // Feature bits (spec §5.1.3).
 const F_CSUM: u64 = 1 << 0;
@@ -89,7 +91,7 @@ impl Net {
             mac,
             tap,
             active: None,
-            rx_frame: vec![0; MAX_FRAME],
+            rx_frame: vec![0; MAX_FRAME + 1],
             rx_pending: None,
             tx_frame: vec![0; MAX_FRAME],
             stats: Counters::new(COUNTERS),
@@ -108,10 +110,17 @@ impl Net {
             let len = match self.rx_pending {
                 Some(len) => len,
                 None => match self.tap.recv(&mut self.rx_frame) {
-                    Ok(len) if len >= VNET_HDR_LEN => len,
-                    Ok(_) => continue,
+                    // A frame the buffer cannot hold whole (the kernel cut it) or one without
+                    // even a header is dropped; the next one may be fine.
+                    Ok(len) if (VNET_HDR_LEN..self.rx_frame.len()).contains(&len) => len,
+                    Ok(_) => {
+                        self.stats.add(RX_DROPPED, 1);
+                        continue;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
+                        // The TAP is gone or broken: nothing more will arrive on it.
                         tracing::warn!("virtio-net: reading {}: {e}", self.tap.name());
                         break;
                     }
@@ -298,14 +307,8 @@ impl VirtioDevice for Net {
     fn host_event(&mut self, index: usize) {
         match index {
             EVENT_TAP => self.receive(),
-            EVENT_RX_TIMER => {
-                self.rx_throttle.expired();
-                self.receive();
-            }
-            EVENT_TX_TIMER => {
-                self.tx_throttle.expired();
-                self.transmit();
-            }
+            EVENT_RX_TIMER => self.receive(),
+            EVENT_TX_TIMER => self.transmit(),
             _ => {
                 self.receive();
                 self.transmit();
