@@ -81,31 +81,52 @@ impl PortBus {
 /// The MMIO windows of the virtio devices, each `virtio::mmio::MMIO_LEN` bytes.
 #[derive(Debug, Default)]
 pub struct MmioBus {
-    devices: Vec<(u64, Arc<Mutex<virtio::mmio::MmioTransport>>)>,
+    devices: Vec<MmioDevice>,
+}
+
+#[derive(Debug)]
+struct MmioDevice {
+    base: u64,
+    transport: Arc<Mutex<virtio::mmio::MmioTransport>>,
+    /// InterruptStatus and InterruptACK are served from here without the transport's lock, so
+    /// a vCPU in the guest's interrupt handler never waits for the device's I/O thread.
+    interrupt: Arc<virtio::Interrupt>,
 }
 
 impl MmioBus {
     pub fn insert(&mut self, base: u64, transport: Arc<Mutex<virtio::mmio::MmioTransport>>) {
-        self.devices.push((base, transport));
+        let interrupt = lock(&transport).interrupt();
+        self.devices.push(MmioDevice {
+            base,
+            transport,
+            interrupt,
+        });
     }
 
-    fn find(&self, addr: u64) -> Option<(u64, &Mutex<virtio::mmio::MmioTransport>)> {
-        self.devices.iter().find_map(|(base, t)| {
-            let offset = addr.checked_sub(*base)?;
-            (offset < virtio::mmio::MMIO_LEN).then_some((offset, t.as_ref()))
+    fn find(&self, addr: u64) -> Option<(u64, &MmioDevice)> {
+        self.devices.iter().find_map(|d| {
+            let offset = addr.checked_sub(d.base)?;
+            (offset < virtio::mmio::MMIO_LEN).then_some((offset, d))
         })
     }
 
     pub fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr) {
-            Some((offset, t)) => lock(t).read(offset, data),
+            Some((virtio::mmio::REG_INTERRUPT_STATUS, d)) if data.len() == 4 => {
+                data.copy_from_slice(&d.interrupt.status().to_le_bytes());
+            }
+            Some((offset, d)) => lock(&d.transport).read(offset, data),
             None => data.fill(0xff),
         }
     }
 
     pub fn write(&self, addr: u64, data: &[u8]) {
-        if let Some((offset, t)) = self.find(addr) {
-            lock(t).write(offset, data);
+        match (self.find(addr), <[u8; 4]>::try_from(data)) {
+            (Some((virtio::mmio::REG_INTERRUPT_ACK, d)), Ok(bytes)) => {
+                d.interrupt.ack(u32::from_le_bytes(bytes));
+            }
+            (Some((offset, d)), _) => lock(&d.transport).write(offset, data),
+            (None, _) => {}
         }
     }
 }
@@ -151,6 +172,30 @@ mod tests {
         assert_eq!(bus.write(I8042_COMMAND, &[0xfe]), IoOutcome::Reset);
         // The reset is reported once.
         assert_eq!(bus.write(I8042_COMMAND, &[0x10]), IoOutcome::Continue);
+    }
+
+    #[test]
+    fn interrupt_registers_do_not_wait_for_the_device() {
+        let mem = virtio::testing::mem();
+        let device = Box::new(virtio::rng::Rng::new().unwrap());
+        let transport = Arc::new(Mutex::new(virtio::testing::transport(&mem, device)));
+        let mut bus = MmioBus::default();
+        bus.insert(0xd000_0000, transport.clone());
+        lock(&transport).interrupt().signal_used();
+        // The I/O thread holds the device: the status still reads, the ACK still lands.
+        let held = lock(&transport);
+        let mut status = [0u8; 4];
+        bus.read(0xd000_0060, &mut status);
+        assert_eq!(u32::from_le_bytes(status), virtio::INT_USED_RING);
+        bus.write(0xd000_0064, &virtio::INT_USED_RING.to_le_bytes());
+        drop(held);
+        bus.read(0xd000_0060, &mut status);
+        assert_eq!(status, [0; 4]);
+        // Other registers go to the transport; unmapped addresses read as all-ones.
+        bus.read(0xd000_0000, &mut status);
+        assert_eq!(&status, b"virt");
+        bus.read(0xd000_1000, &mut status);
+        assert_eq!(status, [0xff; 4]);
     }
 
     #[test]

@@ -91,6 +91,10 @@ impl MmioTransport {
         self.status
     }
 
+    pub fn interrupt(&self) -> Arc<Interrupt> {
+        self.interrupt.clone()
+    }
+
     fn offered_features(&self) -> u64 {
         self.device.features() | VIRTIO_F_VERSION_1
     }
