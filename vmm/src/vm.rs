@@ -319,8 +319,7 @@ fn disk_backend(file: std::fs::File) -> std::io::Result<Box<dyn BlkBackend>> {
         Ok(uring) => Ok(Box::new(uring)),
         Err(e) => {
             tracing::warn!("io_uring unavailable ({e}); disks use synchronous I/O");
-            let len = sync_copy.metadata()?.len();
-            Ok(Box::new(FileBackend::from_file(sync_copy, len)))
+            Ok(Box::new(FileBackend::from_file(sync_copy)?))
         }
     }
 }

@@ -190,3 +190,56 @@ fn the_counter_survives_a_vmm_restart() {
         last_printed = on_disk;
     }
 }
+
+/// A host block device with 4 KiB logical sectors (a loop device), used with O_DIRECT: the
+/// VMM must announce 4 KiB blocks, or the guest's 512-byte requests fail on the host.
+#[test]
+fn a_4k_sector_host_device_works_with_direct_io() {
+    let test = "a_4k_sector_host_device_works_with_direct_io";
+    if !kvm_available(test) {
+        return;
+    }
+    let images = Images::new("4k");
+    let backing = images.create("backing.img", 8 << 20);
+    let out = std::process::Command::new("losetup")
+        .args(["--sector-size", "4096", "--find", "--show"])
+        .arg(&backing)
+        .output();
+    let device = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        Ok(o) => {
+            skip(
+                test,
+                &format!(
+                    "losetup failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            );
+            return;
+        }
+        Err(e) => {
+            skip(test, &format!("losetup is not available ({e})"));
+            return;
+        }
+    };
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _detach = Detach(device.clone());
+    let dir = TempDir::new("blk-4k");
+    let vm = config(
+        &dir,
+        "triad.blk=rw triad.exit=0",
+        serde_json::json!([{"id": "loop", "path": device, "cache": "none"}]),
+    );
+    let (code, _, err) = run_vmm(&["--config", vm.to_str().unwrap()], TIMEOUT);
+    let out = std::fs::read_to_string(dir.join("serial.log")).unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("sectors=16384 ro=0 id=loop\n"), "{out}");
+    assert!(out.contains("TRIAD-BLK-OK 1\n"), "{out}");
+}

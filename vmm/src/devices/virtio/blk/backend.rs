@@ -39,6 +39,10 @@ pub struct Done {
 pub trait BlkBackend: Send + std::fmt::Debug {
     /// Size in bytes.
     fn size(&self) -> u64;
+    /// The smallest I/O the backend can do (the guest's logical block size).
+    fn block_size(&self) -> u32 {
+        512
+    }
     /// Starts `io`; it finishes, well or badly, through `complete`.
     fn submit(&mut self, io: Io);
     /// Lets submitted operations start, for engines that batch them.
@@ -73,6 +77,7 @@ pub fn run_sync(file: &File, io: &mut Io) -> io::Result<()> {
 pub struct FileBackend {
     file: File,
     len: u64,
+    block_size: u32,
     done: Vec<Done>,
 }
 
@@ -81,21 +86,16 @@ pub const DIRECT_IO_ALIGN: usize = 4096;
 
 impl FileBackend {
     pub fn open(path: &Path, read_only: bool, cache: CacheMode) -> io::Result<Self> {
-        let file = open_image(path, read_only, cache)?;
-        let len = image_size(&file)?;
-        Ok(Self {
-            file,
-            len,
-            done: Vec::new(),
-        })
+        Self::from_file(open_image(path, read_only, cache)?)
     }
 
-    pub fn from_file(file: File, len: u64) -> Self {
-        Self {
+    pub fn from_file(file: File) -> io::Result<Self> {
+        Ok(Self {
+            len: image_size(&file)?,
+            block_size: direct_io_block(&file),
             file,
-            len,
             done: Vec::new(),
-        }
+        })
     }
 }
 
@@ -104,6 +104,17 @@ pub fn image_size(file: &File) -> io::Result<u64> {
     use std::io::Seek;
     let mut f = file;
     f.seek(io::SeekFrom::End(0))
+}
+
+/// The logical block size direct I/O needs on `file`: 512 unless a 512-byte O_DIRECT read is
+/// refused (a host device with 4 KiB sectors), then 4096. Files opened without O_DIRECT
+/// always take 512.
+pub fn direct_io_block(file: &File) -> u32 {
+    let mut buf = AlignedBuf::new(512);
+    match file.read_at(buf.as_mut_slice(), 512) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => 4096,
+        _ => 512,
+    }
 }
 
 /// Opens an image with the flags of its cache mode.
@@ -133,6 +144,10 @@ pub fn open_image(path: &Path, read_only: bool, cache: CacheMode) -> io::Result<
 impl BlkBackend for FileBackend {
     fn size(&self) -> u64 {
         self.len
+    }
+
+    fn block_size(&self) -> u32 {
+        self.block_size
     }
 
     fn submit(&mut self, mut io: Io) {

@@ -138,6 +138,7 @@ impl Block {
         limiter: RateLimiter,
     ) -> std::io::Result<Self> {
         let sectors = backend.size() >> SECTOR_SHIFT;
+        let block_size = backend.block_size();
         let mut serial = [0u8; ID_LEN];
         for (dst, src) in serial.iter_mut().zip(id.bytes()) {
             *dst = src;
@@ -147,7 +148,7 @@ impl Block {
             backend,
             read_only,
             sectors,
-            config: config_space(sectors),
+            config: config_space(sectors, block_size),
             active: None,
             slots: (0..QUEUE_SIZE).map(|_| Slot::default()).collect(),
             pool: Vec::new(),
@@ -392,13 +393,13 @@ fn count(stats: &Counters, request: Request) {
 }
 
 /// `struct virtio_blk_config` (spec §5.2.4), little-endian.
-fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
+fn config_space(sectors: u64, block_size: u32) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
     put(0, &sectors.to_le_bytes()); // capacity
     put(8, &SIZE_MAX.to_le_bytes()); // size_max
     put(12, &SEG_MAX.to_le_bytes()); // seg_max
-    put(20, &512u32.to_le_bytes()); // blk_size
+    put(20, &block_size.to_le_bytes()); // blk_size
     put(36, &(u32::MAX >> SECTOR_SHIFT).to_le_bytes()); // max_discard_sectors
     put(40, &1u32.to_le_bytes()); // max_discard_seg
     put(44, &8u32.to_le_bytes()); // discard_sector_alignment: 4 KiB

@@ -20,6 +20,7 @@ pub struct UringBackend {
     ring: IoUring,
     file: File,
     size: u64,
+    block_size: u32,
     completions: EventFd,
     /// Operations the kernel owns, by tag.
     in_flight: Vec<Option<Io>>,
@@ -44,9 +45,11 @@ impl UringBackend {
         let completions = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(completions.as_raw_fd())?;
         let size = super::backend::image_size(&file)?;
+        let block_size = super::backend::direct_io_block(&file);
         Ok(Self {
             file,
             size,
+            block_size,
             ring,
             completions,
             in_flight: (0..depth).map(|_| None).collect(),
@@ -101,6 +104,10 @@ impl UringBackend {
 impl BlkBackend for UringBackend {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn block_size(&self) -> u32 {
+        self.block_size
     }
 
     fn submit(&mut self, mut io: Io) {
