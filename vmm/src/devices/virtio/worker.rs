@@ -41,7 +41,9 @@ impl Worker {
             epoll.ctl(
                 ControlOperation::Add,
                 event.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, index),
+                // Edge-triggered: every notify (every eventfd write) wakes us once, so the
+                // counter never needs a read syscall to re-arm.
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, index),
             )?;
         }
         let host_events = transport
@@ -92,12 +94,7 @@ fn run(epoll: &Epoll, stop: &EventFd, transport: &Mutex<MmioTransport>, queues: 
                     .host_event(index);
                 continue;
             }
-            let Some(fd) = usize::try_from(token).ok().and_then(|i| queues.get(i)) else {
-                continue;
-            };
-            // Reading resets the counter; several notifies since the last read are one run.
-            if fd.read().is_ok() {
-                let index = u16::try_from(token).unwrap_or(u16::MAX);
+            if let Ok(index) = u16::try_from(token) {
                 transport
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -157,8 +157,8 @@ impl BlkBackend for UringBackend {
     }
 
     fn complete(&mut self, out: &mut Vec<Done>) {
-        // Reset the eventfd before reaping, so a completion that lands meanwhile signals again.
-        let _ = self.completions.read();
+        // The eventfd is watched edge-triggered: each completion signal wakes the thread once,
+        // with no read needed to re-arm it.
         out.append(&mut self.failed);
         self.reap(out);
     }
