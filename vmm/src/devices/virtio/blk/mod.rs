@@ -86,6 +86,8 @@ pub struct Block {
     active: Option<Active>,
     /// Requests the backend holds, by tag; a tag is a slot here, never a guest value.
     slots: Vec<Slot>,
+    /// Slots neither in flight nor orphaned, to take from the top.
+    free: Vec<usize>,
     pool: Vec<AlignedBuf>,
     /// Bytes of bounce buffers the backend holds now.
     bounce_in_flight: usize,
@@ -151,6 +153,7 @@ impl Block {
             config: config_space(sectors, block_size),
             active: None,
             slots: (0..QUEUE_SIZE).map(|_| Slot::default()).collect(),
+            free: (0..usize::from(QUEUE_SIZE)).rev().collect(),
             pool: Vec::new(),
             bounce_in_flight: 0,
             done: Vec::new(),
@@ -166,11 +169,7 @@ impl Block {
         let mut completed = self.reap(&mut active);
         // With every slot busy, or the bounce budget spent, the next completion brings us back.
         while self.bounce_in_flight < BOUNCE_BUDGET {
-            let Some(slot) = self
-                .slots
-                .iter()
-                .position(|s| matches!(s.state, SlotState::Free))
-            else {
+            let Some(&slot) = self.free.last() else {
                 break;
             };
             let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
@@ -178,7 +177,9 @@ impl Block {
             };
             let head = chain.head_index();
             match self.start(&active.mem, chain, slot) {
-                Started::InFlight => {}
+                Started::InFlight => {
+                    self.free.pop();
+                }
                 Started::Finished(used) => {
                     if active.queue.add_used(&active.mem, head, used).is_err() {
                         tracing::debug!("virtio-blk: used ring unwritable");
@@ -214,6 +215,9 @@ impl Block {
             let mut buf = done.buf;
             let len = buf.as_mut_slice().len();
             self.bounce_in_flight = self.bounce_in_flight.saturating_sub(len);
+            if !matches!(slot.state, SlotState::Free) {
+                self.free.push(usize::from(done.tag));
+            }
             // An orphan (its driver reset meanwhile) only gives its slot and buffer back.
             if let SlotState::InFlight(request) = std::mem::take(&mut slot.state) {
                 if let Err(e) = &done.result {
