@@ -63,6 +63,8 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     queues: Vec<Queue>,
+    /// Each queue's ready flag when the device took the queues (DRIVER_OK).
+    activated_ready: Vec<bool>,
     config_generation: u32,
 }
 
@@ -83,6 +85,7 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             queues,
+            activated_ready: Vec::new(),
             config_generation: 0,
         }
     }
@@ -128,8 +131,19 @@ impl MmioTransport {
                 1 => high(self.offered_features()),
                 _ => 0,
             },
-            REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
-            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            // Answered from the device and the activation record too, as the queues themselves
+            // belong to the device once it runs.
+            REG_QUEUE_NUM_MAX => {
+                let sel = usize::try_from(self.queue_sel).unwrap_or(usize::MAX);
+                self.device.queue_max_sizes().get(sel).map_or(0, |&m| u32::from(m))
+            }
+            REG_QUEUE_READY => {
+                let sel = usize::try_from(self.queue_sel).unwrap_or(usize::MAX);
+                match self.selected_queue() {
+                    Some(q) => u32::from(q.ready()),
+                    None => u32::from(self.activated_ready.get(sel).copied().unwrap_or(false)),
+                }
+            }
             REG_INTERRUPT_STATUS => self.interrupt.status(),
             REG_STATUS => u32::from(self.status),
             REG_CONFIG_GENERATION => self.config_generation,
@@ -272,6 +286,7 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         let queues = std::mem::take(&mut self.queues);
+        self.activated_ready = queues.iter().map(|q| q.ready()).collect();
         let bad = queues.iter().position(|q| !q.is_valid(&self.mem));
         let result = match bad {
             Some(i) => Err(super::ActivateError::BadQueue(i)),
@@ -303,6 +318,7 @@ impl MmioTransport {
         self.driver_features = 0;
         self.queue_sel = 0;
         self.queues = fresh_queues(self.device.as_ref());
+        self.activated_ready.clear();
         self.interrupt.ack(u32::MAX);
         self.config_generation = self.config_generation.wrapping_add(1);
     }
@@ -355,6 +371,16 @@ mod tests {
         let mut two = [0xffu8; 2];
         t.read(REG_MAGIC, &mut two);
         assert_eq!(two, [0, 0]);
+    }
+
+    #[test]
+    fn queue_registers_still_read_right_once_the_device_runs() {
+        let mem = mem();
+        let (mut t, _q) = running(&mem, Box::new(Rng::new().unwrap()));
+        wr(&mut t, REG_QUEUE_SEL, 0);
+        assert_eq!((rd(&mut t, REG_QUEUE_NUM_MAX), rd(&mut t, REG_QUEUE_READY)), (256, 1));
+        wr(&mut t, REG_QUEUE_SEL, 1);
+        assert_eq!((rd(&mut t, REG_QUEUE_NUM_MAX), rd(&mut t, REG_QUEUE_READY)), (0, 0));
     }
 
     #[test]
