@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 
-use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::memory::GuestMemoryMmap;
 
 /// Bytes of MMIO space per device: registers up to 0x100, then device configuration.
@@ -99,7 +99,7 @@ impl MmioTransport {
     }
 
     fn offered_features(&self) -> u64 {
-        self.device.features() | VIRTIO_F_VERSION_1
+        self.device.features() | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -135,7 +135,10 @@ impl MmioTransport {
             // belong to the device once it runs.
             REG_QUEUE_NUM_MAX => {
                 let sel = usize::try_from(self.queue_sel).unwrap_or(usize::MAX);
-                self.device.queue_max_sizes().get(sel).map_or(0, |&m| u32::from(m))
+                self.device
+                    .queue_max_sizes()
+                    .get(sel)
+                    .map_or(0, |&m| u32::from(m))
             }
             REG_QUEUE_READY => {
                 let sel = usize::try_from(self.queue_sel).unwrap_or(usize::MAX);
@@ -285,8 +288,12 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let queues = std::mem::take(&mut self.queues);
+        let mut queues = std::mem::take(&mut self.queues);
         self.activated_ready = queues.iter().map(|q| q.ready()).collect();
+        let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
         let bad = queues.iter().position(|q| !q.is_valid(&self.mem));
         let result = match bad {
             Some(i) => Err(super::ActivateError::BadQueue(i)),
@@ -374,13 +381,53 @@ mod tests {
     }
 
     #[test]
+    fn event_idx_suppresses_interrupts_and_rearms_notifications() {
+        use crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX;
+        const RING: u64 = 0x2_0000;
+        const SIZE: u64 = 16;
+        let avail_used_event = RING + 16 * SIZE + 4 + 2 * SIZE; // avail->ring[SIZE]
+        let used = (RING + 16 * SIZE + 6 + 2 * SIZE + 4095) & !4095;
+        let used_avail_event = used + 4 + 8 * SIZE; // used->ring[SIZE]
+        let mem = mem();
+        let mut t = transport(&mem);
+        let mut ring = Ring::new(&mem, RING, 16);
+        negotiate(&mut t, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+        assert_ne!(t.status() & FEATURES_OK, 0, "EVENT_IDX is offered");
+        ring.program(&mut t, 0);
+        driver_ok(&mut t);
+
+        // The driver wants an interrupt only after the 6th completion.
+        mem.write_obj(5u16, GuestAddress(avail_used_event)).unwrap();
+        ring.push(0, &[(BUF_AT, 16, VRING_DESC_F_WRITE)]);
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!(ring.pop_used(), Some((0, 16)));
+        assert_eq!(rd(&mut t, REG_INTERRUPT_STATUS), 0, "interrupt suppressed");
+        // The ring ran empty: the device asks to be notified of the next buffer.
+        let avail_event: u16 = mem.read_obj(GuestAddress(used_avail_event)).unwrap();
+        assert_eq!(avail_event, 1);
+
+        // Now the driver wants to hear about the next completion.
+        mem.write_obj(1u16, GuestAddress(avail_used_event)).unwrap();
+        ring.push(1, &[(BUF_AT, 16, VRING_DESC_F_WRITE)]);
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!(ring.pop_used(), Some((1, 16)));
+        assert_ne!(rd(&mut t, REG_INTERRUPT_STATUS) & INT_USED_RING, 0);
+    }
+
+    #[test]
     fn queue_registers_still_read_right_once_the_device_runs() {
         let mem = mem();
         let (mut t, _q) = running(&mem, Box::new(Rng::new().unwrap()));
         wr(&mut t, REG_QUEUE_SEL, 0);
-        assert_eq!((rd(&mut t, REG_QUEUE_NUM_MAX), rd(&mut t, REG_QUEUE_READY)), (256, 1));
+        assert_eq!(
+            (rd(&mut t, REG_QUEUE_NUM_MAX), rd(&mut t, REG_QUEUE_READY)),
+            (256, 1)
+        );
         wr(&mut t, REG_QUEUE_SEL, 1);
-        assert_eq!((rd(&mut t, REG_QUEUE_NUM_MAX), rd(&mut t, REG_QUEUE_READY)), (0, 0));
+        assert_eq!(
+            (rd(&mut t, REG_QUEUE_NUM_MAX), rd(&mut t, REG_QUEUE_READY)),
+            (0, 0)
+        );
     }
 
     #[test]

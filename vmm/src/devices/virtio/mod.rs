@@ -23,6 +23,8 @@ use crate::memory::GuestMemoryMmap;
 
 /// Virtio 1.x (spec §6): the only version Triad offers; legacy drivers are refused.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Notification suppression by ring indices (spec §2.7.7, §2.7.10), offered by every device.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// Device IDs (virtio spec §5).
 pub const TYPE_NET: u32 = 1;
@@ -41,6 +43,24 @@ pub enum ActivateError {
     BadQueue(usize),
     #[error("the device could not start: {0}")]
     Device(String),
+}
+
+/// The next available chain. When there is none, driver notifications are re-armed (with
+/// EVENT_IDX, `avail_event` moves to where the device stopped) and the ring is checked once
+/// more, so a buffer the driver added meanwhile is not left waiting for a notify that will
+/// not come.
+pub fn pop_or_rearm<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Option<virtio_queue::DescriptorChain<&'m GuestMemoryMmap>> {
+    use virtio_queue::QueueT;
+    if let Some(chain) = queue.pop_descriptor_chain(mem) {
+        return Some(chain);
+    }
+    match queue.enable_notification(mem) {
+        Ok(true) => queue.pop_descriptor_chain(mem),
+        _ => None,
+    }
 }
 
 /// The one queue of a single-queue device, or why the driver's setup does not fit.

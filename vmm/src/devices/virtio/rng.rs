@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT, Writer};
 
-use super::{single_queue, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_RNG};
+use super::{
+    pop_or_rearm, single_queue, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_RNG,
+};
 use crate::memory::GuestMemoryMmap;
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -52,7 +54,7 @@ impl Rng {
         };
         let buf = &mut self.buf;
         let mut used_any = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+        while let Some(chain) = pop_or_rearm(&mut active.queue, &active.mem) {
             let head = chain.head_index();
             // A chain that points outside guest memory or loops is completed with nothing
             // written; the queue goes on.

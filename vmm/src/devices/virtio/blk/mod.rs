@@ -16,7 +16,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use super::ratelimit::{RateLimiter, Throttle};
 use super::{
-    read_config_bytes, single_queue, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_BLOCK,
+    pop_or_rearm, read_config_bytes, single_queue, ActivateError, Counters, Interrupt,
+    VirtioDevice, TYPE_BLOCK,
 };
 use crate::memory::GuestMemoryMmap;
 use backend::{AlignedBuf, BlkBackend, Done, Io, Op};
@@ -172,7 +173,7 @@ impl Block {
             let Some(&slot) = self.free.last() else {
                 break;
             };
-            let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
+            let Some(chain) = pop_or_rearm(&mut active.queue, &active.mem) else {
                 break;
             };
             let head = chain.head_index();

@@ -15,7 +15,9 @@ use vm_memory::Bytes;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 
 use super::ratelimit::{RateLimiter, Throttle};
-use super::{read_config_bytes, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_NET};
+use super::{
+    pop_or_rearm, read_config_bytes, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_NET,
+};
 use crate::memory::GuestMemoryMmap;
 use tap::{Tap, VNET_HDR_LEN};
 
@@ -131,7 +133,7 @@ impl Net {
                 self.stats.add(THROTTLED, 1);
                 break; // the frame waits for its timer
             }
-            let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
+            let Some(chain) = pop_or_rearm(&mut active.rx, &active.mem) else {
                 // The frame waits for the guest to post a buffer; its tokens wait with it.
                 self.rx_throttle.refund((len - VNET_HDR_LEN) as u64);
                 break;
@@ -173,7 +175,7 @@ impl Net {
             return;
         };
         let mut completed = false;
-        while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+        while let Some(chain) = pop_or_rearm(&mut active.tx, &active.mem) {
             let head = chain.head_index();
             // Gather the frame in one pass over the chain; a device-writable descriptor, a
             // frame over MAX_FRAME or memory outside the guest makes it a drop.
