@@ -208,6 +208,8 @@ void triad_main(u32 boot_path, u64 info_paddr)
 			want_reset = 1;
 		} else if (token_is(tok, len, "triad.rng")) {
 			want_rng = 1;
+		} else if (token_is(tok, len, "triad.noeventidx")) {
+			virtio_disable_event_idx(); /* prints nothing */
 		} else if (token_is(tok, len, "triad.counter")) {
 			want_counter = 1;
 		} else if (token_is(tok, len, "triad.blk=rw")) {

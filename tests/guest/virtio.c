@@ -18,6 +18,8 @@
  */
 static u32 num_devices __attribute__((section(".data"))) = 0;
 static u32 virtq_pool_used __attribute__((section(".data"))) = 0;
+/* `triad.noeventidx`: VIRTIO_RING_F_EVENT_IDX is never negotiated. */
+static u32 no_event_idx __attribute__((section(".data"))) = 0;
 static struct virtio_dev devices[VIRTIO_MAX_DEVICES] __attribute__((section(".noinit")));
 static u8 virtq_pool[VIRTQ_POOL][VIRTQ_SLOT]
 	__attribute__((section(".noinit"), aligned(4096)));
@@ -25,10 +27,16 @@ static u8 virtq_pool[VIRTQ_POOL][VIRTQ_SLOT]
 _Static_assert(VIRTQ_MAX_SIZE <= 32, "in_flight is a 32-bit mask");
 _Static_assert(VIRTQ_MAX_SIZE * sizeof(struct virtq_desc) <= VIRTQ_AVAIL_OFF,
 	       "descriptor table overlaps the available ring");
-_Static_assert(VIRTQ_AVAIL_OFF + sizeof(struct virtq_avail) <= VIRTQ_USED_OFF,
+/* Ring sizes with the event fields (§2.7.6, §2.7.8): 6 + 2 * size and
+ * 6 + 8 * size bytes. */
+_Static_assert(VIRTQ_AVAIL_OFF + 6 + 2 * VIRTQ_MAX_SIZE <= VIRTQ_USED_OFF &&
+		       VIRTQ_AVAIL_OFF + sizeof(struct virtq_avail) <= VIRTQ_USED_OFF,
 	       "available ring overlaps the used ring");
-_Static_assert(VIRTQ_USED_OFF + sizeof(struct virtq_used) <= VIRTQ_SLOT,
+_Static_assert(VIRTQ_USED_OFF + 6 + 8 * VIRTQ_MAX_SIZE <= VIRTQ_SLOT &&
+		       VIRTQ_USED_OFF + sizeof(struct virtq_used) <= VIRTQ_SLOT,
 	       "used ring overflows its slot");
+_Static_assert(VIRTQ_AVAIL_OFF % 2 == 0 && VIRTQ_USED_OFF % 4 == 0,
+	       "ring alignment (§2.7: avail 2, used 4)");
 
 static u32 rd(const struct virtio_dev *dev, u32 off)
 {
@@ -198,6 +206,11 @@ struct virtio_dev *virtio_find(u32 device_id, u32 n)
 
 /* ---- Device handshake -------------------------------------------------- */
 
+void virtio_disable_event_idx(void)
+{
+	no_event_idx = 1;
+}
+
 void virtio_reset(struct virtio_dev *dev)
 {
 	wr(dev, VIRTIO_MMIO_STATUS, 0);
@@ -246,6 +259,9 @@ const char *virtio_init(struct virtio_dev *dev, u64 want_features)
 		virtio_fail(dev);
 		return "VERSION_1 not offered";
 	}
+	/* EVENT_IDX is the core's business, for every device type. */
+	if (!no_event_idx)
+		want_features |= VIRTIO_RING_F_EVENT_IDX;
 	accepted = (want_features & offered) | VIRTIO_F_VERSION_1;
 	wr(dev, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
 	wr(dev, VIRTIO_MMIO_DRIVER_FEATURES, (u32)accepted);
@@ -359,6 +375,10 @@ const char *virtq_setup(struct virtio_dev *dev, struct virtq *vq, u16 index)
 	vq->avail_idx = 0;
 	vq->last_used = 0;
 	vq->in_flight = 0;
+	vq->kicked_idx = 0;
+	vq->event_idx = !!(dev->features & VIRTIO_RING_F_EVENT_IDX);
+	/* used_event = 0 (the slot is zeroed): the first used entry is the
+	 * one we wait for. */
 	for (u32 i = 0; i < size; i++)
 		vq->desc[i].next = (u16)(i + 1);
 
@@ -397,7 +417,11 @@ int virtq_add(struct virtq *vq, const struct virtq_buf *bufs, u16 n)
 	vq->in_flight |= 1u << head;
 
 	vq->avail->ring[vq->avail_idx & (vq->size - 1)] = head;
-	virtio_barrier(); /* descriptors and ring entry before the index */
+	/* EVENT_IDX: the next used index we poll for (interrupts stay off,
+	 * but the device should see a sensible value). */
+	if (vq->event_idx)
+		*virtq_used_event(vq) = vq->last_used;
+	virtio_barrier(); /* descriptors, ring entry, used_event before the index */
 	vq->avail_idx++;
 	vq->avail->idx = vq->avail_idx;
 	virtio_barrier();
@@ -406,6 +430,17 @@ int virtq_add(struct virtq *vq, const struct virtq_buf *bufs, u16 n)
 
 void virtq_notify(struct virtq *vq)
 {
+	u16 old_idx = vq->kicked_idx, new_idx = vq->avail_idx;
+
+	vq->kicked_idx = new_idx;
+	if (vq->event_idx) {
+		/* avail->idx (stored in virtq_add) must be visible before
+		 * avail_event is read (§2.7.10): a store-load order, which
+		 * TSO alone does not give. */
+		virtio_mb();
+		if (!vring_need_event(*virtq_avail_event(vq), new_idx, old_idx))
+			return;
+	}
 	wr(vq->dev, VIRTIO_MMIO_QUEUE_NOTIFY, vq->index);
 }
 
@@ -424,6 +459,8 @@ int virtq_poll(struct virtq *vq, u32 *head, u32 *len)
 	*len = e->len;
 	*head = id;
 	vq->last_used++;
+	if (vq->event_idx)
+		*virtq_used_event(vq) = vq->last_used; /* the next one we poll for */
 	if (id >= vq->size || !(vq->in_flight & (1u << id)))
 		return -1;
 	vq->in_flight &= ~(1u << id);

@@ -5,7 +5,10 @@
  * virtio_net.c) sit on top.
  *
  * Everything is polled: interrupts stay off, the driver spins on the used
- * ring with a TSC timeout and acknowledges InterruptStatus itself. Every
+ * ring with a TSC timeout and acknowledges InterruptStatus itself.
+ * VIRTIO_RING_F_EVENT_IDX (§2.7.7, §2.7.10) is negotiated whenever the
+ * device offers it (unless `triad.noeventidx`): QueueNotify is then skipped
+ * when the device's avail_event says it needs none. Every
  * function that can fail returns NULL on success or a short reason string
  * ("FEATURES_OK refused", "timeout", ...) that callers print verbatim.
  */
@@ -51,6 +54,7 @@
 #define VIRTIO_STATUS_FAILED 128
 
 /* Feature bits. */
+#define VIRTIO_RING_F_EVENT_IDX (1UL << 29)
 #define VIRTIO_F_VERSION_1 (1UL << 32)
 
 /* Device IDs. */
@@ -63,6 +67,10 @@
  * in its own VIRTQ_SLOT-byte slot of page-aligned .noinit memory (zeroed by
  * virtq_setup, not at boot): descriptor table at +0x000 (16 * 16 bytes),
  * available ring at +0x100 (6 + 2 * 16), used ring at +0x200 (6 + 8 * 16).
+ * The 6 is flags, idx and the ring's trailing event field (used_event
+ * after avail->ring[size], avail_event after used->ring[size]), which the
+ * two sides use only with VIRTIO_RING_F_EVENT_IDX but which is always
+ * reserved.
  */
 #define VIRTQ_MAX_SIZE 16
 #define VIRTQ_POOL 16
@@ -85,11 +93,17 @@ struct virtq_desc {
 #define VIRTQ_DESC_F_NEXT 1
 #define VIRTQ_DESC_F_WRITE 2
 
+/*
+ * The rings at their largest (size == VIRTQ_MAX_SIZE). The trailing event
+ * fields sit right after ring[size], so for a smaller queue they come
+ * earlier: use virtq_used_event() / virtq_avail_event(), never the
+ * *_event_room members, which only reserve the space.
+ */
 struct virtq_avail {
 	u16 flags;
 	u16 idx;
 	u16 ring[VIRTQ_MAX_SIZE];
-	u16 used_event;
+	u16 used_event_room;
 };
 
 struct virtq_used_elem {
@@ -101,7 +115,7 @@ struct virtq_used {
 	u16 flags;
 	u16 idx;
 	struct virtq_used_elem ring[VIRTQ_MAX_SIZE];
-	u16 avail_event;
+	u16 avail_event_room;
 };
 
 /* One virtio_mmio.device=<size>@<base>:<irq>[:<id>] token. */
@@ -123,6 +137,8 @@ struct virtq {
 	u16 avail_idx; /* driver's copy of avail->idx */
 	u16 last_used; /* next used->ring entry to consume */
 	u32 in_flight; /* bit per head descriptor handed to the device */
+	u16 kicked_idx; /* avail_idx at the previous virtq_notify */
+	u16 event_idx;  /* VIRTIO_RING_F_EVENT_IDX negotiated */
 	volatile struct virtq_desc *desc;
 	volatile struct virtq_avail *avail;
 	volatile struct virtq_used *used;
@@ -135,9 +151,38 @@ struct virtq_buf {
 	int writable; /* device writes it (VIRTQ_DESC_F_WRITE) */
 };
 
+/* Compiler barrier: enough between stores (and between loads) to the rings
+ * on x86, which keeps both in program order (TSO). */
 static inline void virtio_barrier(void)
 {
 	__asm__ volatile("" ::: "memory");
+}
+
+/* Full barrier: also orders an earlier store before a later load, which
+ * TSO does not (store buffer). A locked no-op on the stack top, as Linux's
+ * smp_mb() on x86-64 (no mfence: nothing SSE-flavoured in this guest). */
+static inline void virtio_mb(void)
+{
+	__asm__ volatile("lock; orl $0, (%%rsp)" ::: "memory", "cc");
+}
+
+/* used_event: the u16 after avail->ring[size] (driver-written). */
+static inline volatile u16 *virtq_used_event(const struct virtq *vq)
+{
+	return (volatile u16 *)((volatile u8 *)vq->avail + 4 + 2 * (u32)vq->size);
+}
+
+/* avail_event: the u16 after used->ring[size] (device-written). */
+static inline volatile u16 *virtq_avail_event(const struct virtq *vq)
+{
+	return (volatile u16 *)((volatile u8 *)vq->used + 4 + 8 * (u32)vq->size);
+}
+
+/* §2.7.10: with EVENT_IDX, the other side wants an event if the index it
+ * named (event_idx) is among the entries new_idx - old_idx just added. */
+static inline int vring_need_event(u16 event_idx, u16 new_idx, u16 old_idx)
+{
+	return (u16)(new_idx - event_idx - 1) < (u16)(new_idx - old_idx);
 }
 
 /* Discovery: remembers every virtio_mmio.device= token of the command line
@@ -147,8 +192,12 @@ void virtio_discover(void);
 /* The n-th discovered device with this ID (0-based), or NULL. */
 struct virtio_dev *virtio_find(u32 device_id, u32 n);
 
+/* `triad.noeventidx`: never negotiate VIRTIO_RING_F_EVENT_IDX (call before
+ * any virtio_init). */
+void virtio_disable_event_idx(void);
 /* Handshake up to FEATURES_OK: reset, ACKNOWLEDGE, DRIVER, features
- * (VERSION_1 plus wanted & offered), FEATURES_OK checked. */
+ * (VERSION_1, which must be offered, plus EVENT_IDX and the wanted bits
+ * where offered), FEATURES_OK checked. */
 const char *virtio_init(struct virtio_dev *dev, u64 want_features);
 /* Set up queue `index` (after virtio_init, before virtio_driver_ok). */
 const char *virtq_setup(struct virtio_dev *dev, struct virtq *vq, u16 index);
@@ -171,7 +220,9 @@ void virtio_config_read_bytes(struct virtio_dev *dev, u32 off, u8 *buf, u32 n);
  * not notify). Returns the head descriptor index, or -1 if not enough
  * descriptors are free (or n is 0). */
 int virtq_add(struct virtq *vq, const struct virtq_buf *bufs, u16 n);
-/* QueueNotify. */
+/* QueueNotify for the chains added since the previous call. Without
+ * EVENT_IDX always; with it only if vring_need_event(avail_event, avail
+ * index now, avail index at the previous call). */
 void virtq_notify(struct virtq *vq);
 /* Non-blocking: if the device has used a chain, frees its descriptors,
  * stores its head and written length, acknowledges InterruptStatus and
