@@ -24,7 +24,11 @@ impl Lan {
             ns,
             tap: "tap-vm0".into(),
         };
-        let _ = Command::new("ip").args(["netns", "del", &lan.ns]).status();
+        // A namespace left by a crashed earlier run goes first.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &lan.ns])
+            .stderr(Stdio::null())
+            .status();
         let steps: &[&[&str]] = &[
             &["link", "set", "lo", "up"],
             &["link", "add", "br0", "type", "bridge"],
