@@ -10,7 +10,7 @@ use std::io::Write;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestMemoryBackend};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 
@@ -171,44 +171,28 @@ impl Net {
 
     /// Sends every frame the guest queued.
     fn transmit(&mut self) {
-        let Some(active) = &mut self.active else {
+        // Taken out while frames go, so `send_chain` can borrow the rest of `self`.
+        let Some(mut active) = self.active.take() else {
             return;
         };
         let mut completed = false;
         while let Some(chain) = pop_or_rearm(&mut active.tx, &active.mem) {
             let head = chain.head_index();
-            // Gather the frame in one pass over the chain; a device-writable descriptor, a
-            // frame over MAX_FRAME or memory outside the guest makes it a drop.
-            let mut n = 0usize;
-            let mut valid = true;
-            for d in chain {
-                let len = d.len() as usize;
-                let dst = self.tx_frame.get_mut(n..n + len);
-                valid &= !d.is_write_only()
-                    && dst.is_some_and(|dst| active.mem.read_slice(dst, d.addr()).is_ok());
-                if !valid {
-                    break;
-                }
-                n += len;
-            }
-            let len = (valid && n > VNET_HDR_LEN).then_some(n);
-            if !self
-                .tx_throttle
-                .admit(len.map_or(0, |n| (n - VNET_HDR_LEN) as u64))
-            {
+            let sent = self.send_chain(&active.mem, chain);
+            let Some(sent) = sent else {
+                // Over the limit: back on the ring until the throttle's timer fires.
                 active.tx.go_to_previous_position();
                 break;
-            }
-            match len.map(|n| (n, self.tap.send(&self.tx_frame[..n]))) {
-                Some((n, Ok(_))) => {
+            };
+            match sent {
+                Ok(n) => {
                     self.stats.add(TX_PACKETS, 1);
                     self.stats.add(TX_BYTES, (n - VNET_HDR_LEN) as u64);
                 }
-                Some((_, Err(e))) => {
-                    tracing::debug!("virtio-net: writing {}: {e}", self.tap.name());
+                Err(e) => {
+                    tracing::debug!("virtio-net: frame not sent on {}: {e}", self.tap.name());
                     self.stats.add(TX_DROPPED, 1);
                 }
-                None => self.stats.add(TX_DROPPED, 1),
             }
             if active.tx.add_used(&active.mem, head, 0).is_err() {
                 break;
@@ -218,6 +202,65 @@ impl Net {
         if completed && active.tx.needs_notification(&active.mem).unwrap_or(true) {
             active.interrupt.signal_used();
         }
+        self.active = Some(active);
+    }
+}
+
+impl Net {
+    /// Writes one transmit chain to the TAP: straight from guest memory when the frame is one
+    /// descriptor (the usual case), gathered into a buffer otherwise. `None` when QoS holds it
+    /// back; `Err` when it is dropped (a device-writable descriptor, a frame over MAX_FRAME,
+    /// memory outside the guest, or the TAP refusing it).
+    fn send_chain(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    ) -> Option<std::io::Result<usize>> {
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let mut descs = chain.clone();
+        let first = descs.next();
+        let single = descs.next().is_none();
+        if let (Some(d), true) = (first, single) {
+            let len = d.len() as usize;
+            if d.is_write_only() || !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
+                return self
+                    .tx_throttle
+                    .admit(0)
+                    .then(|| Err(bad("malformed frame")));
+            }
+            if !self.tx_throttle.admit((len - VNET_HDR_LEN) as u64) {
+                return None;
+            }
+            let sent = mem
+                .get_slice(d.addr(), len)
+                .map_err(|_| bad("frame outside guest memory"))
+                .and_then(|slice| self.tap.send_guest(&slice));
+            return Some(sent.map(|_| len));
+        }
+        // Gather in one pass; any bad descriptor makes the frame a drop.
+        let mut n = 0usize;
+        let mut valid = true;
+        for d in chain {
+            let len = d.len() as usize;
+            let dst = self.tx_frame.get_mut(n..n + len);
+            valid &=
+                !d.is_write_only() && dst.is_some_and(|dst| mem.read_slice(dst, d.addr()).is_ok());
+            if !valid {
+                break;
+            }
+            n += len;
+        }
+        if !valid || n <= VNET_HDR_LEN {
+            return self
+                .tx_throttle
+                .admit(0)
+                .then(|| Err(bad("malformed frame")));
+        }
+        if !self.tx_throttle.admit((n - VNET_HDR_LEN) as u64) {
+            return None;
+        }
+        Some(self.tap.send(&self.tx_frame[..n]).map(|_| n))
     }
 }
 

@@ -119,6 +119,17 @@ impl Tap {
     pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
         (&self.file).write(frame)
     }
+
+    /// One frame straight from guest memory, virtio-net header first.
+    pub fn send_guest<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        frame: &vm_memory::VolatileSlice<'_, B>,
+    ) -> io::Result<usize> {
+        use vm_memory::WriteVolatile;
+        (&self.file)
+            .write_volatile(frame)
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
 }
 
 impl AsRawFd for Tap {
