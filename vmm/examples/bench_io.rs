@@ -177,57 +177,92 @@ fn raw_tap(name: &str, duration: Duration) -> f64 {
     sent as f64 / start.elapsed().as_secs_f64()
 }
 
-fn net(name: &str, duration: Duration) -> f64 {
-    const TX_RING_AT: u64 = 0x18_0000;
-    const QUEUE: u16 = 256;
+/// A virtio-net device on TAP `name` driven by this process: its rings, the eventfds that
+/// notify each queue, and the interrupt eventfd.
+struct NetHarness {
+    mem: triad_vmm::memory::GuestMemoryMmap,
+    rx: Ring,
+    tx: Ring,
+    irq: EventFd,
+    notify: [EventFd; 2],
+    _worker: Worker,
+}
+
+const NET_QUEUE: u16 = 256;
+const NET_BUF: u32 = 2048;
+
+fn net_harness(name: &str, mac_last: u8) -> NetHarness {
     let mem = triad_vmm::memory::create(256 << 20).unwrap();
     let tap = Tap::open(name).expect("opening the TAP");
-    let device = Net::new(tap, [0x52, 0x54, 0, 0xbe, 0x4c, 1], RateLimiter::default()).unwrap();
+    let mac = [0x52, 0x54, 0, 0xbe, 0x4c, mac_last];
+    let device = Net::new(tap, mac, RateLimiter::default()).unwrap();
     let irq = EventFd::new(0).unwrap();
     let interrupt = Arc::new(Interrupt::new(Some(irq.try_clone().unwrap())));
     let mut transport = MmioTransport::new(Box::new(device), mem.clone(), interrupt);
-    let rx = Ring::new(&mem, RING_AT, QUEUE);
-    let mut tx = Ring::new(&mem, TX_RING_AT, QUEUE);
+    let rx = Ring::new(&mem, RING_AT, NET_QUEUE);
+    let tx = Ring::new(&mem, 0x18_0000, NET_QUEUE);
     negotiate(&mut transport, VIRTIO_F_VERSION_1);
     rx.program(&mut transport, 0);
     tx.program(&mut transport, 1);
     driver_ok(&mut transport);
+    let notify = [EventFd::new(0).unwrap(), EventFd::new(0).unwrap()];
+    let queues = notify.iter().map(|e| e.try_clone().unwrap()).collect();
     let transport = Arc::new(Mutex::new(transport));
-    let rx_notify = EventFd::new(0).unwrap();
-    let tx_notify = EventFd::new(0).unwrap();
-    let queues = vec![
-        rx_notify.try_clone().unwrap(),
-        tx_notify.try_clone().unwrap(),
-    ];
-    let _worker = Worker::spawn("bench-net".into(), transport, queues).unwrap();
-    // Every slot carries the same frame, written once.
-    let f = frame();
-    for slot in 0..QUEUE {
-        mem.write_slice(&f, GuestAddress(DATA_AT + 2048 * u64::from(slot)))
-            .unwrap();
+    let _worker = Worker::spawn(format!("bench-{name}"), transport, queues).unwrap();
+    NetHarness {
+        mem,
+        rx,
+        tx,
+        irq,
+        notify,
+        _worker,
     }
-    let len = VNET_HDR + FRAME;
-    let push =
-        |tx: &mut Ring, slot: u16| tx.push(slot, &[(DATA_AT + 2048 * u64::from(slot), len, 0)]);
-    for slot in 0..QUEUE {
-        push(&mut tx, slot);
+}
+
+/// Runs `ring` for `duration`: every completed chain is counted and re-posted with `post`.
+fn cycle(
+    ring: &mut Ring,
+    irq: &EventFd,
+    notify: &EventFd,
+    duration: Duration,
+    post: impl Fn(&mut Ring, u16),
+) -> f64 {
+    for slot in 0..NET_QUEUE {
+        post(ring, slot);
     }
-    tx_notify.write(1).unwrap();
+    notify.write(1).unwrap();
     let start = Instant::now();
-    let mut sent = 0u64;
+    let mut done = 0u64;
     while start.elapsed() < duration {
         let _ = irq.read();
         let mut any = false;
-        while let Some((head, _)) = tx.pop_used() {
-            sent += 1;
-            push(&mut tx, head);
+        while let Some((head, _)) = ring.pop_used() {
+            done += 1;
+            post(ring, head);
             any = true;
         }
         if any {
-            tx_notify.write(1).unwrap();
+            notify.write(1).unwrap();
         }
     }
-    sent as f64 / start.elapsed().as_secs_f64()
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+fn net(name: &str, duration: Duration) -> f64 {
+    let mut h = net_harness(name, 1);
+    // Every slot carries the same frame, written once.
+    let f = frame();
+    for slot in 0..NET_QUEUE {
+        let at = GuestAddress(DATA_AT + u64::from(NET_BUF) * u64::from(slot));
+        h.mem.write_slice(&f, at).unwrap();
+    }
+    let len = VNET_HDR + FRAME;
+    cycle(&mut h.tx, &h.irq, &h.notify[1], duration, |tx, slot| {
+        tx.push(
+            slot,
+            &[(DATA_AT + u64::from(NET_BUF) * u64::from(slot), len, 0)],
+        );
+    })
 }
 
 /// Frames per second arriving at TAP `to` while a thread floods TAP `from`, received by the
@@ -264,51 +299,9 @@ fn receive(from: &str, to: &str, through_device: bool, duration: Duration) -> f6
 }
 
 fn device_receive(name: &str, duration: Duration) -> f64 {
-    const QUEUE: u16 = 256;
-    const BUF: u32 = 2048;
-    let mem = triad_vmm::memory::create(256 << 20).unwrap();
-    let tap = Tap::open(name).expect("opening the receiving TAP");
-    let device = Net::new(tap, [0x52, 0x54, 0, 0xbe, 0x4c, 2], RateLimiter::default()).unwrap();
-    let irq = EventFd::new(0).unwrap();
-    let interrupt = Arc::new(Interrupt::new(Some(irq.try_clone().unwrap())));
-    let mut transport = MmioTransport::new(Box::new(device), mem.clone(), interrupt);
-    let mut rx = Ring::new(&mem, RING_AT, QUEUE);
-    let tx = Ring::new(&mem, 0x18_0000, QUEUE);
-    negotiate(&mut transport, VIRTIO_F_VERSION_1);
-    rx.program(&mut transport, 0);
-    tx.program(&mut transport, 1);
-    driver_ok(&mut transport);
-    let transport = Arc::new(Mutex::new(transport));
-    let rx_notify = EventFd::new(0).unwrap();
-    let queues = vec![rx_notify.try_clone().unwrap(), EventFd::new(0).unwrap()];
-    let _worker = Worker::spawn("bench-net-rx".into(), transport, queues).unwrap();
-    let post = |rx: &mut Ring, slot: u16| {
-        rx.push(
-            slot,
-            &[(
-                DATA_AT + u64::from(BUF) * u64::from(slot),
-                BUF,
-                VRING_DESC_F_WRITE,
-            )],
-        );
-    };
-    for slot in 0..QUEUE {
-        post(&mut rx, slot);
-    }
-    rx_notify.write(1).unwrap();
-    let start = Instant::now();
-    let mut got = 0u64;
-    while start.elapsed() < duration {
-        let _ = irq.read();
-        let mut any = false;
-        while let Some((head, _)) = rx.pop_used() {
-            got += 1;
-            post(&mut rx, head);
-            any = true;
-        }
-        if any {
-            rx_notify.write(1).unwrap();
-        }
-    }
-    got as f64 / start.elapsed().as_secs_f64()
+    let mut h = net_harness(name, 2);
+    cycle(&mut h.rx, &h.irq, &h.notify[0], duration, |rx, slot| {
+        let at = DATA_AT + u64::from(NET_BUF) * u64::from(slot);
+        rx.push(slot, &[(at, NET_BUF, VRING_DESC_F_WRITE)]);
+    })
 }

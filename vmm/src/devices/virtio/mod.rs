@@ -63,12 +63,32 @@ pub fn pop_or_rearm<'m>(
     }
 }
 
-/// The one queue of a single-queue device, or why the driver's setup does not fit.
-pub fn single_queue(queues: Vec<Queue>) -> Result<Queue, ActivateError> {
-    let got = queues.len();
-    <[Queue; 1]>::try_from(queues)
-        .map(|[q]| q)
-        .map_err(|_| ActivateError::QueueCount { expected: 1, got })
+/// A running single-queue device's queue, with the memory it lives in and the interrupt that
+/// announces its completions.
+#[derive(Debug)]
+pub struct ActiveQueue {
+    pub mem: GuestMemoryMmap,
+    pub queue: Queue,
+    pub interrupt: Arc<Interrupt>,
+}
+
+impl ActiveQueue {
+    /// Takes the one queue a single-queue device has, or says why the driver's setup does not
+    /// fit.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<Self, ActivateError> {
+        let got = queues.len();
+        let [queue] = <[Queue; 1]>::try_from(queues)
+            .map_err(|_| ActivateError::QueueCount { expected: 1, got })?;
+        Ok(Self {
+            mem,
+            queue,
+            interrupt,
+        })
+    }
 }
 
 /// Serves a read of a device's configuration space from its bytes; past the end reads zero.

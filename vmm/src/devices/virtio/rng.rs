@@ -8,7 +8,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT, Writer};
 
 use super::{
-    pop_or_rearm, single_queue, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_RNG,
+    pop_or_rearm, ActivateError, ActiveQueue, Counters, Interrupt, VirtioDevice, TYPE_RNG,
 };
 use crate::memory::GuestMemoryMmap;
 
@@ -18,16 +18,9 @@ const QUEUE_SIZES: &[u16] = &[256];
 const MAX_REQUEST: usize = 64 << 10;
 
 #[derive(Debug)]
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-}
-
-#[derive(Debug)]
 pub struct Rng {
     source: File,
-    active: Option<Active>,
+    active: Option<ActiveQueue>,
     /// Entropy bytes handed to the guest, for metrics.
     stats: Arc<Counters>,
     buf: Vec<u8>,
@@ -109,12 +102,9 @@ impl VirtioDevice for Rng {
         _acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let queue = single_queue(queues)?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
+        self.active = Some(ActiveQueue::new(mem, queues, interrupt)?);
+        // Requests posted before DRIVER_OK.
+        self.process();
         Ok(())
     }
 

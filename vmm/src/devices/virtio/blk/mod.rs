@@ -16,8 +16,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use super::ratelimit::{RateLimiter, Throttle};
 use super::{
-    pop_or_rearm, read_config_bytes, single_queue, ActivateError, Counters, Interrupt,
-    VirtioDevice, TYPE_BLOCK,
+    pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Counters, Interrupt, VirtioDevice,
+    TYPE_BLOCK,
 };
 use crate::memory::GuestMemoryMmap;
 use backend::{AlignedBuf, BlkBackend, Done, Io, Op};
@@ -71,20 +71,13 @@ const THROTTLED: usize = 7;
 const CONFIG_LEN: usize = 60;
 
 #[derive(Debug)]
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-}
-
-#[derive(Debug)]
 pub struct Block {
     id: [u8; ID_LEN],
     backend: Box<dyn BlkBackend>,
     read_only: bool,
     sectors: u64,
     config: [u8; CONFIG_LEN],
-    active: Option<Active>,
+    active: Option<ActiveQueue>,
     /// Requests the backend holds, by tag; a tag is a slot here, never a guest value.
     slots: Vec<Slot>,
     /// Slots neither in flight nor orphaned, to take from the top.
@@ -206,7 +199,7 @@ impl Block {
     }
 
     /// Finishes what the backend completed; true when anything reached the used ring.
-    fn reap(&mut self, active: &mut Active) -> bool {
+    fn reap(&mut self, active: &mut ActiveQueue) -> bool {
         self.backend.complete(&mut self.done);
         let mut completed = false;
         for done in std::mem::take(&mut self.done) {
@@ -443,12 +436,7 @@ impl VirtioDevice for Block {
         _acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let queue = single_queue(queues)?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
+        self.active = Some(ActiveQueue::new(mem, queues, interrupt)?);
         // Requests posted before DRIVER_OK.
         self.process();
         Ok(())
