@@ -124,6 +124,10 @@ pub struct SerialConfig {
     pub mode: SerialMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// With mode "file": past this many bytes the log moves to `<path>.old` and a new one
+    /// starts (default 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for SerialConfig {
@@ -131,6 +135,7 @@ impl Default for SerialConfig {
         Self {
             mode: SerialMode::Stdout,
             path: None,
+            max_bytes: None,
         }
     }
 }

@@ -66,6 +66,8 @@ pub enum SpecError {
     SerialPathNotFile(PathBuf),
     #[error("serial.path is only allowed when serial.mode is \"file\"")]
     SerialPathUnexpected,
+    #[error("serial.max_bytes must be at least 1, and only goes with serial.mode \"file\"")]
+    SerialMaxBytes,
     #[error("drives[{index}] ({id}): {reason}")]
     Drive {
         index: usize,
@@ -277,6 +279,12 @@ impl VmSpec {
                 path: initrd.clone(),
                 reason,
             })?;
+        }
+        match (config.serial.mode, config.serial.max_bytes) {
+            (_, Some(0)) | (SerialMode::Stdout | SerialMode::Off, Some(_)) => {
+                return Err(SpecError::SerialMaxBytes)
+            }
+            _ => {}
         }
         match (config.serial.mode, &config.serial.path) {
             (SerialMode::File, None) => return Err(SpecError::SerialPathMissing),
@@ -740,6 +748,10 @@ mod tests {
         assert_eq!(
             err(|c| c.serial.path = Some("/tmp/x".into())),
             SpecError::SerialPathUnexpected
+        );
+        assert_eq!(
+            err(|c| c.serial.max_bytes = Some(4096)),
+            SpecError::SerialMaxBytes
         );
         assert_eq!(
             err(|c| c.boot.cmdline = "a\0b".into()),

@@ -26,6 +26,9 @@ use crate::Event;
 /// How long a terminating VMM waits for the API server to deliver its last replies.
 const REPLY_GRACE: Duration = Duration::from_secs(1);
 
+/// Where a serial log rotates unless the config says otherwise.
+const DEFAULT_SERIAL_MAX_BYTES: u64 = 16 << 20;
+
 /// Exit status when the VMM itself fails (the guest's own statuses come from the debug port).
 pub const EXIT_VMM_ERROR: i32 = 1;
 
@@ -332,9 +335,11 @@ impl Vmm {
             return Err(ApiError::WrongState("the VM has no config".into()));
         };
         match (config.serial.mode, &config.serial.path) {
-            (SerialMode::File, Some(path)) => std::fs::File::create(path)
-                .map(SerialOutput::file)
-                .map_err(|e| ApiError::Invalid(format!("serial.path {}: {e}", path.display()))),
+            (SerialMode::File, Some(path)) => {
+                let max = config.serial.max_bytes.unwrap_or(DEFAULT_SERIAL_MAX_BYTES);
+                SerialOutput::file(path, max)
+                    .map_err(|e| ApiError::Invalid(format!("serial.path {}: {e}", path.display())))
+            }
             (SerialMode::Off, _) => Ok(SerialOutput::off()),
             _ => SerialOutput::stdout()
                 .map_err(|e| ApiError::Failed(format!("starting the serial output thread: {e}"))),

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,9 +22,34 @@ pub const COM1_LEN: u16 = 8;
 /// COM1's ISA interrupt line.
 pub const COM1_IRQ: u32 = 4;
 
+/// A serial log that rotates: past `max` bytes the file becomes `<path>.old` and a new one
+/// starts, so a chatty guest keeps its latest output without filling the host's disk.
+#[derive(Debug)]
+struct RotatingFile {
+    file: File,
+    path: PathBuf,
+    written: u64,
+    max: u64,
+}
+
+impl RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() as u64 > self.max && self.written > 0 {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".old");
+            std::fs::rename(&self.path, old)?;
+            self.file = File::create(&self.path)?;
+            self.written = 0;
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+}
+
 #[derive(Debug)]
 enum Sink {
-    File(File),
+    File(RotatingFile),
     /// Bytes go to a writer thread through a bounded queue: a stdout pipe nobody reads must
     /// not block a vCPU (and with it pause, stop and shutdown); when the queue is full, guest
     /// output is dropped.
@@ -41,8 +67,15 @@ enum Sink {
 pub struct SerialOutput(Arc<Mutex<Sink>>);
 
 impl SerialOutput {
-    pub fn file(file: File) -> Self {
-        Self::with(Sink::File(file))
+    /// A new (truncated) log at `path` that rotates past `max` bytes.
+    pub fn file(path: &Path, max: u64) -> std::io::Result<Self> {
+        let file = File::create(path)?;
+        Ok(Self::with(Sink::File(RotatingFile {
+            file,
+            path: path.to_owned(),
+            written: 0,
+            max: max.max(1),
+        })))
     }
 
     pub fn stdout() -> std::io::Result<Self> {
@@ -165,5 +198,26 @@ impl GuestSerial {
         value: u8,
     ) -> Result<(), vm_superio::serial::Error<std::io::Error>> {
         self.0.write(offset, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_output_rotates_past_its_limit() {
+        let dir = std::env::temp_dir().join(format!("triad-serial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("serial.log");
+        let mut out = SerialOutput::file(&path, 100).unwrap();
+        for _ in 0..25 {
+            out.write_all(b"0123456789").unwrap();
+        }
+        let current = std::fs::metadata(&path).unwrap().len();
+        let old = std::fs::metadata(dir.join("serial.log.old")).unwrap().len();
+        assert!(current <= 100 && old <= 100, "{current} {old}");
+        assert_eq!(current + old, 150, "the latest 150 bytes survive");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
