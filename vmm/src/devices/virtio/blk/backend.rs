@@ -26,6 +26,15 @@ pub enum Op {
     Read,
     Write,
     Flush,
+    /// Forget `len` bytes; reads of them return zeroes (a hole).
+    Discard {
+        len: u64,
+    },
+    /// Make `len` bytes read as zeroes; `unmap` allows a hole.
+    WriteZeroes {
+        len: u64,
+        unmap: bool,
+    },
 }
 
 /// A finished operation with its buffer back.
@@ -54,10 +63,6 @@ pub trait BlkBackend: Send + std::fmt::Debug {
     fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
-    /// Forgets the range; reads of it may return anything (we return zeroes).
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
-    /// Makes the range read as zeroes; `unmap` allows deallocating it.
-    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
 }
 
 /// Runs one operation synchronously with positioned I/O.
@@ -66,6 +71,8 @@ pub fn run_sync(file: &File, io: &mut Io) -> io::Result<()> {
         Op::Read => file.read_exact_at(io.buf.as_mut_slice(), io.offset),
         Op::Write => file.write_all_at(io.buf.as_mut_slice(), io.offset),
         Op::Flush => file.sync_data(),
+        Op::Discard { len } => punch_hole(file, io.offset, len),
+        Op::WriteZeroes { len, unmap } => write_zeroes(file, io.offset, len, unmap),
     }
 }
 
@@ -161,14 +168,6 @@ impl BlkBackend for FileBackend {
 
     fn complete(&mut self, out: &mut Vec<Done>) {
         out.append(&mut self.done);
-    }
-
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        punch_hole(&self.file, offset, len)
-    }
-
-    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        write_zeroes(&self.file, offset, len, unmap)
     }
 }
 
@@ -294,7 +293,15 @@ mod tests {
             .unwrap();
         let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
         assert!(allocated(&path) >= 1 << 20);
-        b.discard(0, 1 << 20).unwrap();
+        let mut done = Vec::new();
+        b.submit(Io {
+            tag: 0,
+            op: Op::Discard { len: 1 << 20 },
+            offset: 0,
+            buf: AlignedBuf::default(),
+        });
+        b.complete(&mut done);
+        assert!(done[0].result.is_ok());
         assert!(
             allocated(&path) < 1 << 20,
             "{} bytes still allocated",
@@ -308,7 +315,17 @@ mod tests {
             .unwrap()
             .write_all_at(&[7u8; 512], 512)
             .unwrap();
-        b.write_zeroes(0, 4096, false).unwrap();
+        b.submit(Io {
+            tag: 1,
+            op: Op::WriteZeroes {
+                len: 4096,
+                unmap: false,
+            },
+            offset: 0,
+            buf: AlignedBuf::default(),
+        });
+        b.complete(&mut done);
+        assert!(done[1].result.is_ok());
         assert!(read_back().iter().all(|&x| x == 0));
         std::fs::remove_file(&path).unwrap();
     }

@@ -287,26 +287,19 @@ impl Block {
             return Started::Throttled;
         }
         count(&self.stats, request);
+        // Everything but GET_ID goes to the backend; only reads and writes carry a buffer.
         let (op, offset, len) = match request {
             Request::Read { offset, len } => (Op::Read, offset, len),
             Request::Write { offset, len } => (Op::Write, offset, len),
             Request::Flush => (Op::Flush, 0, 0),
+            Request::Discard { offset, len } => (Op::Discard { len }, offset, 0),
+            Request::WriteZeroes { offset, len, unmap } => {
+                (Op::WriteZeroes { len, unmap }, offset, 0)
+            }
             Request::GetId => {
                 let n = ID_LEN.min(segs.writable_len().saturating_sub(1));
                 return match segs.write(mem, 0, &self.id[..n]) {
                     Ok(()) => finish(S_OK, n),
-                    Err(_) => finish(S_IOERR, 0),
-                };
-            }
-            Request::Discard { offset, len } => {
-                return match self.backend.discard(offset, len) {
-                    Ok(()) => finish(S_OK, 0),
-                    Err(_) => finish(S_IOERR, 0),
-                };
-            }
-            Request::WriteZeroes { offset, len, unmap } => {
-                return match self.backend.write_zeroes(offset, len, unmap) {
-                    Ok(()) => finish(S_OK, 0),
                     Err(_) => finish(S_IOERR, 0),
                 };
             }
@@ -517,6 +510,9 @@ mod tests {
                 Op::Flush => {
                     self.flushes.fetch_add(1, Ordering::Relaxed);
                 }
+                Op::Discard { len } | Op::WriteZeroes { len, .. } => {
+                    self.bytes[o..o + len as usize].fill(0);
+                }
             }
             self.done.push(Done {
                 tag: io.tag,
@@ -526,13 +522,6 @@ mod tests {
         }
         fn complete(&mut self, out: &mut Vec<Done>) {
             out.append(&mut self.done);
-        }
-        fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
-            self.write_zeroes(offset, len, true)
-        }
-        fn write_zeroes(&mut self, offset: u64, len: u64, _: bool) -> std::io::Result<()> {
-            self.bytes[offset as usize..(offset + len) as usize].fill(0);
-            Ok(())
         }
     }
 

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::backend::{punch_hole, write_zeroes, BlkBackend, Done, Io, Op};
+use super::backend::{punch_hole, BlkBackend, Done, Io, Op};
 
 pub struct UringBackend {
     // Declared first so it is dropped first: after `Drop` has waited, nothing refers to the
@@ -81,13 +81,17 @@ impl UringBackend {
             let mut io = io;
             let res = cqe.result();
             let expected = match io.op {
-                Op::Flush => 0,
                 Op::Read | Op::Write => io.buf.as_mut_slice().len(),
+                Op::Flush | Op::Discard { .. } | Op::WriteZeroes { .. } => 0,
             };
-            let result = match usize::try_from(res) {
-                Err(_) => Err(io::Error::from_raw_os_error(-res)),
-                Ok(n) if n == expected => Ok(()),
-                Ok(n) => Err(io::Error::new(
+            let result = match (usize::try_from(res), io.op) {
+                // A filesystem without ZERO_RANGE: a hole reads as zeroes too.
+                (Err(_), Op::WriteZeroes { len, .. }) if -res == libc::EOPNOTSUPP => {
+                    punch_hole(&self.file, io.offset, len)
+                }
+                (Err(_), _) => Err(io::Error::from_raw_os_error(-res)),
+                (Ok(n), _) if n == expected => Ok(()),
+                (Ok(n), _) => Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("{n} of {expected} bytes transferred"),
                 )),
@@ -130,6 +134,21 @@ impl BlkBackend for UringBackend {
             Op::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
+            Op::Discard { len } => opcode::Fallocate::new(fd, len)
+                .offset(io.offset)
+                .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                .build(),
+            Op::WriteZeroes { len, unmap } => {
+                let mode = if unmap {
+                    libc::FALLOC_FL_PUNCH_HOLE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE
+                };
+                opcode::Fallocate::new(fd, len)
+                    .offset(io.offset)
+                    .mode(mode | libc::FALLOC_FL_KEEP_SIZE)
+                    .build()
+            }
         }
         .user_data(u64::from(io.tag));
         // SAFETY: the buffer the entry points at is owned by `io`, which moves into
@@ -165,14 +184,6 @@ impl BlkBackend for UringBackend {
 
     fn completion_fd(&self) -> Option<RawFd> {
         Some(self.completions.as_raw_fd())
-    }
-
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        punch_hole(&self.file, offset, len)
-    }
-
-    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        write_zeroes(&self.file, offset, len, unmap)
     }
 }
 
@@ -232,6 +243,19 @@ mod tests {
             b.complete(&mut done);
         }
         assert!(done.iter().all(|d| d.result.is_ok()), "{done:?}");
+        // Discards punch holes asynchronously too.
+        b.submit(Io {
+            tag: 50,
+            op: Op::Discard { len: 8192 },
+            offset: 0,
+            buf: AlignedBuf::default(),
+        });
+        b.kick();
+        let mut discarded = Vec::new();
+        while discarded.is_empty() {
+            b.complete(&mut discarded);
+        }
+        assert!(discarded[0].result.is_ok(), "{discarded:?}");
         // A tag already in flight is refused, not overwritten.
         b.submit(Io {
             tag: 40,
@@ -257,7 +281,8 @@ mod tests {
         );
         drop(b);
         let bytes = std::fs::read(&path).unwrap();
-        for tag in 0..32usize {
+        assert!(bytes[..8192].iter().all(|&x| x == 0), "discarded");
+        for tag in 2..32usize {
             assert!(bytes[tag * 4096..(tag + 1) * 4096]
                 .iter()
                 .all(|&x| usize::from(x) == tag));
