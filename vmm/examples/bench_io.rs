@@ -108,8 +108,8 @@ fn blk(path: &str, write: bool, depth: u16, duration: Duration) -> f64 {
     .unwrap();
 
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let submit = |ring: &mut Ring, slot: u16, seed: &mut u64| {
-        let block = next(seed) % blocks;
+    let submit = |ring: &mut Ring, slot: u16| {
+        let block = next(&mut seed) % blocks;
         let hdr = HDR_AT + 16 * u64::from(slot);
         let kind: u32 = if write { 1 } else { 0 };
         let mut raw = [0u8; 16];
@@ -127,25 +127,8 @@ fn blk(path: &str, write: bool, depth: u16, duration: Duration) -> f64 {
             ],
         );
     };
-    for slot in 0..depth {
-        submit(&mut ring, slot, &mut seed);
-    }
-    notify.write(1).unwrap();
-    let start = Instant::now();
-    let mut done = 0u64;
-    while start.elapsed() < duration {
-        let _ = irq.read();
-        let mut any = false;
-        while let Some((head, _)) = ring.pop_used() {
-            done += 1;
-            submit(&mut ring, head / 3, &mut seed);
-            any = true;
-        }
-        if any {
-            notify.write(1).unwrap();
-        }
-    }
-    done as f64 / start.elapsed().as_secs_f64()
+    // Each request takes three descriptors: slot n's chain starts at descriptor 3n.
+    cycle(&mut ring, &irq, &notify, duration, depth, 3, submit)
 }
 
 /// Ethernet frame size (a full 1500-byte MTU payload), without the virtio-net header.
@@ -219,15 +202,18 @@ fn net_harness(name: &str, mac_last: u8) -> NetHarness {
     }
 }
 
-/// Runs `ring` for `duration`: every completed chain is counted and re-posted with `post`.
+/// Runs `ring` for `duration` with `slots` chains in flight, `descs` descriptors each: every
+/// completed chain is counted and its slot posted again with `post`. Returns chains per second.
 fn cycle(
     ring: &mut Ring,
     irq: &EventFd,
     notify: &EventFd,
     duration: Duration,
-    post: impl Fn(&mut Ring, u16),
+    slots: u16,
+    descs: u16,
+    mut post: impl FnMut(&mut Ring, u16),
 ) -> f64 {
-    for slot in 0..NET_QUEUE {
+    for slot in 0..slots {
         post(ring, slot);
     }
     notify.write(1).unwrap();
@@ -238,7 +224,7 @@ fn cycle(
         let mut any = false;
         while let Some((head, _)) = ring.pop_used() {
             done += 1;
-            post(ring, head);
+            post(ring, head / descs);
             any = true;
         }
         if any {
@@ -257,12 +243,20 @@ fn net(name: &str, duration: Duration) -> f64 {
         h.mem.write_slice(&f, at).unwrap();
     }
     let len = VNET_HDR + FRAME;
-    cycle(&mut h.tx, &h.irq, &h.notify[1], duration, |tx, slot| {
-        tx.push(
-            slot,
-            &[(DATA_AT + u64::from(NET_BUF) * u64::from(slot), len, 0)],
-        );
-    })
+    cycle(
+        &mut h.tx,
+        &h.irq,
+        &h.notify[1],
+        duration,
+        NET_QUEUE,
+        1,
+        |tx, slot| {
+            tx.push(
+                slot,
+                &[(DATA_AT + u64::from(NET_BUF) * u64::from(slot), len, 0)],
+            );
+        },
+    )
 }
 
 /// Frames per second arriving at TAP `to` while a thread floods TAP `from`, received by the
@@ -300,8 +294,16 @@ fn receive(from: &str, to: &str, through_device: bool, duration: Duration) -> f6
 
 fn device_receive(name: &str, duration: Duration) -> f64 {
     let mut h = net_harness(name, 2);
-    cycle(&mut h.rx, &h.irq, &h.notify[0], duration, |rx, slot| {
-        let at = DATA_AT + u64::from(NET_BUF) * u64::from(slot);
-        rx.push(slot, &[(at, NET_BUF, VRING_DESC_F_WRITE)]);
-    })
+    cycle(
+        &mut h.rx,
+        &h.irq,
+        &h.notify[0],
+        duration,
+        NET_QUEUE,
+        1,
+        |rx, slot| {
+            let at = DATA_AT + u64::from(NET_BUF) * u64::from(slot);
+            rx.push(slot, &[(at, NET_BUF, VRING_DESC_F_WRITE)]);
+        },
+    )
 }
