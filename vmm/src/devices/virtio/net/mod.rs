@@ -12,11 +12,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use virtio_queue::{Queue, QueueOwnedT, Writer};
 
 use super::ratelimit::{RateLimiter, Throttle};
 use super::{
-    pop_or_rearm, read_config_bytes, ActivateError, Counters, Interrupt, VirtioDevice, TYPE_NET,
+    end_pass, pop_or_rearm, push_used, read_config_bytes, ActivateError, Counters, Interrupt,
+    VirtioDevice, TYPE_NET,
 };
 use crate::memory::GuestMemoryMmap;
 use tap::{Tap, VNET_HDR_LEN};
@@ -159,14 +160,12 @@ impl Net {
             } else {
                 0
             };
-            if active.rx.add_used(&active.mem, head, used).is_err() {
+            if !push_used(&mut active.rx, &active.mem, &active.interrupt, head, used) {
                 break;
             }
             delivered = true;
         }
-        if delivered && active.rx.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used();
-        }
+        end_pass(&mut active.rx, &active.mem, &active.interrupt, delivered);
     }
 
     /// Sends every frame the guest queued.
@@ -194,14 +193,12 @@ impl Net {
                     self.stats.add(TX_DROPPED, 1);
                 }
             }
-            if active.tx.add_used(&active.mem, head, 0).is_err() {
+            if !push_used(&mut active.tx, &active.mem, &active.interrupt, head, 0) {
                 break;
             }
             completed = true;
         }
-        if completed && active.tx.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used();
-        }
+        end_pass(&mut active.tx, &active.mem, &active.interrupt, completed);
         self.active = Some(active);
     }
 }
