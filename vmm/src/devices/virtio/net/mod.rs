@@ -24,7 +24,10 @@ use tap::{Tap, VNET_HDR_LEN};
 
 const RX: usize = 0;
 const TX: usize = 1;
-const QUEUE_SIZES: &[u16] = &[256, 256];
+/// The most the driver may use, as QEMU allows: Linux takes the largest ring offered, and with
+/// 1024 entries instead of 256 its transmit interrupt comes after 768 frames, not 192, so the
+/// device runs dry and sleeps less often (measured here: +10% frames per second).
+const QUEUE_SIZES: &[u16] = &[1024, 1024];
 /// The largest frame with its header: a 64 KiB TSO segment plus Ethernet (with a VLAN tag)
 /// and virtio headers. Receive reads into one byte more, to tell a frame that filled the
 /// buffer from one the kernel cut short.
