@@ -6,27 +6,32 @@
 //! O_DIRECT io_uring disk, DEPTH in flight.
 //! `bench-io net TAP SECONDS` prints `pps N gbps G`: 1514-byte frames the driver queues on the
 //! transmit queue, which the device writes to the TAP.
-//! `bench-io tap TAP SECONDS` prints the same for a plain loop writing those frames to the
-//! TAP: the limit the device is measured against.
-//! `bench-io net-rx FROM TO SECONDS` and `bench-io tap-rx FROM TO SECONDS`: frames written to
-//! TAP `FROM` cross a bridge to TAP `TO`, where the device's receive queue, or a plain read
-//! loop, takes them; prints the frames per second received.
+//! `bench-io tap TAP SECONDS` prints the same for a plain loop writing one frame over and over
+//! to the TAP: the limit the device is measured against. `bench-io tap-guest TAP SECONDS`:
+//! the same loop writing the frames from the 1024 guest-memory buffers the device's ring uses,
+//! with the device's own call: the limit for frames that are not in the CPU's cache.
+//! `bench-io net-rx FROM TO SECONDS`, `tap-rx` and `tap-rx-guest`: frames written to TAP
+//! `FROM` cross a bridge and queue up at TAP `TO`, where the device's receive queue, a plain
+//! read loop into one buffer, or a read loop into 1024 guest-memory buffers with the device's
+//! own call, drains them; prints the frames per second received.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
 use triad_api::vmm::CacheMode;
 use triad_vmm::devices::virtio::blk::backend::open_image;
 use triad_vmm::devices::virtio::blk::uring::UringBackend;
 use triad_vmm::devices::virtio::blk::{Block, QUEUE_SIZE};
 use triad_vmm::devices::virtio::mmio::MmioTransport;
-use triad_vmm::devices::virtio::net::tap::Tap;
+use triad_vmm::devices::virtio::net::tap::{GuestBufs, Tap};
 use triad_vmm::devices::virtio::net::Net;
 use triad_vmm::devices::virtio::ratelimit::RateLimiter;
 use triad_vmm::devices::virtio::testing::{driver_ok, negotiate, Ring, VRING_DESC_F_WRITE};
 use triad_vmm::devices::virtio::worker::Worker;
 use triad_vmm::devices::virtio::{Interrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 const RING_AT: u64 = 0x10_0000;
@@ -49,27 +54,32 @@ fn main() {
             );
             println!("iops {iops:.0}");
         }
-        Some(kind @ ("net" | "tap")) if args.len() == 4 => {
+        Some(kind @ ("net" | "tap" | "tap-guest")) if args.len() == 4 => {
             let seconds: u64 = args[3].parse().expect("SECONDS");
             let duration = Duration::from_secs(seconds);
-            let pps = if kind == "net" {
-                net(&args[2], duration)
-            } else {
-                raw_tap(&args[2], duration)
+            let pps = match kind {
+                "net" => net(&args[2], duration),
+                "tap" => raw_tap(&args[2], duration),
+                _ => guest_tap(&args[2], duration),
             };
             let gbps = pps * f64::from(FRAME) * 8.0 / 1e9;
             println!("pps {pps:.0} gbps {gbps:.2}");
         }
-        Some(kind @ ("net-rx" | "tap-rx")) if args.len() == 5 => {
+        Some(kind @ ("net-rx" | "tap-rx" | "tap-rx-guest")) if args.len() == 5 => {
             let duration = Duration::from_secs(args[4].parse().expect("SECONDS"));
-            let pps = receive(&args[2], &args[3], kind == "net-rx", duration);
+            let reader = match kind {
+                "net-rx" => Reader::Device,
+                "tap-rx" => Reader::Plain,
+                _ => Reader::GuestMemory,
+            };
+            let pps = receive(&args[2], &args[3], reader, duration);
             let gbps = pps * f64::from(FRAME) * 8.0 / 1e9;
             println!("pps {pps:.0} gbps {gbps:.2}");
         }
         _ => {
             eprintln!(
-                "usage: bench-io blk FILE read|write DEPTH SECONDS | net|tap TAP SECONDS | \
-                 net-rx|tap-rx FROM TO SECONDS"
+                "usage: bench-io blk FILE read|write DEPTH SECONDS | \
+                 net|tap|tap-guest TAP SECONDS | net-rx|tap-rx|tap-rx-guest FROM TO SECONDS"
             );
             std::process::exit(2);
         }
@@ -128,7 +138,7 @@ fn blk(path: &str, write: bool, depth: u16, duration: Duration) -> f64 {
         );
     };
     // Each request takes three descriptors: slot n's chain starts at descriptor 3n.
-    cycle(
+    rate(cycle(
         &mut ring,
         &irq,
         &notify,
@@ -137,7 +147,7 @@ fn blk(path: &str, write: bool, depth: u16, duration: Duration) -> f64 {
         3,
         Interrupts::Next,
         submit,
-    )
+    ))
 }
 
 /// Ethernet frame size (a full 1500-byte MTU payload), without the virtio-net header.
@@ -169,10 +179,43 @@ fn raw_tap(name: &str, duration: Duration) -> f64 {
     sent as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The device's transmit buffers: `NET_QUEUE` slots of `NET_BUF` bytes from `DATA_AT`, each
+/// holding `frame()`.
+fn transmit_buffers() -> triad_vmm::memory::GuestMemoryMmap {
+    let mem = triad_vmm::memory::create(256 << 20).unwrap();
+    let f = frame();
+    for slot in 0..NET_QUEUE {
+        let at = GuestAddress(DATA_AT + u64::from(NET_BUF) * u64::from(slot));
+        mem.write_slice(&f, at).unwrap();
+    }
+    mem
+}
+
+fn guest_tap(name: &str, duration: Duration) -> f64 {
+    let tap = Tap::open(name).expect("opening the TAP");
+    let mem = transmit_buffers();
+    let len = (VNET_HDR + FRAME) as usize;
+    let slices: Vec<_> = (0..NET_QUEUE)
+        .map(|slot| {
+            let at = GuestAddress(DATA_AT + u64::from(NET_BUF) * u64::from(slot));
+            mem.get_slice(at, len).unwrap()
+        })
+        .collect();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        for slice in &slices {
+            if tap.send_guest(slice).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    sent as f64 / start.elapsed().as_secs_f64()
+}
+
 /// A virtio-net device on TAP `name` driven by this process: its rings, the eventfds that
 /// notify each queue, and the interrupt eventfd.
 struct NetHarness {
-    mem: triad_vmm::memory::GuestMemoryMmap,
     rx: Ring,
     tx: Ring,
     irq: EventFd,
@@ -183,9 +226,8 @@ struct NetHarness {
 const NET_QUEUE: u16 = 1024;
 const NET_BUF: u32 = 2048;
 
-fn net_harness(name: &str, mac_last: u8) -> NetHarness {
-    let mem = triad_vmm::memory::create(256 << 20).unwrap();
-    let tap = Tap::open(name).expect("opening the TAP");
+fn net_harness(tap: Tap, mac_last: u8, mem: triad_vmm::memory::GuestMemoryMmap) -> NetHarness {
+    let name = tap.name().to_owned();
     let mac = [0x52, 0x54, 0, 0xbe, 0x4c, mac_last];
     let device = Net::new(tap, mac, RateLimiter::default()).unwrap();
     let irq = EventFd::new(0).unwrap();
@@ -202,7 +244,6 @@ fn net_harness(name: &str, mac_last: u8) -> NetHarness {
     let transport = Arc::new(Mutex::new(transport));
     let _worker = Worker::spawn(format!("bench-{name}"), transport, queues).unwrap();
     NetHarness {
-        mem,
         rx,
         tx,
         irq,
@@ -226,10 +267,16 @@ enum Interrupts {
 /// Linux's NAPI weight: frames per poll before it polls again.
 const NAPI_BUDGET: u64 = 64;
 
-/// Runs `ring` for `duration` with `slots` chains in flight, `descs` descriptors each: every
-/// completed chain is counted and its slot posted again with `post`. The driver side behaves
-/// like Linux's: EVENT_IDX negotiated, a notify only when the device's `avail_event` asks for
-/// one, interrupts requested as `interrupts` says. Returns chains per second.
+/// How long `cycle` waits for a completion before it decides the device has nothing left.
+/// Short, so that a frame the host sends long after the backlog (IPv6 neighbour discovery on a
+/// TAP that just came up) does not count as part of the drain.
+const IDLE: Duration = Duration::from_millis(10);
+
+/// Runs `ring` with `slots` chains in flight, `descs` descriptors each, for `duration` or until
+/// nothing completes for `IDLE`: every completed chain is counted and its slot posted again
+/// with `post`. The driver side behaves like Linux's: EVENT_IDX negotiated, a notify only when
+/// the device's `avail_event` asks for one, interrupts requested as `interrupts` says. Returns
+/// the chains completed and the time from the first notify to the last completion.
 #[allow(clippy::too_many_arguments)] // one benchmark loop, three queues
 fn cycle(
     ring: &mut Ring,
@@ -240,7 +287,7 @@ fn cycle(
     descs: u16,
     interrupts: Interrupts,
     mut post: impl FnMut(&mut Ring, u16),
-) -> f64 {
+) -> (u64, Duration) {
     let ask = |ring: &Ring| {
         let ahead = match interrupts {
             Interrupts::Next | Interrupts::Napi => 0,
@@ -248,14 +295,28 @@ fn cycle(
         };
         ring.set_used_event(ring.next_used().wrapping_add(ahead))
     };
+    let waiter = Epoll::new().unwrap();
+    waiter
+        .ctl(
+            ControlOperation::Add,
+            irq.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, 0),
+        )
+        .unwrap();
+    let mut ready = [EpollEvent::default()];
     for slot in 0..slots {
         post(ring, slot);
     }
     ask(ring);
-    notify.write(1).unwrap();
     let start = Instant::now();
+    notify.write(1).unwrap();
     let mut done = 0u64;
+    let mut last = start;
     while start.elapsed() < duration {
+        let idle_ms = i32::try_from(IDLE.as_millis()).unwrap();
+        if waiter.wait(idle_ms, &mut ready).unwrap_or(0) == 0 {
+            break;
+        }
         let _ = irq.read();
         loop {
             let old = ring.next_avail();
@@ -264,7 +325,10 @@ fn cycle(
                 polled += 1;
                 post(ring, head / descs);
             }
-            done += polled;
+            if polled > 0 {
+                done += polled;
+                last = Instant::now();
+            }
             if ring.kick_needed(old) {
                 notify.write(1).unwrap();
             }
@@ -274,19 +338,19 @@ fn cycle(
             }
         }
     }
-    done as f64 / start.elapsed().as_secs_f64()
+    (done, last - start)
+}
+
+/// Chains per second.
+fn rate((done, time): (u64, Duration)) -> f64 {
+    done as f64 / time.as_secs_f64()
 }
 
 fn net(name: &str, duration: Duration) -> f64 {
-    let mut h = net_harness(name, 1);
-    // Every slot carries the same frame, written once.
-    let f = frame();
-    for slot in 0..NET_QUEUE {
-        let at = GuestAddress(DATA_AT + u64::from(NET_BUF) * u64::from(slot));
-        h.mem.write_slice(&f, at).unwrap();
-    }
+    let tap = Tap::open(name).expect("opening the TAP");
+    let mut h = net_harness(tap, 1, transmit_buffers());
     let len = VNET_HDR + FRAME;
-    cycle(
+    rate(cycle(
         &mut h.tx,
         &h.irq,
         &h.notify[1],
@@ -300,49 +364,87 @@ fn net(name: &str, duration: Duration) -> f64 {
                 &[(DATA_AT + u64::from(NET_BUF) * u64::from(slot), len, 0)],
             );
         },
-    )
+    ))
 }
 
-/// Frames per second arriving at TAP `to` while a thread floods TAP `from`, received by the
-/// device (`through_device`) or by a plain read loop.
-fn receive(from: &str, to: &str, through_device: bool, duration: Duration) -> f64 {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sender = {
-        let stop = stop.clone();
-        let tap = Tap::open(from).expect("opening the sending TAP");
-        std::thread::spawn(move || {
-            let f = frame();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = tap.send(&f);
-            }
-        })
-    };
-    let pps = if through_device {
-        device_receive(to, duration)
-    } else {
+/// Frames queued for the receiver per round; the TAP's `txqueuelen` must hold them.
+const BACKLOG: u64 = 100_000;
+
+/// Who drains the receiving TAP.
+#[derive(Clone, Copy)]
+enum Reader {
+    /// The device's receive queue, its buffers posted by the driver.
+    Device,
+    /// A read loop into one buffer.
+    Plain,
+    /// A read loop into the 1024 guest-memory buffers the device's ring uses, with the
+    /// device's own call.
+    GuestMemory,
+}
+
+/// Receive throughput with no sender competing for the CPU: each round queues `BACKLOG`
+/// frames at TAP `to` (written to TAP `from`, carried by the bridge), then times how fast
+/// `reader` drains them. Rounds repeat until `duration` has been spent draining. Returns
+/// frames per second.
+fn receive(from: &str, to: &str, reader: Reader, duration: Duration) -> f64 {
+    let sender = Tap::open(from).expect("opening the sending TAP");
+    let f = frame();
+    let mem = triad_vmm::memory::create(256 << 20).unwrap();
+    let (mut frames, mut time) = (0, Duration::ZERO);
+    while time < duration {
+        // Attached, so the bridge queues frames for it.
         let tap = Tap::open(to).expect("opening the receiving TAP");
-        let mut buf = vec![0u8; 65536];
-        let start = Instant::now();
-        let mut got = 0u64;
-        while start.elapsed() < duration {
-            if tap.recv(&mut buf).is_ok() {
-                got += 1;
-            }
+        for _ in 0..BACKLOG {
+            let _ = sender.send(&f);
         }
-        got as f64 / start.elapsed().as_secs_f64()
-    };
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = sender.join();
-    pps
+        let (n, t) = match reader {
+            Reader::Device => device_drain(tap, mem.clone()),
+            Reader::Plain => plain_drain(&tap),
+            Reader::GuestMemory => guest_drain(&tap, &mem),
+        };
+        frames += n;
+        time += t;
+    }
+    frames as f64 / time.as_secs_f64()
 }
 
-fn device_receive(name: &str, duration: Duration) -> f64 {
-    let mut h = net_harness(name, 2);
+fn plain_drain(tap: &Tap) -> (u64, Duration) {
+    let mut buf = vec![0u8; 65536];
+    let start = Instant::now();
+    let mut got = 0u64;
+    while tap.recv(&mut buf).is_ok() {
+        got += 1;
+    }
+    (got, start.elapsed())
+}
+
+fn guest_drain(tap: &Tap, mem: &triad_vmm::memory::GuestMemoryMmap) -> (u64, Duration) {
+    let slices: Vec<_> = (0..NET_QUEUE)
+        .map(|slot| {
+            let at = GuestAddress(DATA_AT + u64::from(NET_BUF) * u64::from(slot));
+            mem.get_slice(at, NET_BUF as usize).unwrap()
+        })
+        .collect();
+    let start = Instant::now();
+    let mut got = 0u64;
+    for slice in slices.iter().cycle() {
+        let mut bufs = GuestBufs::new();
+        bufs.push(slice);
+        if tap.recv_guest(&mut bufs).is_err() {
+            break;
+        }
+        got += 1;
+    }
+    (got, start.elapsed())
+}
+
+fn device_drain(tap: Tap, mem: triad_vmm::memory::GuestMemoryMmap) -> (u64, Duration) {
+    let mut h = net_harness(tap, 2, mem);
     cycle(
         &mut h.rx,
         &h.irq,
         &h.notify[0],
-        duration,
+        Duration::MAX,
         NET_QUEUE,
         1,
         Interrupts::Napi,

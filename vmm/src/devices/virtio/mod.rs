@@ -63,40 +63,118 @@ pub fn pop_or_rearm<'m>(
     }
 }
 
-/// How many completions a long pass over a queue makes before it checks whether the driver
-/// wants an interrupt: often enough that a driver can refill the ring while the device works
-/// on (Linux asks for its transmit interrupt three quarters of the way through what it
-/// queued), rarely enough that the check, and the interrupt, cost little per chain.
-const SIGNAL_EVERY: u16 = 64;
+/// How many completions a long pass over a queue writes before it publishes them (moves the
+/// used ring's index, a cache line the driver watches), so a polling driver sees progress.
+const PUBLISH_EVERY: u16 = 64;
+/// How many completions a long pass publishes before it checks whether the driver asked for
+/// an interrupt: often enough that a driver can refill the ring while the device works on
+/// (Linux asks for its transmit interrupt three quarters of the way through what it queued),
+/// rarely enough that a busy device interrupts little (an interrupt, a cross-CPU wake-up, is
+/// what costs most per batch of frames).
+const CHECK_EVERY: u16 = 256;
 
-/// Puts a finished chain on the used ring; false when the ring is out of guest memory. Every
-/// `SIGNAL_EVERY` chains the driver is interrupted if it asked to be; `end_pass` covers the
-/// rest.
-pub fn push_used(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    interrupt: &Interrupt,
-    head: u16,
-    len: u32,
-) -> bool {
-    use virtio_queue::QueueT;
-    if queue.add_used(mem, head, len).is_err() {
-        return false;
-    }
-    if queue.next_used().is_multiple_of(SIGNAL_EVERY)
-        && queue.needs_notification(mem).unwrap_or(true)
-    {
-        interrupt.signal_used();
-    }
-    true
+/// Completions on their way to a queue's used ring during one pass, published in batches as
+/// QEMU's fill/flush and vhost's add_used_n do: each chain's element is written at once, the
+/// ring's index every `PUBLISH_EVERY` chains, the driver interrupted (if it asked) every
+/// `CHECK_EVERY`, and both at the end of the pass.
+#[derive(Debug, Default)]
+pub struct UsedBatch {
+    /// Elements written past the published index.
+    pending: u16,
+    /// Elements published since the last look at whether the driver wants an interrupt.
+    unchecked: u16,
 }
 
-/// The end of a pass over a queue: interrupts the driver if chains were completed that it has
-/// not yet been told about.
-pub fn end_pass(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt, completed: bool) {
-    use virtio_queue::QueueT;
-    if completed && queue.needs_notification(mem).unwrap_or(true) {
-        interrupt.signal_used();
+impl UsedBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Completes chain `head` with `len` bytes written; false when the used ring is not in
+    /// guest memory.
+    pub fn push(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        interrupt: &Interrupt,
+        head: u16,
+        len: u32,
+    ) -> bool {
+        use virtio_queue::QueueT;
+        use vm_memory::{Address, Bytes};
+        let size = queue.size();
+        if head >= size {
+            return false;
+        }
+        let slot = queue.next_used().wrapping_add(self.pending) % size;
+        // struct virtq_used_elem { le32 id; le32 len; }, after the ring's flags and index.
+        let elem = u64::from(head) | (u64::from(len) << 32);
+        let at = vm_memory::GuestAddress(queue.used_ring())
+            .checked_add(4 + 8 * u64::from(slot))
+            .map(|at| mem.write_obj(elem.to_le(), at));
+        if !matches!(at, Some(Ok(()))) {
+            return false;
+        }
+        self.pending += 1;
+        if self.pending == PUBLISH_EVERY {
+            self.publish_index(queue, mem);
+            if self.unchecked >= CHECK_EVERY {
+                self.check_interrupt(queue, mem, interrupt);
+            }
+        }
+        true
+    }
+
+    /// Makes the pending completions visible to the driver and interrupts it if it asked to
+    /// hear of any it has not been told about. Every pass ends here.
+    pub fn publish(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
+        self.publish_index(queue, mem);
+        if self.unchecked > 0 {
+            self.check_interrupt(queue, mem, interrupt);
+        }
+    }
+
+    fn publish_index(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
+        use virtio_queue::QueueT;
+        use vm_memory::Bytes;
+        if self.pending == 0 {
+            return;
+        }
+        let new = queue.next_used().wrapping_add(self.pending);
+        let index = vm_memory::GuestAddress(queue.used_ring() + 2);
+        // Release: the elements are visible before the index that exposes them.
+        if mem.store(new.to_le(), index, Ordering::Release).is_ok() {
+            queue.set_next_used(new);
+            self.unchecked = self.unchecked.saturating_add(self.pending);
+        }
+        self.pending = 0;
+    }
+
+    /// Interrupts the driver if it asked to hear of the last `unchecked` completions (with
+    /// EVENT_IDX: its `used_event` lies among them; without it: always).
+    fn check_interrupt(&mut self, queue: &Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
+        use virtio_queue::QueueT;
+        use vm_memory::Bytes;
+        let new = queue.next_used();
+        let old = new.wrapping_sub(self.unchecked);
+        self.unchecked = 0;
+        if !queue.event_idx_enabled() {
+            interrupt.signal_used();
+            return;
+        }
+        // The index store must be visible before `used_event` is read (spec §2.7.10).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let used_event_at = queue.avail_ring() + 4 + 2 * u64::from(queue.size());
+        let used_event = mem
+            .load::<u16>(vm_memory::GuestAddress(used_event_at), Ordering::Acquire)
+            .map(u16::from_le);
+        // vring_need_event: `used_event` lies among the entries published since `old`.
+        let asked = used_event.map_or(true, |event| {
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        });
+        if asked {
+            interrupt.signal_used();
+        }
     }
 }
 
@@ -271,6 +349,7 @@ mod tests {
 
     const SIZE: u16 = 256;
     const AVAIL: u64 = 0x1_1000;
+    const USED: u64 = 0x1_2000;
     /// `used_event`, after the available ring's entries.
     const USED_EVENT: GuestAddress = GuestAddress(AVAIL + 4 + 2 * SIZE as u64);
 
@@ -282,9 +361,7 @@ mod tests {
         queue
             .try_set_avail_ring_address(GuestAddress(AVAIL))
             .unwrap();
-        queue
-            .try_set_used_ring_address(GuestAddress(0x1_2000))
-            .unwrap();
+        queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
         queue.set_ready(true);
         queue.set_event_idx(event_idx);
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -293,43 +370,62 @@ mod tests {
     }
 
     #[test]
-    fn a_long_pass_interrupts_once_the_driver_asked_not_only_at_its_end() {
+    fn a_long_pass_publishes_in_batches_and_interrupts_once_the_driver_asked() {
         let mem = testing::mem();
         let (mut queue, interrupt, irq) = queue_and_irq(true);
+        let mut used = UsedBatch::new();
+        let index = |mem: &GuestMemoryMmap| mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap();
         // Interrupt once the 100th chain is used.
         mem.write_obj(99u16, USED_EVENT).unwrap();
         for head in 0..100 {
-            assert!(push_used(&mut queue, &mem, &interrupt, head, 0));
+            assert!(used.push(&mut queue, &mem, &interrupt, head, 0));
         }
-        assert!(
-            irq.read().is_err(),
-            "checked at 64 chains, before the 100th"
-        );
-        for head in 100..128 {
-            assert!(push_used(&mut queue, &mem, &interrupt, head, 0));
+        assert_eq!(index(&mem), 64, "the driver sees a batch at a time");
+        assert!(irq.read().is_err(), "not looked at yet");
+        for head in 100..256 {
+            assert!(used.push(&mut queue, &mem, &interrupt, head, 0));
         }
-        assert_eq!(irq.read().unwrap(), 1, "checked at 128, mid-pass");
-        end_pass(&mut queue, &mem, &interrupt, true);
-        assert!(irq.read().is_err(), "the driver was told already");
+        assert_eq!(irq.read().unwrap(), 1, "looked at after 256, mid-pass");
+        used.publish(&mut queue, &mem, &interrupt);
+        assert!(irq.read().is_err(), "nothing new to tell");
         // A short pass the driver wants to hear about is told at its end.
-        mem.write_obj(128u16, USED_EVENT).unwrap();
-        assert!(push_used(&mut queue, &mem, &interrupt, 0, 0));
-        assert!(irq.read().is_err());
-        end_pass(&mut queue, &mem, &interrupt, true);
+        mem.write_obj(256u16, USED_EVENT).unwrap();
+        assert!(used.push(&mut queue, &mem, &interrupt, 7, 5));
+        assert_eq!(index(&mem), 256);
+        used.publish(&mut queue, &mem, &interrupt);
         assert_eq!(irq.read().unwrap(), 1);
+        let elem: [u32; 2] = mem.read_obj(GuestAddress(USED + 4)).unwrap();
+        assert_eq!((index(&mem), elem), (257, [7, 5]), "wrapped to slot 0");
+        assert_eq!(queue.next_used(), 257);
+        // One the driver does not want to hear about is not.
+        assert!(used.push(&mut queue, &mem, &interrupt, 8, 0));
+        used.publish(&mut queue, &mem, &interrupt);
+        assert!(irq.read().is_err());
     }
 
     #[test]
-    fn without_event_idx_a_pass_interrupts_at_its_end_and_every_64_chains() {
+    fn without_event_idx_a_pass_interrupts_at_its_end_and_every_256_chains() {
         let mem = testing::mem();
         let (mut queue, interrupt, irq) = queue_and_irq(false);
+        let mut used = UsedBatch::new();
         for head in 0..70 {
-            assert!(push_used(&mut queue, &mem, &interrupt, head, 0));
+            assert!(used.push(&mut queue, &mem, &interrupt, head, 0));
+        }
+        assert!(irq.read().is_err());
+        used.publish(&mut queue, &mem, &interrupt);
+        assert_eq!(irq.read().unwrap(), 1);
+        for head in 0..256 {
+            assert!(used.push(&mut queue, &mem, &interrupt, head, 0));
         }
         assert_eq!(irq.read().unwrap(), 1);
-        end_pass(&mut queue, &mem, &interrupt, true);
-        assert_eq!(irq.read().unwrap(), 1);
-        end_pass(&mut queue, &mem, &interrupt, false);
-        assert!(irq.read().is_err(), "nothing completed, nothing to tell");
+        used.publish(&mut queue, &mem, &interrupt);
+        assert!(
+            irq.read().is_err(),
+            "nothing completed since, nothing to tell"
+        );
+        assert!(
+            !used.push(&mut queue, &mem, &interrupt, SIZE, 0),
+            "a head past the ring"
+        );
     }
 }

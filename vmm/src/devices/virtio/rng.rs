@@ -8,8 +8,8 @@ use std::sync::Arc;
 use virtio_queue::{Queue, Writer};
 
 use super::{
-    end_pass, pop_or_rearm, push_used, ActivateError, ActiveQueue, Counters, Interrupt,
-    VirtioDevice, TYPE_RNG,
+    pop_or_rearm, ActivateError, ActiveQueue, Counters, Interrupt, UsedBatch, VirtioDevice,
+    TYPE_RNG,
 };
 use crate::memory::GuestMemoryMmap;
 
@@ -47,7 +47,7 @@ impl Rng {
             return;
         };
         let buf = &mut self.buf;
-        let mut used_any = false;
+        let mut used = UsedBatch::new();
         while let Some(chain) = pop_or_rearm(&mut active.queue, &active.mem) {
             let head = chain.head_index();
             // A chain that points outside guest memory or loops is completed with nothing
@@ -70,14 +70,13 @@ impl Rng {
             };
             self.stats.add(0, written as u64);
             let len = u32::try_from(written).unwrap_or(0);
-            if !push_used(&mut active.queue, &active.mem, &active.interrupt, head, len) {
+            if !used.push(&mut active.queue, &active.mem, &active.interrupt, head, len) {
                 // The used ring itself is out of guest memory: nothing more can be completed.
                 tracing::debug!("virtio-rng: used ring unwritable");
                 break;
             }
-            used_any = true;
         }
-        end_pass(&mut active.queue, &active.mem, &active.interrupt, used_any);
+        used.publish(&mut active.queue, &active.mem, &active.interrupt);
     }
 }
 

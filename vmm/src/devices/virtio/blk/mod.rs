@@ -16,8 +16,8 @@ use virtio_queue::{Queue, QueueOwnedT};
 
 use super::ratelimit::{RateLimiter, Throttle};
 use super::{
-    end_pass, pop_or_rearm, push_used, read_config_bytes, ActivateError, ActiveQueue, Counters,
-    Interrupt, VirtioDevice, TYPE_BLOCK,
+    pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Counters, Interrupt, UsedBatch,
+    VirtioDevice, TYPE_BLOCK,
 };
 use crate::memory::GuestMemoryMmap;
 use backend::{AlignedBuf, BlkBackend, Done, Io, Op};
@@ -162,9 +162,9 @@ impl Block {
         };
         // The driver hears of completions before new requests are parsed, so it refills the
         // ring while this thread submits.
-        let reaped = self.reap(&mut active);
-        end_pass(&mut active.queue, &active.mem, &active.interrupt, reaped);
-        let mut completed = false;
+        let mut used = UsedBatch::new();
+        self.reap(&mut active, &mut used);
+        used.publish(&mut active.queue, &active.mem, &active.interrupt);
         // With every slot busy, or the bounce budget spent, the next completion brings us back.
         while self.bounce_in_flight < BOUNCE_BUDGET {
             let Some(&slot) = self.free.last() else {
@@ -178,18 +178,11 @@ impl Block {
                 Started::InFlight => {
                     self.free.pop();
                 }
-                Started::Finished(used) => {
-                    if !push_used(
-                        &mut active.queue,
-                        &active.mem,
-                        &active.interrupt,
-                        head,
-                        used,
-                    ) {
+                Started::Finished(len) => {
+                    if !used.push(&mut active.queue, &active.mem, &active.interrupt, head, len) {
                         tracing::debug!("virtio-blk: used ring unwritable");
                         break;
                     }
-                    completed = true;
                 }
                 Started::Throttled => {
                     // Back on the ring; the throttle's timer brings us back when it fits.
@@ -200,16 +193,15 @@ impl Block {
         }
         self.backend.kick();
         if self.backend.completion_fd().is_none() {
-            completed |= self.reap(&mut active);
+            self.reap(&mut active, &mut used);
         }
-        end_pass(&mut active.queue, &active.mem, &active.interrupt, completed);
+        used.publish(&mut active.queue, &active.mem, &active.interrupt);
         self.active = Some(active);
     }
 
-    /// Finishes what the backend completed; true when anything reached the used ring.
-    fn reap(&mut self, active: &mut ActiveQueue) -> bool {
+    /// Finishes what the backend completed.
+    fn reap(&mut self, active: &mut ActiveQueue, used: &mut UsedBatch) {
         self.backend.complete(&mut self.done);
-        let mut completed = false;
         for done in std::mem::take(&mut self.done) {
             let Some(slot) = self.slots.get_mut(usize::from(done.tag)) else {
                 continue;
@@ -231,31 +223,29 @@ impl Block {
                 if !ok {
                     self.stats.add(ERRORS, 1);
                 }
-                let (status, used) = if ok {
+                let (status, written) = if ok {
                     (S_OK, request.used)
                 } else {
                     (S_IOERR, 1)
                 };
-                let used = if active.mem.write_obj(status, request.status).is_ok() {
-                    used
+                let written = if active.mem.write_obj(status, request.status).is_ok() {
+                    written
                 } else {
                     0
                 };
-                if push_used(
+                // A used ring outside guest memory: the driver never hears, as with any ring.
+                let _ = used.push(
                     &mut active.queue,
                     &active.mem,
                     &active.interrupt,
                     request.head,
-                    used,
-                ) {
-                    completed = true;
-                }
+                    written,
+                );
             }
             if len <= POOL_BUF_MAX && self.pool.len() < POOL {
                 self.pool.push(buf);
             }
         }
-        completed
     }
 
     /// Parses one request and starts it; simple ones finish at once.

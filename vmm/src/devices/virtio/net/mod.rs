@@ -2,25 +2,25 @@
 //!
 //! Frames cross with their virtio-net header untouched, so checksum and TSO offloads the guest
 //! accepted are carried out by the host kernel. The TAP is watched edge-triggered by the
-//! device's I/O thread; a frame that arrives while the guest has no buffer waits for one.
+//! device's I/O thread; a frame that arrives while the guest has no buffer waits in the TAP for
+//! one. Frames go both ways without a copy in the VMM: read from the TAP straight into the
+//! guest's receive buffers, written to it straight from one-descriptor transmit buffers.
 
 pub mod tap;
 
-use std::io::Write;
-
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use vm_memory::{Bytes, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestMemoryBackend};
 
-use virtio_queue::{Queue, QueueOwnedT, Writer};
+use virtio_queue::{Queue, QueueOwnedT};
 
 use super::ratelimit::{RateLimiter, Throttle};
 use super::{
-    end_pass, pop_or_rearm, push_used, read_config_bytes, ActivateError, Counters, Interrupt,
-    VirtioDevice, TYPE_NET,
+    pop_or_rearm, read_config_bytes, ActivateError, Counters, Interrupt, UsedBatch, VirtioDevice,
+    TYPE_NET,
 };
 use crate::memory::GuestMemoryMmap;
-use tap::{Tap, VNET_HDR_LEN};
+use tap::{GuestBufs, Tap, VNET_HDR_LEN};
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -28,9 +28,8 @@ const TX: usize = 1;
 /// 1024 entries instead of 256 its transmit interrupt comes after 768 frames, not 192, so the
 /// device runs dry and sleeps less often (measured here: +10% frames per second).
 const QUEUE_SIZES: &[u16] = &[1024, 1024];
-/// The largest frame with its header: a 64 KiB TSO segment plus Ethernet (with a VLAN tag)
-/// and virtio headers. Receive reads into one byte more, to tell a frame that filled the
-/// buffer from one the kernel cut short.
+/// The largest frame a guest may send, with its header: a 64 KiB TSO segment plus Ethernet
+/// (with a VLAN tag) and virtio headers.
 const MAX_FRAME: usize = VNET_HDR_LEN + 18 + 65535;
 
 // Feature bits (spec §5.1.3).
@@ -76,9 +75,8 @@ pub struct Net {
     mac: [u8; 6],
     tap: Tap,
     active: Option<Active>,
-    /// A received frame still waiting for a guest buffer, and its length.
-    rx_frame: Vec<u8>,
-    rx_pending: Option<usize>,
+    /// A received frame QoS holds back in its guest buffer: (chain head, length).
+    rx_held: Option<(u16, usize)>,
     tx_frame: Vec<u8>,
     stats: Arc<Counters>,
     rx_throttle: Throttle,
@@ -97,8 +95,7 @@ impl Net {
             mac,
             tap,
             active: None,
-            rx_frame: vec![0; MAX_FRAME + 1],
-            rx_pending: None,
+            rx_held: None,
             tx_frame: vec![0; MAX_FRAME],
             stats: Counters::new(COUNTERS),
             rx_throttle: Throttle::new(limiter)?,
@@ -111,64 +108,56 @@ impl Net {
         let Some(active) = &mut self.active else {
             return;
         };
-        let mut delivered = false;
+        let mut used = UsedBatch::new();
+        // Counted here and added once per pass: the counters are shared with the API thread.
+        let (mut frames, mut bytes) = (0, 0);
         loop {
-            let len = match self.rx_pending {
-                Some(len) => len,
-                None => match self.tap.recv(&mut self.rx_frame) {
-                    // A frame the buffer cannot hold whole (the kernel cut it) or one without
-                    // even a header is dropped; the next one may be fine.
-                    Ok(len) if (VNET_HDR_LEN..self.rx_frame.len()).contains(&len) => len,
-                    Ok(_) => {
-                        self.stats.add(RX_DROPPED, 1);
-                        continue;
+            let (head, landed) = match self.rx_held.take() {
+                Some((head, len)) => (head, Landed::Frame(len)),
+                None => {
+                    let Some(chain) = pop_or_rearm(&mut active.rx, &active.mem) else {
+                        break; // frames wait in the TAP for the guest to post buffers
+                    };
+                    let head = chain.head_index();
+                    match receive_into(&self.tap, &active.mem, chain) {
+                        Ok(landed) => (head, landed),
+                        Err(e) => {
+                            // The buffer stays the guest's for the next frame.
+                            active.rx.go_to_previous_position();
+                            if e.kind() != std::io::ErrorKind::WouldBlock {
+                                // The TAP is gone or broken: nothing more will arrive on it.
+                                tracing::warn!("virtio-net: reading {}: {e}", self.tap.name());
+                            }
+                            break;
+                        }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        // The TAP is gone or broken: nothing more will arrive on it.
-                        tracing::warn!("virtio-net: reading {}: {e}", self.tap.name());
+                }
+            };
+            let len = match landed {
+                Landed::Frame(len) => {
+                    let payload = (len - VNET_HDR_LEN) as u64;
+                    if !self.rx_throttle.admit(payload) {
+                        // The frame waits in its buffer for the throttle's timer.
+                        self.stats.add(THROTTLED, 1);
+                        self.rx_held = Some((head, len));
                         break;
                     }
-                },
-            };
-            self.rx_pending = Some(len);
-            if !self.rx_throttle.admit((len - VNET_HDR_LEN) as u64) {
-                self.stats.add(THROTTLED, 1);
-                break; // the frame waits for its timer
-            }
-            let Some(chain) = pop_or_rearm(&mut active.rx, &active.mem) else {
-                // The frame waits for the guest to post a buffer; its tokens wait with it.
-                self.rx_throttle.refund((len - VNET_HDR_LEN) as u64);
-                break;
-            };
-            self.rx_pending = None;
-            let head = chain.head_index();
-            // Without VIRTIO_NET_F_MRG_RXBUF every frame is one buffer (spec §5.1.6.4).
-            self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
-            let written = match Writer::new(&active.mem, chain) {
-                Ok(mut w) if w.available_bytes() >= len => {
-                    w.write_all(&self.rx_frame[..len]).is_ok()
+                    frames += 1;
+                    bytes += payload;
+                    u32::try_from(len).unwrap_or(0)
                 }
-                _ => false,
+                Landed::Dropped => {
+                    self.stats.add(RX_DROPPED, 1);
+                    0
+                }
             };
-            if written {
-                self.stats.add(RX_PACKETS, 1);
-                self.stats.add(RX_BYTES, (len - VNET_HDR_LEN) as u64);
-            } else {
-                self.stats.add(RX_DROPPED, 1);
-            }
-            let used = if written {
-                u32::try_from(len).unwrap_or(0)
-            } else {
-                0
-            };
-            if !push_used(&mut active.rx, &active.mem, &active.interrupt, head, used) {
+            if !used.push(&mut active.rx, &active.mem, &active.interrupt, head, len) {
                 break;
             }
-            delivered = true;
         }
-        end_pass(&mut active.rx, &active.mem, &active.interrupt, delivered);
+        used.publish(&mut active.rx, &active.mem, &active.interrupt);
+        self.stats.add(RX_PACKETS, frames);
+        self.stats.add(RX_BYTES, bytes);
     }
 
     /// Sends every frame the guest queued.
@@ -177,7 +166,8 @@ impl Net {
         let Some(mut active) = self.active.take() else {
             return;
         };
-        let mut completed = false;
+        let mut used = UsedBatch::new();
+        let (mut frames, mut bytes) = (0, 0);
         while let Some(chain) = pop_or_rearm(&mut active.tx, &active.mem) {
             let head = chain.head_index();
             let sent = self.send_chain(&active.mem, chain);
@@ -188,20 +178,21 @@ impl Net {
             };
             match sent {
                 Ok(n) => {
-                    self.stats.add(TX_PACKETS, 1);
-                    self.stats.add(TX_BYTES, (n - VNET_HDR_LEN) as u64);
+                    frames += 1;
+                    bytes += (n - VNET_HDR_LEN) as u64;
                 }
                 Err(e) => {
                     tracing::debug!("virtio-net: frame not sent on {}: {e}", self.tap.name());
                     self.stats.add(TX_DROPPED, 1);
                 }
             }
-            if !push_used(&mut active.tx, &active.mem, &active.interrupt, head, 0) {
+            if !used.push(&mut active.tx, &active.mem, &active.interrupt, head, 0) {
                 break;
             }
-            completed = true;
         }
-        end_pass(&mut active.tx, &active.mem, &active.interrupt, completed);
+        used.publish(&mut active.tx, &active.mem, &active.interrupt);
+        self.stats.add(TX_PACKETS, frames);
+        self.stats.add(TX_BYTES, bytes);
         self.active = Some(active);
     }
 }
@@ -262,6 +253,59 @@ impl Net {
         }
         Some(self.tap.send(&self.tx_frame[..n]).map(|_| n))
     }
+}
+
+/// What one receive buffer got.
+enum Landed {
+    /// A frame of this length, header included.
+    Frame(usize),
+    /// Nothing usable: a frame too long for the buffer (the rest of it is lost) or a buffer
+    /// the device cannot write (read-only, outside guest memory, too short for a header, too
+    /// many pieces). It goes back to the guest empty.
+    Dropped,
+}
+
+/// Reads one frame from `tap` straight into the guest buffer `chain`; `WouldBlock` when no
+/// frame is waiting.
+fn receive_into(
+    tap: &Tap,
+    mem: &GuestMemoryMmap,
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+) -> std::io::Result<Landed> {
+    let mut bufs = GuestBufs::new();
+    // Where the header's `num_buffers` (bytes 10 and 11) lands.
+    let mut num_buffers = [None; 2];
+    for d in chain {
+        let start = bufs.capacity();
+        let slice = match mem.get_slice(d.addr(), d.len() as usize) {
+            Ok(slice) if d.is_write_only() && bufs.push(&slice) => slice,
+            _ => return Ok(Landed::Dropped),
+        };
+        for (at, byte) in num_buffers.iter_mut().zip(10..) {
+            if (start..start + slice.len()).contains(&byte) {
+                *at = Some(d.addr().unchecked_add((byte - start) as u64));
+            }
+        }
+    }
+    let [Some(lo), Some(hi)] = num_buffers else {
+        return Ok(Landed::Dropped); // shorter than a header: no frame is taken
+    };
+    let len = tap.recv_guest(&mut bufs)?;
+    if !(VNET_HDR_LEN..=bufs.capacity()).contains(&len) {
+        return Ok(Landed::Dropped);
+    }
+    // Without VIRTIO_NET_F_MRG_RXBUF every frame is one buffer (spec §5.1.6.4); the TAP writes
+    // the field as zero.
+    let written = if hi == lo.unchecked_add(1) {
+        mem.write_obj(1u16.to_le(), lo)
+    } else {
+        mem.write_obj(1u8, lo).and_then(|()| mem.write_obj(0u8, hi))
+    };
+    Ok(if written.is_ok() {
+        Landed::Frame(len)
+    } else {
+        Landed::Dropped
+    })
 }
 
 /// The TUN offloads matching the features the guest accepted.
@@ -373,7 +417,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.active = None;
-        self.rx_pending = None;
+        self.rx_held = None;
     }
 }
 
@@ -394,5 +438,103 @@ mod tests {
             tap_offloads(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6),
             libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
         );
+    }
+
+    /// Puts `frame` on `ifname`'s wire as the host would send it, so that the TAP's reader
+    /// (the device) receives it: through a packet socket.
+    fn inject(ifname: &str, frame: &[u8]) {
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: plain FFI calls on a socket this function owns, with a `sockaddr_ll` on its
+        // stack and a frame borrowed for the call.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+            let mut to: libc::sockaddr_ll = std::mem::zeroed();
+            to.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+            to.sll_ifindex = i32::try_from(libc::if_nametoindex(name.as_ptr())).unwrap();
+            to.sll_halen = 6;
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::addr_of!(to).cast(),
+                u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap(),
+            );
+            libc::close(fd);
+            assert_eq!(usize::try_from(sent).ok(), Some(frame.len()));
+        }
+    }
+
+    #[test]
+    fn received_frames_land_whole_in_guest_buffers_or_not_at_all() {
+        use crate::devices::virtio::mmio::REG_QUEUE_NOTIFY;
+        use crate::devices::virtio::testing::*;
+        use crate::devices::virtio::VIRTIO_F_VERSION_1;
+        use vm_memory::GuestAddress;
+        // In a network namespace of its own, so the TAP and its traffic are private.
+        std::thread::spawn(|| {
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                eprintln!("SKIP: no private network namespace ({e}); needs CAP_SYS_ADMIN");
+                return;
+            }
+            // No IPv6 neighbour discovery frames among ours.
+            std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").unwrap();
+            let tap = Tap::open("trx0").unwrap();
+            tap.set_up().unwrap();
+            let device = Net::new(tap, [0x52, 0x54, 0, 1, 2, 3], RateLimiter::default());
+            let device = device.unwrap();
+            let stats = device.counters();
+            let mem = mem();
+            let mut t = transport(&mem, Box::new(device));
+            let mut rx = Ring::new(&mem, QUEUE_AT, 16);
+            let tx = Ring::new(&mem, QUEUE_AT + 0x4000, 16);
+            negotiate(&mut t, VIRTIO_F_VERSION_1);
+            rx.program(&mut t, 0);
+            tx.program(&mut t, 1);
+            driver_ok(&mut t);
+
+            let buf = |n: u64| 0x10_0000 + n * 0x1000;
+            let w = VRING_DESC_F_WRITE;
+            // 0: the header split across descriptors; 1: too short for a frame; 2: not
+            // writable; 3: one plain buffer.
+            rx.push(
+                0,
+                &[(buf(0), 4, w), (buf(0) + 4, 8, w), (buf(0) + 12, 2000, w)],
+            );
+            rx.push(3, &[(buf(1), 60, w)]);
+            rx.push(4, &[(buf(2), 2048, 0)]);
+            rx.push(5, &[(buf(3), 2048, w)]);
+            let frame = |marker: u8| {
+                let mut f = vec![marker; 100];
+                f[..6].copy_from_slice(&[0xff; 6]);
+                f[12..14].copy_from_slice(&[0x88, 0xb5]);
+                f
+            };
+            for marker in [1, 2, 3] {
+                inject("trx0", &frame(marker));
+            }
+            // Stale bytes where num_buffers goes: the device must write them.
+            mem.write_slice(&[0xee; 2], GuestAddress(buf(0) + 10))
+                .unwrap();
+            wr(&mut t, REG_QUEUE_NOTIFY, 0);
+
+            let used: Vec<_> = std::iter::from_fn(|| rx.pop_used()).collect();
+            assert_eq!(used, [(0, 112), (3, 0), (4, 0), (5, 112)]);
+            let landed = |at: u64| {
+                let mut got = vec![0u8; 112];
+                mem.read_slice(&mut got, GuestAddress(at)).unwrap();
+                got
+            };
+            let first = landed(buf(0));
+            assert_eq!(&first[10..12], &[1, 0], "num_buffers, across descriptors");
+            assert_eq!(first[12..], frame(1)[..]);
+            // Frame 2 did not fit and was dropped; the read-only buffer took no frame.
+            assert_eq!(landed(buf(3))[12..], frame(3)[..]);
+            let counters = stats.snapshot();
+            assert_eq!((counters["rx_packets"], counters["rx_dropped"]), (2, 2));
+        })
+        .join()
+        .unwrap();
     }
 }
