@@ -47,14 +47,7 @@ impl std::fmt::Debug for UringBackend {
 impl UringBackend {
     /// An engine over `file` for up to `depth` operations in flight.
     pub fn new(file: File, depth: u16) -> io::Result<Self> {
-        // Finished I/O does not interrupt the I/O thread while it runs (an interrupt that
-        // costs more than it saves on virtualized hosts); the thread collects it when it next
-        // enters the kernel, and a sleeping thread is still woken. Kernels before 5.19 lack
-        // the flag and get the default.
-        let ring = IoUring::builder()
-            .setup_coop_taskrun()
-            .build(u32::from(depth))
-            .or_else(|_| IoUring::new(u32::from(depth)))?;
+        let ring = IoUring::new(u32::from(depth))?;
         let completions = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(completions.as_raw_fd())?;
         let size = super::backend::image_size(&file)?;

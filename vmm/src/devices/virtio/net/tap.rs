@@ -126,7 +126,7 @@ impl Tap {
             iov_base: std::ptr::addr_of_mut!(overflow).cast(),
             iov_len: 1,
         };
-        let count = libc::c_int::try_from(n + 1).unwrap_or(0);
+        let count = libc::c_long::try_from(n + 1).unwrap_or(0);
         // SAFETY: the first `n` iovecs each cover one `VolatileSlice` of guest memory, which
         // stays mapped for the lifetime `GuestBufs` borrows it for, and is only ever accessed
         // volatilely, so the kernel writing into it breaks no Rust aliasing rule; the last
@@ -136,7 +136,7 @@ impl Tap {
         let got = unsafe {
             libc::syscall(
                 libc::SYS_readv,
-                self.file.as_raw_fd(),
+                libc::c_long::from(self.file.as_raw_fd()),
                 bufs.iov.as_ptr(),
                 count,
             )
@@ -157,7 +157,7 @@ impl Tap {
         let sent = unsafe {
             libc::syscall(
                 libc::SYS_write,
-                self.file.as_raw_fd(),
+                libc::c_long::from(self.file.as_raw_fd()),
                 frame.ptr_guard().as_ptr(),
                 frame.len(),
             )
@@ -166,9 +166,9 @@ impl Tap {
     }
 }
 
-/// The most guest buffers one received frame is scattered over: Linux posts at most
-/// MAX_SKB_FRAGS + 2 (19) per receive buffer.
-pub const MAX_RX_SEGMENTS: usize = 32;
+/// The most guest buffers one received frame is scattered over: Linux posts MAX_SKB_FRAGS + 2
+/// per receive buffer without mergeable buffers (19 by default, 47 at most).
+pub const MAX_RX_SEGMENTS: usize = 64;
 
 /// The guest buffers one received frame goes into, in order.
 #[derive(Debug)]
@@ -210,6 +210,12 @@ impl<'m> GuestBufs<'m> {
     /// Bytes the buffers hold together.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Forgets the buffers, to gather the next frame's.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.capacity = 0;
     }
 }
 
