@@ -45,6 +45,39 @@ pub struct DriveConfig {
     /// Token-bucket limits on operations and bytes per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<Qos>,
+    /// For a `path` of `rbd:POOL/IMAGE`: the cluster and the VMM's identity in it (defaults
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<CephClient>,
+}
+
+/// Who the VMM is to a Ceph cluster, for drives on RBD images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CephClient {
+    /// The cluster's ceph.conf: its monitors and the keyring.
+    #[serde(default = "default_ceph_conf")]
+    pub conf: PathBuf,
+    /// The cephx user, without its `client.` prefix.
+    #[serde(default = "default_ceph_client")]
+    pub client: String,
+}
+
+impl Default for CephClient {
+    fn default() -> Self {
+        Self {
+            conf: default_ceph_conf(),
+            client: default_ceph_client(),
+        }
+    }
+}
+
+fn default_ceph_conf() -> PathBuf {
+    PathBuf::from("/etc/ceph/ceph.conf")
+}
+
+fn default_ceph_client() -> String {
+    "admin".into()
 }
 
 /// I/O limits of one device: token buckets refilled continuously at these rates.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use triad_api::vmm::{DriveConfig, NetConfig, Qos, SerialMode, VmConfig};
+use triad_api::vmm::{CephClient, DriveConfig, NetConfig, Qos, SerialMode, VmConfig};
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::mptable;
@@ -448,10 +448,51 @@ fn check_drives(drives: &[DriveConfig]) -> Result<(), SpecError> {
         if let Some(qos) = &d.qos {
             check_qos(qos, false).map_err(fail)?;
         }
-        check_disk_image(&d.path, d.read_only)
-            .map_err(|reason| fail(format!("path {}: {reason}", d.path.display())))?;
+        match (rbd_image(&d.path), &d.ceph) {
+            (Some(image), ceph) => {
+                image.map_err(&fail)?;
+                check_ceph(&ceph.clone().unwrap_or_default()).map_err(&fail)?;
+            }
+            (None, Some(_)) => return Err(fail("ceph is only for rbd:POOL/IMAGE paths".into())),
+            (None, None) => check_disk_image(&d.path, d.read_only)
+                .map_err(|reason| fail(format!("path {}: {reason}", d.path.display())))?,
+        }
     }
     Ok(())
+}
+
+/// `rbd:POOL/IMAGE` as (pool, image); `None` for any other path.
+pub fn rbd_image(path: &Path) -> Option<Result<(String, String), String>> {
+    let rest = path.to_str()?.strip_prefix("rbd:")?;
+    let parsed = match rest.split_once('/') {
+        Some((pool, image)) if !pool.is_empty() && !image.is_empty() && !image.contains('/') => {
+            Ok((pool.to_owned(), image.to_owned()))
+        }
+        _ => Err(format!("path {} is not rbd:POOL/IMAGE", path.display())),
+    };
+    Some(parsed)
+}
+
+/// Ok when this VMM can be a Ceph client as `ceph` says (whether the cluster answers is
+/// known only when the VM is built).
+fn check_ceph(ceph: &CephClient) -> Result<(), String> {
+    if !cfg!(feature = "rbd") {
+        return Err("this triad-vmm was built without RBD support".into());
+    }
+    let name_ok = !ceph.client.is_empty()
+        && ceph.client.len() <= MAX_ID_LEN
+        && ceph
+            .client
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !name_ok {
+        return Err(format!(
+            "ceph client {:?} is not a cephx user name",
+            ceph.client
+        ));
+    }
+    check_regular_file(&ceph.conf)
+        .map_err(|reason| format!("ceph conf {}: {reason}", ceph.conf.display()))
 }
 
 /// Ok when `path` is a non-empty regular file or block device we can open as the drive needs.
@@ -583,6 +624,7 @@ mod tests {
             read_only: false,
             cache: Default::default(),
             qos: None,
+            ceph: None,
         }
     }
 
@@ -634,8 +676,48 @@ mod tests {
         assert!(msg(&|c| c.drives[0].path = tiny.clone()).contains("smaller than one"));
         let many = vec![drive("x", &a); 25];
         assert!(msg(&|c| c.drives = many.clone()).contains("at most 24"));
-        for p in [a, b, tiny] {
+        // RBD images: the path names a pool and an image, the client a readable ceph.conf.
+        let conf = disk("ceph.conf", 10);
+        let ceph = |client: &str, conf: &Path| CephClient {
+            conf: conf.to_owned(),
+            client: client.into(),
+        };
+        let mut c = config();
+        c.drives = vec![drive("root", Path::new("rbd:rbd/vm-root"))];
+        c.drives[0].ceph = Some(ceph("triad", &conf));
+        VmSpec::new(&c, HOST).unwrap();
+        let rbd = |c: &mut VmConfig| {
+            c.drives[0].path = "rbd:rbd/vm-root".into();
+            c.drives[0].ceph = Some(ceph("admin", &conf));
+        };
+        assert!(msg(&|c| c.drives[0].path = "rbd:rbd".into()).contains("is not rbd:POOL/IMAGE"));
+        assert!(msg(&|c| {
+            rbd(c);
+            c.drives[0].ceph = Some(ceph("admin", Path::new("/nonexistent/ceph.conf")));
+        })
+        .contains("ceph conf /nonexistent/ceph.conf"));
+        assert!(msg(&|c| {
+            rbd(c);
+            c.drives[0].ceph = Some(ceph("client admin", &conf));
+        })
+        .contains("not a cephx user name"));
+        assert!(msg(&|c| c.drives[0].ceph = Some(ceph("admin", &conf)))
+            .contains("ceph is only for rbd:POOL/IMAGE paths"));
+        for p in [a, b, tiny, conf] {
             std::fs::remove_file(p).unwrap();
+        }
+    }
+
+    #[test]
+    fn rbd_paths_name_a_pool_and_an_image() {
+        let parse = |p: &str| rbd_image(Path::new(p));
+        assert_eq!(parse("/var/lib/disk.img"), None);
+        assert_eq!(
+            parse("rbd:rbd/vm-1-root"),
+            Some(Ok(("rbd".into(), "vm-1-root".into())))
+        );
+        for bad in ["rbd:", "rbd:pool", "rbd:/image", "rbd:pool/", "rbd:a/b/c"] {
+            assert!(matches!(parse(bad), Some(Err(_))), "{bad}");
         }
     }
 

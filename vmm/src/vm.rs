@@ -284,8 +284,7 @@ fn attach_virtio(
                     id: d.id.clone(),
                     source,
                 };
-                let file = open_image(&d.path, d.read_only, d.cache).map_err(drive_err)?;
-                let backend = disk_backend(file).map_err(drive_err)?;
+                let backend = disk_backend(d).map_err(drive_err)?;
                 let limiter = rate_limiter(d.qos.as_ref());
                 Box::new(Block::new(&d.id, backend, d.read_only, limiter).map_err(io)?)
             }
@@ -312,8 +311,28 @@ fn attach_virtio(
     })
 }
 
-/// io_uring when the host allows it (many requests in flight), else synchronous I/O.
-fn disk_backend(file: std::fs::File) -> std::io::Result<Box<dyn BlkBackend>> {
+/// An RBD image through librbd, or a file or block device: on io_uring when the host allows
+/// it (many requests in flight), else with synchronous I/O.
+fn disk_backend(d: &triad_api::vmm::DriveConfig) -> std::io::Result<Box<dyn BlkBackend>> {
+    #[cfg(feature = "rbd")]
+    if let Some(Ok((pool, image))) = crate::spec::rbd_image(&d.path) {
+        use crate::devices::virtio::blk::rbd::{RbdBackend, RbdTarget};
+        let ceph = d.ceph.clone().unwrap_or_default();
+        let target = RbdTarget {
+            pool,
+            image,
+            conf: ceph.conf,
+            client: ceph.client,
+        };
+        let depth = crate::devices::virtio::blk::QUEUE_SIZE;
+        return Ok(Box::new(RbdBackend::open(
+            &target,
+            d.read_only,
+            d.cache,
+            depth,
+        )?));
+    }
+    let file = open_image(&d.path, d.read_only, d.cache)?;
     let sync_copy = file.try_clone()?;
     match UringBackend::new(file, crate::devices::virtio::blk::QUEUE_SIZE) {
         Ok(uring) => Ok(Box::new(uring)),

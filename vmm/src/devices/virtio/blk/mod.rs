@@ -7,6 +7,8 @@
 
 pub mod backend;
 mod chain;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 pub mod request;
 pub mod uring;
 
