@@ -129,3 +129,57 @@ fn the_counter_on_an_rbd_image_survives_a_vmm_kill_and_the_lock_follows_it() {
         last = on_disk;
     }
 }
+
+#[test]
+fn a_fenced_vmm_sees_io_errors_and_another_takes_the_disk_over() {
+    if !kvm_available("a_fenced_vmm_sees_io_errors_and_another_takes_the_disk_over") {
+        return;
+    }
+    let cluster = Cluster::up("fence");
+    cluster.rbd(&["create", "--size", "16M", "rbd/fenced"]);
+    let drives = serde_json::json!([{
+        "id": "c",
+        "path": "rbd:rbd/fenced",
+        "ceph": {"conf": cluster.conf},
+    }]);
+    let first_dir = TempDir::new("rbd-fence-first");
+    let mut first = spawn(&config(&first_dir, "triad.counter", drives.clone()));
+    let first_serial = first_dir.join("serial.log");
+    wait_for_serial(&first_serial, "TRIAD-COUNTER ", 3, TIMEOUT);
+    // Fence it as HA does: blocklist the client that watches (and so locks) the image.
+    let status = String::from_utf8(cluster.rbd(&["status", "rbd/fenced"])).unwrap();
+    let client = status
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("watcher="))
+        .unwrap_or_else(|| panic!("no watcher in {status}"));
+    let out = Command::new("ceph")
+        .arg("-c")
+        .arg(&cluster.conf)
+        .args(["osd", "blocklist", "add", client])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Its guest gets an I/O error, not a hang, and the VMM itself carries on.
+    let out = wait_for_serial(&first_serial, "TRIAD-COUNTER error", 1, TIMEOUT);
+    assert!(first.child.try_wait().unwrap().is_none(), "the VMM died");
+    let before: u64 = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
+        .filter_map(|v| v.parse().ok())
+        .last()
+        .unwrap();
+    // A VMM started elsewhere takes the lock and goes on from what reached the image.
+    let second_dir = TempDir::new("rbd-fence-second");
+    let _second = spawn(&config(&second_dir, "triad.counter", drives));
+    let out = wait_for_serial(&second_dir.join("serial.log"), "TRIAD-COUNTER ", 3, TIMEOUT);
+    let resumed: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TRIAD-COUNTER "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        resumed == before + 1 || resumed == before + 2,
+        "{resumed} after {before}"
+    );
+}
