@@ -166,7 +166,7 @@ fn a_fenced_vmm_sees_io_errors_and_another_takes_the_disk_over() {
         .lines()
         .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
         .filter_map(|v| v.parse().ok())
-        .last()
+        .next_back()
         .unwrap();
     // A VMM started elsewhere takes the lock and goes on from what reached the image.
     let second_dir = TempDir::new("rbd-fence-second");
