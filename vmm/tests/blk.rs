@@ -37,13 +37,7 @@ impl Drop for Images {
 }
 
 fn config(dir: &TempDir, cmdline: &str, drives: serde_json::Value) -> PathBuf {
-    let serial = dir.join("serial.log");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&config_json(&guest_elf(), cmdline, 1, 64, Some(&serial))).unwrap();
-    json["drives"] = drives;
-    let path = dir.join("vm.json");
-    std::fs::write(&path, json.to_string()).unwrap();
-    path
+    guest_config(dir, cmdline, serde_json::json!({ "drives": drives }))
 }
 
 /// The guest's pattern: byte j of sector s on disk k.
@@ -172,11 +166,7 @@ fn the_counter_survives_a_vmm_restart() {
         );
         assert_eq!(disk["write_bytes"] % 512, 0, "{disk:?}");
         drop(vmm); // killed: a power cut, not a shutdown
-        let values: Vec<u64> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
-            .map(|v| v.parse().unwrap())
-            .collect();
+        let values = counter_values(&out);
         // The guest goes on from what the disk held when the previous VMM died.
         assert_eq!(values[0], last_printed + 1, "run {run}: {values:?}");
         assert!(values.windows(2).all(|w| w[1] == w[0] + 1), "{values:?}");

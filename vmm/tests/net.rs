@@ -109,13 +109,8 @@ impl Drop for Lan {
 }
 
 fn config(dir: &TempDir, cmdline: &str, tap: &str) -> std::path::PathBuf {
-    let serial = dir.join("serial.log");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&config_json(&guest_elf(), cmdline, 1, 64, Some(&serial))).unwrap();
-    json["nets"] = serde_json::json!([{"id": "eth0", "tap": tap, "mac": "52:54:00:aa:bb:01"}]);
-    let path = dir.join("vm.json");
-    std::fs::write(&path, json.to_string()).unwrap();
-    path
+    let nic = serde_json::json!([{"id": "eth0", "tap": tap, "mac": "52:54:00:aa:bb:01"}]);
+    guest_config(dir, cmdline, serde_json::json!({ "nets": nic }))
 }
 
 #[test]
@@ -209,21 +204,16 @@ fn nic_bandwidth_is_capped() {
     };
     let dir = TempDir::new("net-qos");
     let serial = dir.join("serial.log");
-    let mut json: serde_json::Value = serde_json::from_str(&config_json(
-        &guest_elf(),
-        "triad.ip=10.99.0.2/24",
-        1,
-        64,
-        Some(&serial),
-    ))
-    .unwrap();
     // 100 kB/s each way, well under what the guest echoes unlimited (~250 frames/s here);
     // a 1000-byte UDP payload is a 1042-byte Ethernet frame.
     let limit = 100_000.0;
-    json["nets"] =
+    let nic =
         serde_json::json!([{"id": "eth0", "tap": lan.tap, "qos": {"bytes_per_sec": 100_000}}]);
-    let vm = dir.join("vm.json");
-    std::fs::write(&vm, json.to_string()).unwrap();
+    let vm = guest_config(
+        &dir,
+        "triad.ip=10.99.0.2/24",
+        serde_json::json!({ "nets": nic }),
+    );
     let _vmm = lan.vmm(&vm);
     wait_for_serial(&serial, "TRIAD-NET-READY", 1, TIMEOUT);
     // Keep 16 datagrams in flight to the echo port; count echoes over 3 s after a 0.5 s

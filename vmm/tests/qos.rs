@@ -45,20 +45,12 @@ fn measure_iops(serial: &Path, settle: Duration, window: Duration) -> f64 {
 }
 
 fn flood_config(dir: &TempDir, image: &Path, qos: serde_json::Value) -> std::path::PathBuf {
-    let serial = dir.join("serial.log");
-    let mut json: serde_json::Value = serde_json::from_str(&config_json(
-        &guest_elf(),
+    let disk = serde_json::json!([{"id": "d", "path": image, "cache": "writeback", "qos": qos}]);
+    guest_config(
+        dir,
         "triad.blk=flood",
-        1,
-        64,
-        Some(&serial),
-    ))
-    .unwrap();
-    json["drives"] =
-        serde_json::json!([{"id": "d", "path": image, "cache": "writeback", "qos": qos}]);
-    let path = dir.join("vm.json");
-    std::fs::write(&path, json.to_string()).unwrap();
-    path
+        serde_json::json!({ "drives": disk }),
+    )
 }
 
 fn image(dir: &TempDir) -> std::path::PathBuf {

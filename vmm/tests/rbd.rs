@@ -65,14 +65,14 @@ impl Drop for Cluster {
     }
 }
 
-fn config(dir: &TempDir, cmdline: &str, drives: serde_json::Value) -> PathBuf {
-    let serial = dir.join("serial.log");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&config_json(&guest_elf(), cmdline, 1, 64, Some(&serial))).unwrap();
-    json["drives"] = drives;
-    let path = dir.join("vm.json");
-    std::fs::write(&path, json.to_string()).unwrap();
-    path
+/// A VM running the counter on RBD image `image` of `cluster`.
+fn counter_vm(dir: &TempDir, cluster: &Cluster, image: &str) -> PathBuf {
+    let disk = serde_json::json!([{
+        "id": "c",
+        "path": format!("rbd:rbd/{image}"),
+        "ceph": {"conf": cluster.conf},
+    }]);
+    guest_config(dir, "triad.counter", serde_json::json!({ "drives": disk }))
 }
 
 fn spawn(vm: &std::path::Path) -> VmmProcess {
@@ -86,11 +86,6 @@ fn the_counter_on_an_rbd_image_survives_a_vmm_kill_and_the_lock_follows_it() {
     }
     let cluster = Cluster::up("counter");
     cluster.rbd(&["create", "--size", "16M", "rbd/counter"]);
-    let drives = serde_json::json!([{
-        "id": "c",
-        "path": "rbd:rbd/counter",
-        "ceph": {"conf": cluster.conf},
-    }]);
     let stored = || {
         let image = cluster.rbd(&["export", "rbd/counter", "-"]);
         u64::from_le_bytes(image[..8].try_into().unwrap())
@@ -98,24 +93,20 @@ fn the_counter_on_an_rbd_image_survives_a_vmm_kill_and_the_lock_follows_it() {
     let mut last = 0;
     for run in 0..2 {
         let dir = TempDir::new(&format!("rbd-counter-{run}"));
-        let vm = config(&dir, "triad.counter", drives.clone());
+        let vm = counter_vm(&dir, &cluster, "counter");
         let vmm = spawn(&vm);
         let out = wait_for_serial(&dir.join("serial.log"), "TRIAD-COUNTER ", 3, TIMEOUT);
         if run == 0 {
             // While it runs, the image is its own: a second VMM is refused the lock.
             let other = TempDir::new("rbd-counter-other");
-            let mut second = spawn(&config(&other, "triad.counter", drives.clone()));
+            let mut second = spawn(&counter_vm(&other, &cluster, "counter"));
             let status = second.wait(TIMEOUT);
             let err = second.stderr();
             assert_eq!(status.code(), Some(1), "{err}");
             assert!(err.contains("exclusive lock of rbd/counter"), "{err}");
         }
         drop(vmm); // killed: a power cut, not a shutdown
-        let values: Vec<u64> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
-            .map(|v| v.parse().unwrap())
-            .collect();
+        let values = counter_values(&out);
         // The guest goes on from what the image held when the previous VMM died.
         assert_eq!(values[0], last + 1, "run {run}: {values:?}");
         assert!(values.windows(2).all(|w| w[1] == w[0] + 1), "{values:?}");
@@ -137,13 +128,8 @@ fn a_fenced_vmm_sees_io_errors_and_another_takes_the_disk_over() {
     }
     let cluster = Cluster::up("fence");
     cluster.rbd(&["create", "--size", "16M", "rbd/fenced"]);
-    let drives = serde_json::json!([{
-        "id": "c",
-        "path": "rbd:rbd/fenced",
-        "ceph": {"conf": cluster.conf},
-    }]);
     let first_dir = TempDir::new("rbd-fence-first");
-    let mut first = spawn(&config(&first_dir, "triad.counter", drives.clone()));
+    let mut first = spawn(&counter_vm(&first_dir, &cluster, "fenced"));
     let first_serial = first_dir.join("serial.log");
     wait_for_serial(&first_serial, "TRIAD-COUNTER ", 3, TIMEOUT);
     // Fence it as HA does: blocklist the client that watches (and so locks) the image.
@@ -162,22 +148,12 @@ fn a_fenced_vmm_sees_io_errors_and_another_takes_the_disk_over() {
     // Its guest gets an I/O error, not a hang, and the VMM itself carries on.
     let out = wait_for_serial(&first_serial, "TRIAD-COUNTER error", 1, TIMEOUT);
     assert!(first.child.try_wait().unwrap().is_none(), "the VMM died");
-    let before: u64 = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
-        .filter_map(|v| v.parse().ok())
-        .next_back()
-        .unwrap();
+    let before = *counter_values(&out).last().unwrap();
     // A VMM started elsewhere takes the lock and goes on from what reached the image.
     let second_dir = TempDir::new("rbd-fence-second");
-    let _second = spawn(&config(&second_dir, "triad.counter", drives));
+    let _second = spawn(&counter_vm(&second_dir, &cluster, "fenced"));
     let out = wait_for_serial(&second_dir.join("serial.log"), "TRIAD-COUNTER ", 3, TIMEOUT);
-    let resumed: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("TRIAD-COUNTER "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let resumed = counter_values(&out)[0];
     assert!(
         resumed == before + 1 || resumed == before + 2,
         "{resumed} after {before}"

@@ -168,6 +168,29 @@ pub fn run_vmm(args: &[&str], timeout: Duration) -> (Option<i32>, String, String
     (status.code(), out, err)
 }
 
+/// The test guest's VM config in `dir` (serial to `dir/serial.log`), with `devices` merged
+/// in (e.g. `{"drives": [...]}`); returns its path.
+pub fn guest_config(dir: &TempDir, cmdline: &str, devices: serde_json::Value) -> PathBuf {
+    let serial = dir.join("serial.log");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&config_json(&guest_elf(), cmdline, 1, 64, Some(&serial))).unwrap();
+    if let serde_json::Value::Object(devices) = devices {
+        json.as_object_mut().unwrap().extend(devices);
+    }
+    let path = dir.join("vm.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+/// The values of the `TRIAD-COUNTER n` lines in serial output, in order.
+pub fn counter_values(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
 /// Waits until the complete lines of `path` hold `count` occurrences of `needle`; returns
 /// those lines.
 pub fn wait_for_serial(path: &Path, needle: &str, count: usize, timeout: Duration) -> String {

@@ -45,6 +45,17 @@ pub struct Done {
     pub buf: AlignedBuf,
 }
 
+impl Done {
+    /// `io` ended in `error` without reaching the disk.
+    pub fn failed(io: Io, error: io::Error) -> Self {
+        Self {
+            tag: io.tag,
+            result: Err(error),
+            buf: io.buf,
+        }
+    }
+}
+
 pub trait BlkBackend: Send + std::fmt::Debug {
     /// Size in bytes.
     fn size(&self) -> u64;

@@ -293,11 +293,9 @@ impl RbdBackend {
     }
 
     fn fail(&mut self, io: Io, error: io::Error) {
-        self.failed.push(Done {
-            tag: io.tag,
-            result: Err(error),
-            buf: io.buf,
-        });
+        self.failed.push(Done::failed(io, error));
+        // Wake the I/O thread so the failure is reported now, not at some later completion.
+        let _ = self.finished.signal.write(1);
     }
 }
 
