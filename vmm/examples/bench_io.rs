@@ -3,7 +3,8 @@
 //! path itself: transport, I/O thread, queue handling and the backend.
 //!
 //! `bench-io blk FILE read|write DEPTH SECONDS` prints `iops N`: 4 KiB random requests on an
-//! O_DIRECT io_uring disk, DEPTH in flight.
+//! O_DIRECT io_uring disk, DEPTH in flight. With `rbd:POOL/IMAGE CEPH_CONF` instead of FILE,
+//! on an RBD image through librbd.
 //! `bench-io net TAP SECONDS` prints `pps N gbps G`: 1514-byte frames the driver queues on the
 //! transmit queue, which the device writes to the TAP.
 //! `bench-io tap TAP SECONDS` prints the same for a plain loop writing one frame over and over
@@ -19,8 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use triad_api::vmm::CacheMode;
-use triad_vmm::devices::virtio::blk::backend::open_image;
+use triad_vmm::devices::virtio::blk::backend::{open_image, BlkBackend};
+use triad_vmm::devices::virtio::blk::rbd::{RbdBackend, RbdTarget};
 use triad_vmm::devices::virtio::blk::uring::UringBackend;
 use triad_vmm::devices::virtio::blk::{Block, QUEUE_SIZE};
 use triad_vmm::devices::virtio::mmio::MmioTransport;
@@ -43,14 +46,16 @@ const BLOCK: u32 = 4096;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("blk") if args.len() == 6 => {
+        Some("blk") if (6..=7).contains(&args.len()) => {
             let depth: u16 = args[4].parse().expect("DEPTH");
             let seconds: u64 = args[5].parse().expect("SECONDS");
+            let conf = args.get(6).map_or("/etc/ceph/ceph.conf", String::as_str);
             let iops = blk(
                 &args[2],
                 args[3] == "write",
                 depth,
                 Duration::from_secs(seconds),
+                conf,
             );
             println!("iops {iops:.0}");
         }
@@ -78,7 +83,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: bench-io blk FILE read|write DEPTH SECONDS | \
+                "usage: bench-io blk FILE|rbd:POOL/IMAGE read|write DEPTH SECONDS [CEPH_CONF] | \
                  net|tap|tap-guest TAP SECONDS | net-rx|tap-rx|tap-rx-guest FROM TO SECONDS"
             );
             std::process::exit(2);
@@ -94,13 +99,28 @@ fn next(state: &mut u64) -> u64 {
     *state
 }
 
-fn blk(path: &str, write: bool, depth: u16, duration: Duration) -> f64 {
+fn blk(path: &str, write: bool, depth: u16, duration: Duration, ceph_conf: &str) -> f64 {
     let mem = triad_vmm::memory::create(256 << 20).unwrap();
-    let file =
-        open_image(std::path::Path::new(path), false, CacheMode::None).expect("opening the image");
-    let blocks = file.metadata().unwrap().len() / u64::from(BLOCK);
-    let backend = UringBackend::new(file, QUEUE_SIZE).expect("io_uring");
-    let device = Block::new("bench", Box::new(backend), false, RateLimiter::default()).unwrap();
+    let backend: Box<dyn BlkBackend> = match triad_vmm::spec::rbd_image(Path::new(path)) {
+        Some(image) => {
+            let (pool, image) = image.expect("rbd:POOL/IMAGE");
+            let target = RbdTarget {
+                pool,
+                image,
+                conf: ceph_conf.into(),
+                client: "admin".into(),
+            };
+            let rbd = RbdBackend::open(&target, false, CacheMode::None, QUEUE_SIZE);
+            Box::new(rbd.expect("opening the RBD image"))
+        }
+        None => {
+            let file =
+                open_image(Path::new(path), false, CacheMode::None).expect("opening the image");
+            Box::new(UringBackend::new(file, QUEUE_SIZE).expect("io_uring"))
+        }
+    };
+    let blocks = backend.size() / u64::from(BLOCK);
+    let device = Block::new("bench", backend, false, RateLimiter::default()).unwrap();
     let irq = EventFd::new(0).unwrap();
     let interrupt = Arc::new(Interrupt::new(Some(irq.try_clone().unwrap())));
     let mut transport = MmioTransport::new(Box::new(device), mem.clone(), interrupt);
@@ -142,7 +162,7 @@ fn blk(path: &str, write: bool, depth: u16, duration: Duration) -> f64 {
         &mut ring,
         &irq,
         &notify,
-        duration,
+        (duration, IDLE),
         depth,
         3,
         Interrupts::Next,
@@ -267,13 +287,15 @@ enum Interrupts {
 /// Linux's NAPI weight: frames per poll before it polls again.
 const NAPI_BUDGET: u64 = 64;
 
-/// How long `cycle` waits for a completion before it decides the device has nothing left.
-/// Short, so that a frame the host sends long after the backlog (IPv6 neighbour discovery on a
-/// TAP that just came up) does not count as part of the drain.
-const IDLE: Duration = Duration::from_millis(10);
+/// How long `cycle` waits for a completion before it decides the device has nothing left:
+/// long for disks and transmit, which always have work queued; short for draining a receive
+/// backlog, so that a frame the host sends long after it (IPv6 neighbour discovery on a TAP
+/// that just came up) does not count as part of the drain.
+const IDLE: Duration = Duration::from_secs(10);
+const DRAINED: Duration = Duration::from_millis(10);
 
 /// Runs `ring` with `slots` chains in flight, `descs` descriptors each, for `duration` or until
-/// nothing completes for `IDLE`: every completed chain is counted and its slot posted again
+/// nothing completes for `idle`: every completed chain is counted and its slot posted again
 /// with `post`. The driver side behaves like Linux's: EVENT_IDX negotiated, a notify only when
 /// the device's `avail_event` asks for one, interrupts requested as `interrupts` says. Returns
 /// the chains completed and the time from the first notify to the last completion.
@@ -282,7 +304,7 @@ fn cycle(
     ring: &mut Ring,
     irq: &EventFd,
     notify: &EventFd,
-    duration: Duration,
+    (duration, idle): (Duration, Duration),
     slots: u16,
     descs: u16,
     interrupts: Interrupts,
@@ -313,7 +335,7 @@ fn cycle(
     let mut done = 0u64;
     let mut last = start;
     while start.elapsed() < duration {
-        let idle_ms = i32::try_from(IDLE.as_millis()).unwrap();
+        let idle_ms = i32::try_from(idle.as_millis()).unwrap();
         if waiter.wait(idle_ms, &mut ready).unwrap_or(0) == 0 {
             break;
         }
@@ -354,7 +376,7 @@ fn net(name: &str, duration: Duration) -> f64 {
         &mut h.tx,
         &h.irq,
         &h.notify[1],
-        duration,
+        (duration, IDLE),
         NET_QUEUE,
         1,
         Interrupts::Delayed,
@@ -444,7 +466,7 @@ fn device_drain(tap: Tap, mem: triad_vmm::memory::GuestMemoryMmap) -> (u64, Dura
         &mut h.rx,
         &h.irq,
         &h.notify[0],
-        Duration::MAX,
+        (Duration::MAX, DRAINED),
         NET_QUEUE,
         1,
         Interrupts::Napi,
