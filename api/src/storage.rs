@@ -1,0 +1,61 @@
+//! `triad-storaged`'s resources: pools and the volumes in them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What a volume is made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
+pub enum VolumeSource {
+    /// Zeroes (a sparse, thin volume).
+    Blank,
+    /// A copy of another volume of the same pool (only its allocated data is copied).
+    Volume { id: String },
+}
+
+/// `POST /pools/{pool}/volumes`: creates a volume, or returns it when a volume with this `id`
+/// and the same request already exists (a retried create).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRequest {
+    /// Chosen by the caller (the controller uses a UUID); unique in the pool.
+    pub id: String,
+    /// Unique in the pool too; what operators see.
+    pub name: String,
+    pub size_bytes: u64,
+    #[serde(default = "blank")]
+    pub source: VolumeSource,
+}
+
+fn blank() -> VolumeSource {
+    VolumeSource::Blank
+}
+
+/// A volume as the pool has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub pool: String,
+    /// What the guest sees.
+    pub size_bytes: u64,
+    /// What it takes on the pool's disks (thin provisioning: often far less).
+    pub allocated_bytes: u64,
+    /// How a VMM opens it: a file path (local and shared-mount pools).
+    pub path: PathBuf,
+}
+
+/// A pool's space: given out to volumes (logical) against what its disks hold (physical).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolUsage {
+    /// Sum of the volumes' sizes.
+    pub provisioned_bytes: u64,
+    /// Sum of what the volumes take.
+    pub allocated_bytes: u64,
+    /// The filesystem's (or cluster's) size and what is still free on it.
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}

@@ -1,0 +1,76 @@
+//! `triad-storaged`: turns pools into volumes for VMs.
+//!
+//! Every pool type sits behind [`Pool`]; the daemon (to come) serves them over HTTP with the
+//! `triad_api::storage` types. Operations are keyed by the caller's volume id and idempotent:
+//! a retried create returns the volume the first one made.
+
+pub mod local;
+mod sparse;
+
+use triad_api::storage::{PoolUsage, Volume, VolumeRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("volume {0} not found")]
+    NotFound(String),
+    #[error("volume {id} exists already with another {what}")]
+    Conflict { id: String, what: &'static str },
+    #[error("volume name {name} is taken by volume {by}")]
+    NameTaken { name: String, by: String },
+    #[error("volume {id}: {size} bytes is smaller than its {current}; volumes only grow")]
+    Shrink { id: String, size: u64, current: u64 },
+    #[error("{what} {value:?}: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A pool of volumes.
+pub trait Pool: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &str;
+    /// Creates the volume `req` asks for, or returns it when it exists already as asked.
+    fn create(&self, req: &VolumeRequest) -> Result<Volume>;
+    fn get(&self, id: &str) -> Result<Volume>;
+    fn list(&self) -> Result<Vec<Volume>>;
+    /// Deletes the volume; deleting one that is not there is not an error.
+    fn delete(&self, id: &str) -> Result<()>;
+    /// Grows the volume to `size_bytes` (never shrinks it).
+    fn grow(&self, id: &str, size_bytes: u64) -> Result<Volume>;
+    fn usage(&self) -> Result<PoolUsage>;
+}
+
+/// Ids and names: 1 to 64 characters of `A-Za-z0-9-_.`, not starting with a dot.
+fn check_name(what: &'static str, value: &str) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && !value.starts_with('.')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::Invalid {
+            what,
+            value: value.to_owned(),
+            why: "must be 1 to 64 characters of A-Z a-z 0-9 - _ . and not start with a dot",
+        })
+    }
+}
