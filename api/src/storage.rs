@@ -59,3 +59,51 @@ pub struct PoolUsage {
     pub total_bytes: u64,
     pub free_bytes: u64,
 }
+
+/// `POST /pools/{pool}/volumes/{id}/grow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrowRequest {
+    pub size_bytes: u64,
+}
+
+/// The kinds of pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    /// A directory on this node.
+    Local,
+}
+
+/// `GET /pools`: each pool with its space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolInfo {
+    pub name: String,
+    pub kind: PoolKind,
+    pub usage: PoolUsage,
+}
+
+/// One pool in `triad-storaged`'s config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub kind: PoolKind,
+    /// Local pools: the directory holding the volumes.
+    pub path: PathBuf,
+}
+
+/// `triad-storaged --config FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoragedConfig {
+    /// Where the HTTP API listens.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    pub pools: Vec<PoolConfig>,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/triad/storaged.sock")
+}

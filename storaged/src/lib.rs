@@ -1,10 +1,11 @@
 //! `triad-storaged`: turns pools into volumes for VMs.
 //!
-//! Every pool type sits behind [`Pool`]; the daemon (to come) serves them over HTTP with the
-//! `triad_api::storage` types. Operations are keyed by the caller's volume id and idempotent:
+//! Every pool type sits behind [`Pool`]; the daemon serves them over HTTP on a Unix socket
+//! (`server`) with the `triad_api::storage` types. Operations are keyed by the caller's volume id and idempotent:
 //! a retried create returns the volume the first one made.
 
 pub mod local;
+pub mod server;
 mod sparse;
 
 use triad_api::storage::{PoolUsage, Volume, VolumeRequest};

@@ -1,0 +1,84 @@
+//! `triad-storaged --config FILE`: serves the pools the config names on a Unix socket.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use triad_api::storage::{PoolKind, StoragedConfig};
+use triad_storaged::local::LocalPool;
+use triad_storaged::server::{router, Pools};
+use triad_storaged::Pool;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Triad's storage daemon: pools and volumes over HTTP on a Unix socket"
+)]
+struct Args {
+    /// JSON: {"socket": PATH, "pools": [{"name", "kind": "local", "path"}]}
+    #[arg(long)]
+    config: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let config: StoragedConfig = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", args.config.display()))?;
+    let mut pools = BTreeMap::new();
+    for p in &config.pools {
+        let pool: Arc<dyn Pool> = match p.kind {
+            PoolKind::Local => Arc::new(
+                LocalPool::open(&p.name, &p.path).with_context(|| format!("pool {}", p.name))?,
+            ),
+        };
+        if pools.insert(p.name.clone(), (p.kind, pool)).is_some() {
+            anyhow::bail!("pool {} is named twice", p.name);
+        }
+    }
+    let pools: Pools = Arc::new(pools);
+    tokio::runtime::Runtime::new()?.block_on(serve(config.socket, pools))
+}
+
+async fn serve(socket: PathBuf, pools: Pools) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket file left by an earlier run that died; anything else there is an error.
+    if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+        use std::os::unix::fs::FileTypeExt;
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "{} exists and is not a socket",
+            socket.display()
+        );
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(&socket).is_err(),
+            "another storaged listens on {}",
+            socket.display()
+        );
+        std::fs::remove_file(&socket)?;
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    tracing::info!("serving {} pools on {}", pools.len(), socket.display());
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    axum::serve(listener, router(pools))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
