@@ -73,6 +73,9 @@ pub struct GrowRequest {
 pub enum PoolKind {
     /// A directory on this node.
     Local,
+    /// A POSIX filesystem mounted at the same path on every node (NFS, GlusterFS, CephFS…):
+    /// the same files as `local`, plus every node's storage heartbeat.
+    Smp,
 }
 
 /// `GET /pools`: each pool with its space.
@@ -101,7 +104,30 @@ pub struct StoragedConfig {
     /// Where the HTTP API listens.
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
+    /// This node's name in storage heartbeats (default: the host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How often this node writes its heartbeat on shared-mount pools (default 1000).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
     pub pools: Vec<PoolConfig>,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+
+/// `GET /pools/{pool}/heartbeats`: one node's storage heartbeat on a shared-mount pool. A node
+/// whose `beat` stops advancing has stopped writing to the pool (dead, or cut off from it);
+/// hostd's fencing reads this before restarting its VMs elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub node: String,
+    /// Counts up with every write, across restarts of the node's storaged.
+    pub beat: u64,
+    /// When it was written, by the writer's clock (Unix milliseconds).
+    pub written_unix_ms: u64,
 }
 
 fn default_socket() -> PathBuf {

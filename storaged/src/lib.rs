@@ -6,9 +6,10 @@
 
 pub mod local;
 pub mod server;
+pub mod smp;
 mod sparse;
 
-use triad_api::storage::{PoolUsage, Volume, VolumeRequest};
+use triad_api::storage::{Heartbeat, PoolUsage, Volume, VolumeRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -55,6 +56,14 @@ pub trait Pool: Send + Sync + std::fmt::Debug {
     /// Grows the volume to `size_bytes` (never shrinks it).
     fn grow(&self, id: &str, size_bytes: u64) -> Result<Volume>;
     fn usage(&self) -> Result<PoolUsage>;
+    /// Every node's storage heartbeat on the pool; only shared-mount pools have them.
+    fn heartbeats(&self) -> Result<Vec<Heartbeat>> {
+        Err(StorageError::Invalid {
+            what: "pool",
+            value: self.name().to_owned(),
+            why: "only shared-mount (smp) pools have storage heartbeats",
+        })
+    }
 }
 
 /// Ids and names: 1 to 64 characters of `A-Za-z0-9-_.`, not starting with a dot.

@@ -9,6 +9,7 @@ use clap::Parser;
 use triad_api::storage::{PoolKind, StoragedConfig};
 use triad_storaged::local::LocalPool;
 use triad_storaged::server::{router, Pools};
+use triad_storaged::smp::SmpPool;
 use triad_storaged::Pool;
 
 #[derive(Debug, Parser)]
@@ -17,7 +18,7 @@ use triad_storaged::Pool;
     about = "Triad's storage daemon: pools and volumes over HTTP on a Unix socket"
 )]
 struct Args {
-    /// JSON: {"socket": PATH, "pools": [{"name", "kind": "local", "path"}]}
+    /// JSON: {"socket": PATH, "node": NAME, "pools": [{"name", "kind": "local"|"smp", "path"}]}
     #[arg(long)]
     config: PathBuf,
 }
@@ -31,12 +32,22 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.config.display()))?;
     let config: StoragedConfig = serde_json::from_str(&text)
         .with_context(|| format!("parsing {}", args.config.display()))?;
+    let node = match &config.node {
+        Some(node) => node.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name")?
+            .trim()
+            .to_owned(),
+    };
+    let beat = std::time::Duration::from_millis(config.heartbeat_ms.max(1));
     let mut pools = BTreeMap::new();
     for p in &config.pools {
+        let context = || format!("pool {}", p.name);
         let pool: Arc<dyn Pool> = match p.kind {
-            PoolKind::Local => Arc::new(
-                LocalPool::open(&p.name, &p.path).with_context(|| format!("pool {}", p.name))?,
-            ),
+            PoolKind::Local => Arc::new(LocalPool::open(&p.name, &p.path).with_context(context)?),
+            PoolKind::Smp => {
+                Arc::new(SmpPool::open(&p.name, &p.path, &node, beat).with_context(context)?)
+            }
         };
         if pools.insert(p.name.clone(), (p.kind, pool)).is_some() {
             anyhow::bail!("pool {} is named twice", p.name);

@@ -8,6 +8,7 @@
 //! | `GET /pools/{pool}/volumes/{id}` | one volume |
 //! | `DELETE /pools/{pool}/volumes/{id}` | delete it (idempotent) |
 //! | `POST /pools/{pool}/volumes/{id}/grow` | grow it |
+//! | `GET /pools/{pool}/heartbeats` | every node's storage heartbeat (shared-mount pools) |
 //!
 //! Errors are `{"error": "..."}` with 400 (a bad request), 404, 409 (a conflict with what
 //! exists) or 500.
@@ -21,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use triad_api::storage::{GrowRequest, PoolInfo, PoolKind, Volume, VolumeRequest};
+use triad_api::storage::{GrowRequest, Heartbeat, PoolInfo, PoolKind, Volume, VolumeRequest};
 use triad_api::ErrorBody;
 
 use crate::{Pool, StorageError};
@@ -35,6 +36,7 @@ pub fn router(pools: Pools) -> Router {
         .route("/pools/{pool}/volumes", get(list_volumes).post(create))
         .route("/pools/{pool}/volumes/{id}", get(get_volume).delete(delete))
         .route("/pools/{pool}/volumes/{id}/grow", post(grow))
+        .route("/pools/{pool}/heartbeats", get(heartbeats))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".into()) })
         .with_state(pools)
 }
@@ -151,4 +153,12 @@ async fn grow(
     Ok(Json(
         blocking(move || pool.grow(&id, req.size_bytes)).await?,
     ))
+}
+
+async fn heartbeats(
+    State(pools): State<Pools>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Heartbeat>>, ApiError> {
+    let pool = pool(&pools, &name)?;
+    Ok(Json(blocking(move || pool.heartbeats()).await?))
 }

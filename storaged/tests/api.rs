@@ -6,7 +6,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use triad_api::http::{request, Response};
-use triad_api::storage::{PoolInfo, Volume};
+use triad_api::storage::{Heartbeat, PoolInfo, Volume};
 use triad_api::ErrorBody;
 
 struct Daemon {
@@ -20,7 +20,12 @@ impl Daemon {
         let config = dir.join("storaged.json");
         let json = serde_json::json!({
             "socket": socket,
-            "pools": [{"name": "local", "kind": "local", "path": dir.join("pool")}],
+            "node": "node-1",
+            "heartbeat_ms": 20,
+            "pools": [
+                {"name": "local", "kind": "local", "path": dir.join("pool")},
+                {"name": "shared", "kind": "smp", "path": dir.join("shared")},
+            ],
         });
         std::fs::write(&config, json.to_string()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_triad-storaged"))
@@ -137,6 +142,7 @@ fn volumes_are_made_and_kept_through_a_restart() {
     let volumes: Vec<Volume> = ok(daemon.call("GET", "/pools/local/volumes", None));
     assert_eq!(volumes, vec![v.clone(), grown]);
     let pools: Vec<PoolInfo> = ok(daemon.call("GET", "/pools", None));
+    assert_eq!(pools.len(), 2);
     assert_eq!(pools[0].usage.provisioned_bytes, (1 << 30) + (4 << 30));
     assert_eq!(
         daemon
@@ -155,6 +161,20 @@ fn volumes_are_made_and_kept_through_a_restart() {
         404
     );
     assert!(!v.path.exists());
+
+    // The shared-mount pool carries this node's storage heartbeat, advancing.
+    let beats: Vec<Heartbeat> = ok(daemon.call("GET", "/pools/shared/heartbeats", None));
+    std::thread::sleep(Duration::from_millis(200));
+    let later: Vec<Heartbeat> = ok(daemon.call("GET", "/pools/shared/heartbeats", None));
+    assert_eq!((beats.len(), later[0].node.as_str()), (1, "node-1"));
+    assert!(later[0].beat > beats[0].beat, "{beats:?} then {later:?}");
+    let resp = daemon.call("GET", "/pools/local/heartbeats", None);
+    assert_eq!(resp.status, 400);
+    assert!(
+        resp.body.contains("only shared-mount (smp) pools"),
+        "{}",
+        resp.body
+    );
     drop(daemon);
     std::fs::remove_dir_all(&dir).unwrap();
 }
