@@ -183,13 +183,19 @@ impl Image {
             )?;
             if !read_only {
                 // Held, not lent: another client asking for it is refused while we run.
-                check(
-                    rbd_lock_acquire(this.image, RBD_LOCK_MODE_EXCLUSIVE),
-                    &format!(
-                        "taking the exclusive lock of {}/{}",
-                        target.pool, target.image
-                    ),
-                )?;
+                let what = format!(
+                    "taking the exclusive lock of {}/{}",
+                    target.pool, target.image
+                );
+                match rbd_lock_acquire(this.image, RBD_LOCK_MODE_EXCLUSIVE) {
+                    rc if rc == -libc::EROFS => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::ResourceBusy,
+                            format!("{what}: another client holds it"),
+                        ))
+                    }
+                    rc => check(rc, &what)?,
+                }
             }
         }
         Ok(this)
