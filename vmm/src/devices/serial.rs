@@ -30,10 +30,17 @@ struct RotatingFile {
     path: PathBuf,
     written: u64,
     max: u64,
+    /// The old log is emptied with the guest's first byte, not when the file is opened: a
+    /// VMM that fails before its guest runs (a drive another VMM holds) leaves the log alone.
+    emptied: bool,
 }
 
 impl RotatingFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.emptied {
+            self.file.set_len(0)?;
+            self.emptied = true;
+        }
         if self.written + buf.len() as u64 > self.max && self.written > 0 {
             let mut old = self.path.clone().into_os_string();
             old.push(".old");
@@ -67,14 +74,19 @@ enum Sink {
 pub struct SerialOutput(Arc<Mutex<Sink>>);
 
 impl SerialOutput {
-    /// A new (truncated) log at `path` that rotates past `max` bytes.
+    /// A log at `path`, emptied when the guest first writes, that rotates past `max` bytes.
     pub fn file(path: &Path, max: u64) -> std::io::Result<Self> {
-        let file = File::create(path)?;
+        let file = File::options()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)?;
         Ok(Self::with(Sink::File(RotatingFile {
             file,
             path: path.to_owned(),
             written: 0,
             max: max.max(1),
+            emptied: false,
         })))
     }
 
@@ -210,7 +222,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("triad-serial-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("serial.log");
+        std::fs::write(&path, b"the previous boot's log").unwrap();
         let mut out = SerialOutput::file(&path, 100).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"the previous boot's log");
         for _ in 0..25 {
             out.write_all(b"0123456789").unwrap();
         }
