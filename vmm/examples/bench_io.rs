@@ -274,9 +274,10 @@ fn net_harness(tap: Tap, mac_last: u8, mem: triad_vmm::memory::GuestMemoryMmap) 
 
 /// When the driver asks to be interrupted, as Linux's virtio drivers do: block wants to hear of
 /// the next completion; transmit only once three quarters of what it queued are sent, so that
-/// it refills the ring while the device works through the rest; receive is NAPI: while a poll
-/// finds a full budget of frames it polls again without interrupts, otherwise it asks for the
-/// next one.
+/// it refills the ring while the device works through the rest; receive is NAPI: it takes at
+/// most a budget of frames per poll, refills buffers once more than half a budget is free, and
+/// while a poll finds a full budget it polls again without interrupts, otherwise it asks for
+/// the next one.
 #[derive(Clone, Copy)]
 enum Interrupts {
     Next,
@@ -334,6 +335,7 @@ fn cycle(
     notify.write(1).unwrap();
     let mut done = 0u64;
     let mut last = start;
+    let mut refill = Vec::new();
     while start.elapsed() < duration {
         let idle_ms = i32::try_from(idle.as_millis()).unwrap();
         if waiter.wait(idle_ms, &mut ready).unwrap_or(0) == 0 {
@@ -343,9 +345,23 @@ fn cycle(
         loop {
             let old = ring.next_avail();
             let mut polled = 0;
-            while let Some((head, _)) = ring.pop_used() {
+            let napi = matches!(interrupts, Interrupts::Napi);
+            while let Some((head, _)) = (!napi || polled < NAPI_BUDGET)
+                .then(|| ring.pop_used())
+                .flatten()
+            {
                 polled += 1;
-                post(ring, head / descs);
+                if napi {
+                    refill.push(head / descs);
+                } else {
+                    post(ring, head / descs);
+                }
+            }
+            // NAPI refills once more than half a budget of buffers is free (try_fill_recv).
+            if refill.len() > usize::try_from(NAPI_BUDGET / 2).unwrap_or(usize::MAX) {
+                for slot in refill.drain(..) {
+                    post(ring, slot);
+                }
             }
             if polled > 0 {
                 done += polled;
@@ -354,7 +370,7 @@ fn cycle(
             if ring.kick_needed(old) {
                 notify.write(1).unwrap();
             }
-            let busy = matches!(interrupts, Interrupts::Napi) && polled >= NAPI_BUDGET;
+            let busy = napi && polled >= NAPI_BUDGET;
             if !busy && !ask(ring) {
                 break;
             }
