@@ -48,7 +48,7 @@ pub struct Volume {
 }
 
 /// A pool's space: given out to volumes (logical) against what its disks hold (physical).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolUsage {
     /// Sum of the volumes' sizes.
@@ -58,7 +58,14 @@ pub struct PoolUsage {
     /// The filesystem's (or cluster's) size and what is still free on it.
     pub total_bytes: u64,
     pub free_bytes: u64,
+    /// Set when more than 70% of the pool's disks are used: thin volumes can outgrow what is
+    /// left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
+
+/// The share of a pool's physical space above which it warns.
+pub const POOL_USE_WARNING: f64 = 0.70;
 
 /// `POST /pools/{pool}/volumes/{id}/grow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -66,6 +66,21 @@ pub trait Pool: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The warning a pool carries (and logs) when more than `POOL_USE_WARNING` of its disks are
+/// used.
+fn use_warning(pool: &str, total: u64, free: u64) -> Option<String> {
+    let used = total.saturating_sub(free) as f64 / total.max(1) as f64;
+    (used > triad_api::storage::POOL_USE_WARNING).then(|| {
+        let warning = format!(
+            "pool {pool}: {:.0}% of its disks are used (warning above {:.0}%)",
+            used * 100.0,
+            triad_api::storage::POOL_USE_WARNING * 100.0
+        );
+        tracing::warn!("{warning}");
+        warning
+    })
+}
+
 /// Ids and names: 1 to 64 characters of `A-Za-z0-9-_.`, not starting with a dot.
 fn check_name(what: &'static str, value: &str) -> Result<()> {
     let ok = !value.is_empty()
@@ -82,5 +97,18 @@ fn check_name(what: &'static str, value: &str) -> Result<()> {
             value: value.to_owned(),
             why: "must be 1 to 64 characters of A-Z a-z 0-9 - _ . and not start with a dot",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pools_warn_past_70_percent_of_their_disks() {
+        assert_eq!(super::use_warning("p", 100, 31), None);
+        assert_eq!(
+            super::use_warning("p", 100, 29).as_deref(),
+            Some("pool p: 71% of its disks are used (warning above 70%)")
+        );
+        assert_eq!(super::use_warning("p", 0, 0), None);
     }
 }

@@ -286,11 +286,14 @@ impl Pool for LocalPool {
             context: format!("statvfs {}", self.dir.display()),
             source: e.into(),
         })?;
+        let total = fs.blocks() * fs.fragment_size();
+        let free = fs.blocks_available() * fs.fragment_size();
         Ok(PoolUsage {
             provisioned_bytes: volumes.iter().map(|v| v.size_bytes).sum(),
             allocated_bytes: volumes.iter().map(|v| v.allocated_bytes).sum(),
-            total_bytes: fs.blocks() * fs.fragment_size(),
-            free_bytes: fs.blocks_available() * fs.fragment_size(),
+            total_bytes: total,
+            free_bytes: free,
+            warning: crate::use_warning(&self.name, total, free),
         })
     }
 }
