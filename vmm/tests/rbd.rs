@@ -1,72 +1,22 @@
 //! Disks on Ceph RBD images under real KVM, against a real Ceph cluster the test brings up
-//! with `scripts/dev-ceph` (1 monitor, 1 manager, 3 OSDs on loopback). These tests do not skip
-//! for want of Ceph: the script installs it.
+//! with `scripts/dev-ceph` (1 monitor, 1 manager, 3 OSDs on loopback), shared by the tests,
+//! each on images of its own. These tests do not skip for want of Ceph: the script installs
+//! it.
 
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use triad_ceph::dev::{self, DevCluster};
 
 /// Long enough for a restarted VMM to take over the lock of one that was killed (the dead
 /// client's watch has to time out first).
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A dev Ceph cluster, taken down on drop.
-struct Cluster {
-    dir: PathBuf,
-    conf: PathBuf,
-}
-
-impl Cluster {
-    fn up(test: &str) -> Self {
-        let dir = workspace_root()
-            .join("target/tmp")
-            .join(format!("ceph-{test}-{}", std::process::id()));
-        let script = workspace_root().join("scripts/dev-ceph");
-        let _ = Command::new(&script).arg("down").arg(&dir).status();
-        let out = Command::new(&script).arg("up").arg(&dir).output().unwrap();
-        assert!(
-            out.status.success(),
-            "dev-ceph up failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self {
-            conf: dir.join("ceph.conf"),
-            dir,
-        }
-    }
-
-    /// Runs the `rbd` tool against this cluster; panics when it fails.
-    fn rbd(&self, args: &[&str]) -> Vec<u8> {
-        let out = Command::new("rbd")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "rbd {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(workspace_root().join("scripts/dev-ceph"))
-            .arg("down")
-            .arg(&self.dir)
-            .status();
-    }
-}
-
 /// A VM running the counter on RBD image `image` of `cluster`.
-fn counter_vm(dir: &TempDir, cluster: &Cluster, image: &str) -> PathBuf {
+fn counter_vm(dir: &TempDir, cluster: &DevCluster, image: &str) -> PathBuf {
     let disk = serde_json::json!([{
         "id": "c",
         "path": format!("rbd:rbd/{image}"),
@@ -84,7 +34,7 @@ fn the_counter_on_an_rbd_image_survives_a_vmm_kill_and_the_lock_follows_it() {
     if !kvm_available("the_counter_on_an_rbd_image_survives_a_vmm_kill_and_the_lock_follows_it") {
         return;
     }
-    let cluster = Cluster::up("counter");
+    let cluster = dev::shared();
     cluster.rbd(&["create", "--size", "16M", "rbd/counter"]);
     let stored = || {
         let image = cluster.rbd(&["export", "rbd/counter", "-"]);
@@ -93,13 +43,13 @@ fn the_counter_on_an_rbd_image_survives_a_vmm_kill_and_the_lock_follows_it() {
     let mut last = 0;
     for run in 0..2 {
         let dir = TempDir::new(&format!("rbd-counter-{run}"));
-        let vm = counter_vm(&dir, &cluster, "counter");
+        let vm = counter_vm(&dir, cluster, "counter");
         let vmm = spawn(&vm);
         let out = wait_for_serial(&dir.join("serial.log"), "TRIAD-COUNTER ", 3, TIMEOUT);
         if run == 0 {
             // While it runs, the image is its own: a second VMM is refused the lock.
             let other = TempDir::new("rbd-counter-other");
-            let mut second = spawn(&counter_vm(&other, &cluster, "counter"));
+            let mut second = spawn(&counter_vm(&other, cluster, "counter"));
             let status = second.wait(TIMEOUT);
             let err = second.stderr();
             assert_eq!(status.code(), Some(1), "{err}");
@@ -126,10 +76,10 @@ fn a_fenced_vmm_sees_io_errors_and_another_takes_the_disk_over() {
     if !kvm_available("a_fenced_vmm_sees_io_errors_and_another_takes_the_disk_over") {
         return;
     }
-    let cluster = Cluster::up("fence");
+    let cluster = dev::shared();
     cluster.rbd(&["create", "--size", "16M", "rbd/fenced"]);
     let first_dir = TempDir::new("rbd-fence-first");
-    let mut first = spawn(&counter_vm(&first_dir, &cluster, "fenced"));
+    let mut first = spawn(&counter_vm(&first_dir, cluster, "fenced"));
     let first_serial = first_dir.join("serial.log");
     wait_for_serial(&first_serial, "TRIAD-COUNTER ", 3, TIMEOUT);
     // Fence it as HA does: blocklist the client that watches (and so locks) the image.
@@ -138,20 +88,14 @@ fn a_fenced_vmm_sees_io_errors_and_another_takes_the_disk_over() {
         .split_whitespace()
         .find_map(|w| w.strip_prefix("watcher="))
         .unwrap_or_else(|| panic!("no watcher in {status}"));
-    let out = Command::new("ceph")
-        .arg("-c")
-        .arg(&cluster.conf)
-        .args(["osd", "blocklist", "add", client])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    cluster.tool("ceph", &["osd", "blocklist", "add", client]);
     // Its guest gets an I/O error, not a hang, and the VMM itself carries on.
     let out = wait_for_serial(&first_serial, "TRIAD-COUNTER error", 1, TIMEOUT);
     assert!(first.child.try_wait().unwrap().is_none(), "the VMM died");
     let before = *counter_values(&out).last().unwrap();
     // A VMM started elsewhere takes the lock and goes on from what reached the image.
     let second_dir = TempDir::new("rbd-fence-second");
-    let _second = spawn(&counter_vm(&second_dir, &cluster, "fenced"));
+    let _second = spawn(&counter_vm(&second_dir, cluster, "fenced"));
     let out = wait_for_serial(&second_dir.join("serial.log"), "TRIAD-COUNTER ", 3, TIMEOUT);
     let resumed = counter_values(&out)[0];
     assert!(

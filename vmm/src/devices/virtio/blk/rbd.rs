@@ -2,80 +2,21 @@
 //! own (no krbd, no nbd), holds the image's exclusive lock while it runs, and reports a fenced
 //! client (blocklisted: every operation fails) to the guest as I/O errors.
 //!
-//! `unsafe` lives here because librbd is C: the handles are owned by `Image` and released in
-//! `Drop`; every buffer librbd reads or writes is owned by an operation kept in `in_flight`
+//! The connection and image handles come from `triad_ceph`. `unsafe` remains here for the
+//! asynchronous calls: every buffer librbd reads or writes is owned by an operation kept in `in_flight`
 //! until librbd's callback has reported it, and dropping the backend waits for all of them.
 
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use triad_api::vmm::CacheMode;
+use triad_ceph::ffi::{self, Completion};
+use triad_ceph::{Cluster, Image};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{BlkBackend, Done, Io, Op};
-
-type Rados = *mut c_void;
-type IoCtx = *mut c_void;
-type RbdImage = *mut c_void;
-type Completion = *mut c_void;
-type Callback = extern "C" fn(Completion, *mut c_void);
-
-const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
-
-#[link(name = "rados")]
-extern "C" {
-    fn rados_create(cluster: *mut Rados, id: *const c_char) -> c_int;
-    fn rados_conf_read_file(cluster: Rados, path: *const c_char) -> c_int;
-    fn rados_conf_set(cluster: Rados, option: *const c_char, value: *const c_char) -> c_int;
-    fn rados_connect(cluster: Rados) -> c_int;
-    fn rados_shutdown(cluster: Rados);
-    fn rados_ioctx_create(cluster: Rados, pool: *const c_char, ioctx: *mut IoCtx) -> c_int;
-    fn rados_ioctx_destroy(ioctx: IoCtx);
-}
-
-#[link(name = "rbd")]
-extern "C" {
-    fn rbd_open(io: IoCtx, name: *const c_char, image: *mut RbdImage, snap: *const c_char)
-        -> c_int;
-    fn rbd_open_read_only(
-        io: IoCtx,
-        name: *const c_char,
-        image: *mut RbdImage,
-        snap: *const c_char,
-    ) -> c_int;
-    fn rbd_close(image: RbdImage) -> c_int;
-    fn rbd_get_size(image: RbdImage, size: *mut u64) -> c_int;
-    fn rbd_lock_acquire(image: RbdImage, mode: c_int) -> c_int;
-    fn rbd_aio_create_completion(arg: *mut c_void, cb: Callback, c: *mut Completion) -> c_int;
-    fn rbd_aio_get_return_value(c: Completion) -> isize;
-    fn rbd_aio_release(c: Completion);
-    fn rbd_aio_read(
-        image: RbdImage,
-        off: u64,
-        len: usize,
-        buf: *mut c_char,
-        c: Completion,
-    ) -> c_int;
-    fn rbd_aio_write(
-        image: RbdImage,
-        off: u64,
-        len: usize,
-        buf: *const c_char,
-        c: Completion,
-    ) -> c_int;
-    fn rbd_aio_flush(image: RbdImage, c: Completion) -> c_int;
-    fn rbd_aio_discard(image: RbdImage, off: u64, len: u64, c: Completion) -> c_int;
-    fn rbd_aio_write_zeroes(
-        image: RbdImage,
-        off: u64,
-        len: usize,
-        c: Completion,
-        zero_flags: c_int,
-        op_flags: c_int,
-    ) -> c_int;
-}
 
 /// Where an RBD disk lives and who the VMM is to the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,144 +29,22 @@ pub struct RbdTarget {
     pub client: String,
 }
 
-/// librbd's error codes as I/O errors, naming what failed.
-fn check(rc: c_int, what: &str) -> io::Result<()> {
-    if rc < 0 {
-        let e = io::Error::from_raw_os_error(-rc);
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+/// Connects, opens the image and, for a writable disk, takes and keeps its exclusive lock.
+fn open_image(target: &RbdTarget, read_only: bool, cache: CacheMode) -> io::Result<Image> {
+    // The cache modes users know from KVM platforms, in librbd's terms.
+    let options: &[(&str, &str)] = match cache {
+        CacheMode::None => &[("rbd_cache", "false")],
+        CacheMode::Writethrough => &[("rbd_cache", "true"), ("rbd_cache_max_dirty", "0")],
+        CacheMode::Writeback => &[("rbd_cache", "true")],
+    };
+    let cluster = Cluster::connect(&target.conf, &target.client, options)?;
+    let pool = cluster.pool(&target.pool)?;
+    if read_only {
+        return Ok(pool.open_read_only(&target.image, None)?);
     }
-    Ok(())
-}
-
-fn cstring(s: &str, what: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what} contains a NUL byte"),
-        )
-    })
-}
-
-/// A connected cluster handle, an I/O context on the pool and the open image, released in
-/// reverse order.
-struct Image {
-    cluster: Rados,
-    ioctx: IoCtx,
-    image: RbdImage,
-}
-
-// SAFETY: librados and librbd handles may be used from any thread (librbd serialises inside);
-// this process only uses them from the device's I/O thread at a time.
-unsafe impl Send for Image {}
-
-impl Image {
-    fn open(target: &RbdTarget, read_only: bool, cache: CacheMode) -> io::Result<Self> {
-        let client = cstring(&target.client, "the Ceph client name")?;
-        let conf = cstring(
-            target
-                .conf
-                .to_str()
-                .ok_or_else(|| io::Error::other("the Ceph config path is not UTF-8"))?,
-            "the Ceph config path",
-        )?;
-        let pool = cstring(&target.pool, "the pool name")?;
-        let name = cstring(&target.image, "the image name")?;
-        let mut this = Self {
-            cluster: std::ptr::null_mut(),
-            ioctx: std::ptr::null_mut(),
-            image: std::ptr::null_mut(),
-        };
-        // SAFETY: each call gets valid NUL-terminated strings that outlive it and writes one
-        // handle into `this`, whose `Drop` releases whatever was created, also on the error
-        // paths below.
-        unsafe {
-            check(
-                rados_create(&mut this.cluster, client.as_ptr()),
-                "creating the Ceph client",
-            )?;
-            check(
-                rados_conf_read_file(this.cluster, conf.as_ptr()),
-                &format!("reading {}", target.conf.display()),
-            )?;
-            // The cache modes users know from KVM platforms, in librbd's terms.
-            let (rbd_cache, max_dirty) = match cache {
-                CacheMode::None => ("false", None),
-                CacheMode::Writethrough => ("true", Some("0")),
-                CacheMode::Writeback => ("true", None),
-            };
-            let set = |k: &str, v: &str| -> io::Result<()> {
-                let (k, v) = (cstring(k, k)?, cstring(v, v)?);
-                check(
-                    rados_conf_set(this.cluster, k.as_ptr(), v.as_ptr()),
-                    "configuring the Ceph client",
-                )
-            };
-            set("rbd_cache", rbd_cache)?;
-            if let Some(max_dirty) = max_dirty {
-                set("rbd_cache_max_dirty", max_dirty)?;
-            }
-            check(
-                rados_connect(this.cluster),
-                "connecting to the Ceph cluster",
-            )?;
-            check(
-                rados_ioctx_create(this.cluster, pool.as_ptr(), &mut this.ioctx),
-                &format!("opening pool {}", target.pool),
-            )?;
-            let opened = if read_only {
-                rbd_open_read_only(this.ioctx, name.as_ptr(), &mut this.image, std::ptr::null())
-            } else {
-                rbd_open(this.ioctx, name.as_ptr(), &mut this.image, std::ptr::null())
-            };
-            check(
-                opened,
-                &format!("opening image {}/{}", target.pool, target.image),
-            )?;
-            if !read_only {
-                // Held, not lent: another client asking for it is refused while we run.
-                let what = format!(
-                    "taking the exclusive lock of {}/{}",
-                    target.pool, target.image
-                );
-                match rbd_lock_acquire(this.image, RBD_LOCK_MODE_EXCLUSIVE) {
-                    rc if rc == -libc::EROFS => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::ResourceBusy,
-                            format!("{what}: another client holds it"),
-                        ))
-                    }
-                    rc => check(rc, &what)?,
-                }
-            }
-        }
-        Ok(this)
-    }
-
-    fn size(&self) -> io::Result<u64> {
-        let mut size = 0;
-        // SAFETY: an open image and a u64 on this frame.
-        let rc = unsafe { rbd_get_size(self.image, &mut size) };
-        check(rc, "reading the image size")?;
-        Ok(size)
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        // SAFETY: each handle was created by `open` (null ones never were) and nothing uses
-        // it after this; children are released before their parents.
-        unsafe {
-            if !self.image.is_null() {
-                rbd_close(self.image);
-            }
-            if !self.ioctx.is_null() {
-                rados_ioctx_destroy(self.ioctx);
-            }
-            if !self.cluster.is_null() {
-                rados_shutdown(self.cluster);
-            }
-        }
-    }
+    let image = pool.open(&target.image)?;
+    image.lock_exclusive()?;
+    Ok(image)
 }
 
 /// What librbd's threads hand back to the I/O thread.
@@ -246,8 +65,8 @@ extern "C" fn on_complete(completion: Completion, arg: *mut c_void) {
     // SAFETY: `arg` is the `Box<CallbackArg>` `submit` leaked for this completion, which librbd
     // calls back exactly once; the completion is released here and never used again.
     let (arg, ret) = unsafe {
-        let ret = rbd_aio_get_return_value(completion);
-        rbd_aio_release(completion);
+        let ret = ffi::rbd_aio_get_return_value(completion);
+        ffi::rbd_aio_release(completion);
         (Box::from_raw(arg.cast::<CallbackArg>()), ret)
     };
     arg.finished
@@ -284,7 +103,7 @@ impl RbdBackend {
         cache: CacheMode,
         depth: u16,
     ) -> io::Result<Self> {
-        let image = Image::open(target, read_only, cache)?;
+        let image = open_image(target, read_only, cache)?;
         let size = image.size()?;
         Ok(Self {
             in_flight: (0..depth).map(|_| None).collect(),
@@ -320,7 +139,7 @@ impl BlkBackend for RbdBackend {
             finished: self.finished.clone(),
             tag: io.tag,
         }));
-        let image = self.image.image;
+        let image = self.image.raw();
         let (offset, buf) = (io.offset, io.buf.as_mut_slice());
         let (ptr, len) = (buf.as_mut_ptr(), buf.len());
         let mut completion: Completion = std::ptr::null_mut();
@@ -329,27 +148,28 @@ impl BlkBackend for RbdBackend {
         // seen librbd's callback for it (its heap block does not move with `io`); when librbd
         // refuses the operation, no callback comes and `arg` is reclaimed here.
         let rc = unsafe {
-            let rc = rbd_aio_create_completion(arg.cast(), on_complete, &mut completion);
+            let rc = ffi::rbd_aio_create_completion(arg.cast(), on_complete, &mut completion);
             if rc < 0 {
                 rc
             } else {
                 let rc = match io.op {
-                    Op::Read => rbd_aio_read(image, offset, len, ptr.cast(), completion),
-                    Op::Write => rbd_aio_write(image, offset, len, ptr.cast(), completion),
-                    Op::Flush => rbd_aio_flush(image, completion),
-                    Op::Discard { len } => rbd_aio_discard(image, offset, len, completion),
+                    Op::Read => ffi::rbd_aio_read(image, offset, len, ptr.cast(), completion),
+                    Op::Write => ffi::rbd_aio_write(image, offset, len, ptr.cast(), completion),
+                    Op::Flush => ffi::rbd_aio_flush(image, completion),
+                    Op::Discard { len } => ffi::rbd_aio_discard(image, offset, len, completion),
                     Op::WriteZeroes { len, .. } => match usize::try_from(len) {
-                        Ok(len) => rbd_aio_write_zeroes(image, offset, len, completion, 0, 0),
+                        Ok(len) => ffi::rbd_aio_write_zeroes(image, offset, len, completion, 0, 0),
                         Err(_) => -libc::EINVAL,
                     },
                 };
                 if rc < 0 {
-                    rbd_aio_release(completion);
+                    ffi::rbd_aio_release(completion);
                 }
                 rc
             }
         };
-        if let Err(e) = check(rc, "starting an RBD operation") {
+        if rc < 0 {
+            let e = io::Error::from(triad_ceph::Error::new("starting an RBD operation", -rc));
             // SAFETY: librbd refused the operation, so no callback owns `arg`.
             drop(unsafe { Box::from_raw(arg) });
             return self.fail(io, e);
