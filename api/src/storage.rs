@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::vmm::{CephClient, DriveConfig, Qos};
+
 /// What a volume is made from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
@@ -12,11 +14,16 @@ pub enum VolumeSource {
     Blank,
     /// A copy of another volume of the same pool (only its allocated data is copied).
     Volume { id: String },
+    /// A VM root disk from an image of the same pool: a copy-on-write clone on Ceph pools, a
+    /// sparse copy on file pools.
+    Image { id: String },
+    /// A copy of a volume's snapshot, independent of it.
+    Snapshot { volume: String, snapshot: String },
 }
 
 /// `POST /pools/{pool}/volumes`: creates a volume, or returns it when a volume with this `id`
 /// and the same request already exists (a retried create).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeRequest {
     /// Chosen by the caller (the controller uses a UUID); unique in the pool.
@@ -26,6 +33,9 @@ pub struct VolumeRequest {
     pub size_bytes: u64,
     #[serde(default = "blank")]
     pub source: VolumeSource,
+    /// Limits the VMM enforces on the disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<Qos>,
 }
 
 fn blank() -> VolumeSource {
@@ -33,7 +43,7 @@ fn blank() -> VolumeSource {
 }
 
 /// A volume as the pool has it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
     pub id: String,
@@ -43,8 +53,73 @@ pub struct Volume {
     pub size_bytes: u64,
     /// What it takes on the pool's disks (thin provisioning: often far less).
     pub allocated_bytes: u64,
-    /// How a VMM opens it: a file path (local and shared-mount pools).
+    /// How a VMM opens it: a file path (local and shared-mount pools) or `rbd:POOL/IMAGE`.
     pub path: PathBuf,
+    /// For RBD volumes: the cluster, and who to be in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<CephClient>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<Qos>,
+}
+
+impl Volume {
+    /// The volume as VM disk `drive_id` (writable, the default cache mode).
+    pub fn drive(&self, drive_id: &str) -> DriveConfig {
+        DriveConfig {
+            id: drive_id.to_owned(),
+            path: self.path.clone(),
+            read_only: false,
+            cache: Default::default(),
+            qos: self.qos,
+            ceph: self.ceph.clone(),
+        }
+    }
+}
+
+/// `POST /pools/{pool}/volumes/{id}/snapshots`: takes a snapshot (idempotent by name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    pub name: String,
+}
+
+/// A volume's snapshot: its data as it was when taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub name: String,
+    /// The volume's size when the snapshot was taken.
+    pub size_bytes: u64,
+}
+
+/// `GET /pools/{pool}/volumes/{id}/clients` (Ceph pools): who has the volume open, and who
+/// holds its exclusive lock. Fencing blocklists these addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeClients {
+    pub watchers: Vec<Watcher>,
+    /// `client.<id>` names.
+    pub lock_owners: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watcher {
+    /// As `POST /pools/{pool}/blocklist` takes it.
+    pub addr: String,
+    /// Its global id: `client.<id>`.
+    pub id: i64,
+}
+
+/// `POST /pools/{pool}/blocklist` (Ceph pools): fences a client: every OSD refuses its
+/// operations until the entry expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlocklistRequest {
+    pub addr: String,
+    /// Default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_seconds: Option<u32>,
 }
 
 /// A pool's space: given out to volumes (logical) against what its disks hold (physical).
@@ -83,6 +158,8 @@ pub enum PoolKind {
     /// A POSIX filesystem mounted at the same path on every node (NFS, GlusterFS, CephFS…):
     /// the same files as `local`, plus every node's storage heartbeat.
     Smp,
+    /// RBD images in a Ceph pool.
+    Ceph,
 }
 
 /// `GET /pools`: each pool with its space.
@@ -100,8 +177,16 @@ pub struct PoolInfo {
 pub struct PoolConfig {
     pub name: String,
     pub kind: PoolKind,
-    /// Local pools: the directory holding the volumes.
-    pub path: PathBuf,
+    /// Local and shared-mount pools: the directory holding the volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Ceph pools: the RADOS pool (default: the pool's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd_pool: Option<String>,
+    /// Ceph pools: the cluster and the client storaged and the VMMs are in it (defaults:
+    /// /etc/ceph/ceph.conf, admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<CephClient>,
 }
 
 /// `triad-storaged --config FILE`.
@@ -117,7 +202,14 @@ pub struct StoragedConfig {
     /// How often this node writes its heartbeat on shared-mount pools (default 1000).
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// Where image downloads wait to be converted (default /var/lib/triad/storaged/staging).
+    #[serde(default = "default_staging_dir")]
+    pub staging_dir: PathBuf,
     pub pools: Vec<PoolConfig>,
+}
+
+fn default_staging_dir() -> PathBuf {
+    PathBuf::from("/var/lib/triad/storaged/staging")
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -139,4 +231,71 @@ pub struct Heartbeat {
 
 fn default_socket() -> PathBuf {
     PathBuf::from("/run/triad/storaged.sock")
+}
+
+/// Where an image's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
+pub enum ImageSource {
+    /// A file on the node storaged runs on.
+    File { path: PathBuf },
+    /// An http or https URL, streamed.
+    Url { url: String },
+}
+
+/// `POST /pools/{pool}/images`: imports an image (raw, or qcow2 converted to raw) in the
+/// background; the answer, and `GET /pools/{pool}/images/{id}`, report its progress. A
+/// retried request with the same id and fields returns the same image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRequest {
+    pub id: String,
+    pub name: String,
+    pub source: ImageSource,
+    /// The source's SHA-256 (hex); the import fails and keeps nothing when it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageState {
+    Importing,
+    Ready,
+    /// The import stopped (`error` says why) and left nothing behind; post it again to retry.
+    Failed,
+}
+
+/// An image in a pool: what VM root volumes are made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub pool: String,
+    pub state: ImageState,
+    pub source: ImageSource,
+    /// The source's format, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ImageFormat>,
+    /// The disk it holds (0 until known).
+    pub size_bytes: u64,
+    /// What it takes in the pool.
+    pub allocated_bytes: u64,
+    /// The source's SHA-256, once read whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Import progress: source bytes read, of how many (when known).
+    pub done_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

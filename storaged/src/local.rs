@@ -2,27 +2,26 @@
 //! small JSON record beside it (`ID.json`). A volume exists once its record does: a file is
 //! made under a temporary name, made durable, renamed, and only then recorded, so files a crash
 //! left without a record are half-made and are removed when the pool opens.
+//!
+//! Snapshots are files too (`ID.snapshots/NAME.raw`): reflinks where the filesystem has them
+//! (XFS, Btrfs), so they are taken in an instant even under a running VM; elsewhere sparse
+//! copies, taken only while no VMM has the volume open (it holds the file's lock), since a
+//! copy of a disk being written is no snapshot.
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-use triad_api::storage::{PoolUsage, Volume, VolumeRequest, VolumeSource};
+use triad_api::storage::{Image, PoolUsage, Snapshot, Volume, VolumeRequest, VolumeSource};
 
-use crate::{check_name, sparse, Pool, Result, StorageError};
+use crate::images::{ImageRecord, ImageWriter};
 
-/// What a pool keeps of a volume besides its data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record {
-    id: String,
-    name: String,
-    size_bytes: u64,
-    source: VolumeSource,
-}
+use crate::{
+    check_name, check_not_smaller, check_size, sparse, Pool, Record, Result, StorageError,
+};
 
 #[derive(Debug)]
 pub struct LocalPool {
@@ -34,6 +33,10 @@ pub struct LocalPool {
 
 const RAW: &str = "raw";
 const RECORD: &str = "json";
+/// Suffix of a volume's snapshot directory.
+const SNAPSHOTS: &str = "snapshots";
+/// The directory of the pool's images, kept as volumes are: `ID.raw` and `ID.json`.
+const IMAGES: &str = "images";
 /// Suffix of files still being made.
 const PARTIAL: &str = "partial";
 
@@ -54,20 +57,31 @@ impl LocalPool {
     }
 
     fn clean_up(&self) -> Result<()> {
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(StorageError::io(format!("reading {}", self.dir.display())))?;
+        self.clean_up_in(&self.dir)?;
+        self.clean_up_in(&self.dir.join(IMAGES))
+    }
+
+    fn clean_up_in(&self, dir: &Path) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             let ext = path.extension().and_then(|e| e.to_str());
             let orphan = match ext {
                 Some(PARTIAL) => true,
-                Some(RAW) => !path.with_extension(RECORD).exists(),
+                Some(RAW | SNAPSHOTS) => !path.with_extension(RECORD).exists(),
                 _ => false,
             };
             if orphan {
                 tracing::warn!("pool {}: removing half-made {}", self.name, path.display());
-                std::fs::remove_file(&path)
-                    .map_err(StorageError::io(format!("removing {}", path.display())))?;
+                remove(&path)?;
+            } else if ext == Some(SNAPSHOTS) {
+                for snap in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                    if snap.path().extension().and_then(|e| e.to_str()) == Some(PARTIAL) {
+                        remove(&snap.path())?;
+                    }
+                }
             }
         }
         Ok(())
@@ -78,17 +92,7 @@ impl LocalPool {
     }
 
     fn record(&self, id: &str) -> Result<Option<Record>> {
-        let path = self.path(id, RECORD);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StorageError::Io {
-                    context: format!("reading {}", path.display()),
-                    source: e.into(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StorageError::io(format!("reading {}", path.display()))(e)),
-        }
+        read_json(&self.path(id, RECORD))
     }
 
     fn records(&self) -> Result<Vec<Record>> {
@@ -112,23 +116,8 @@ impl LocalPool {
         Ok(records)
     }
 
-    /// Writes `record` durably: a temporary file, synced, renamed over the old one.
     fn write_record(&self, record: &Record) -> Result<()> {
-        let path = self.path(&record.id, RECORD);
-        let tmp = self.path(&record.id, &format!("{RECORD}.{PARTIAL}"));
-        let context = format!("writing {}", path.display());
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| StorageError::Io {
-            context: context.clone(),
-            source: e.into(),
-        })?;
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(StorageError::io(context))
+        write_json(&self.path(&record.id, RECORD), record)
     }
 
     fn volume(&self, record: &Record) -> Result<Volume> {
@@ -142,33 +131,66 @@ impl LocalPool {
             size_bytes: record.size_bytes,
             allocated_bytes: meta.blocks() * 512,
             path,
+            ceph: None,
+            qos: record.qos,
         })
     }
 
-    /// Makes the data file of a new volume: blank, or a sparse copy of `source`'s.
-    fn make_data(&self, req: &VolumeRequest) -> Result<()> {
-        let source = match &req.source {
-            VolumeSource::Blank => None,
+    fn snapshot_path(&self, id: &str, snapshot: &str) -> PathBuf {
+        self.path(id, SNAPSHOTS).join(format!("{snapshot}.{RAW}"))
+    }
+
+    /// Fails with `InUse` while a VMM has volume `id` open (it holds the file's lock); the
+    /// returned file holds the lock until dropped.
+    fn claim(&self, id: &str) -> Result<File> {
+        let path = self.path(id, RAW);
+        let file =
+            File::open(&path).map_err(StorageError::io(format!("opening {}", path.display())))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(StorageError::InUse(id.to_owned()));
+            }
+            return Err(StorageError::io(format!("locking {}", path.display()))(e));
+        }
+        Ok(file)
+    }
+
+    /// Where a new volume's data comes from: a file and how many of its bytes.
+    fn source_data(&self, req: &VolumeRequest) -> Result<Option<(PathBuf, u64)>> {
+        let (path, size) = match &req.source {
+            VolumeSource::Blank => return Ok(None),
             VolumeSource::Volume { id } => {
                 let source = self
                     .record(id)?
                     .ok_or_else(|| StorageError::NotFound(id.clone()))?;
-                if req.size_bytes < source.size_bytes {
-                    return Err(StorageError::Shrink {
-                        id: req.id.clone(),
-                        size: req.size_bytes,
-                        current: source.size_bytes,
-                    });
-                }
-                Some(source)
+                (self.path(id, RAW), source.size_bytes)
             }
+            VolumeSource::Snapshot { volume, snapshot } => {
+                let path = self.snapshot_path(volume, snapshot);
+                let size = std::fs::metadata(&path)
+                    .map_err(|_| StorageError::SnapshotNotFound {
+                        volume: volume.clone(),
+                        snapshot: snapshot.clone(),
+                    })?
+                    .len();
+                (path, size)
+            }
+            VolumeSource::Image { id } => self.image_data(id)?,
         };
+        check_not_smaller(&req.id, req.size_bytes, size)?;
+        Ok(Some((path, size)))
+    }
+
+    /// Makes the data file of a new volume: blank, or a sparse copy of its source.
+    fn make_data(&self, req: &VolumeRequest) -> Result<()> {
+        let source = self.source_data(req)?;
         let partial = self.path(&req.id, PARTIAL);
         let make = || -> std::io::Result<()> {
             let data = File::create(&partial)?;
-            if let Some(source) = &source {
-                let src = File::open(self.path(&source.id, RAW))?;
-                sparse::copy(&src, &data, source.size_bytes)?;
+            if let Some((path, size)) = &source {
+                sparse::copy(&File::open(path)?, &data, *size)?;
             }
             data.set_len(req.size_bytes)?;
             data.sync_all()?;
@@ -178,6 +200,24 @@ impl LocalPool {
             let _ = std::fs::remove_file(&partial);
             StorageError::io(format!("making {}", partial.display()))(e)
         })
+    }
+
+    fn image_path(&self, id: &str, ext: &str) -> PathBuf {
+        self.dir.join(IMAGES).join(format!("{id}.{ext}"))
+    }
+
+    /// An image's data file and size, for a volume made from it.
+    fn image_data(&self, id: &str) -> Result<(PathBuf, u64)> {
+        let record = self
+            .image_record(id)?
+            .ok_or_else(|| StorageError::ImageNotFound(id.to_owned()))?;
+        Ok((self.image_path(id, RAW), record.size_bytes))
+    }
+
+    fn existing(&self, id: &str) -> Result<Record> {
+        check_name("volume id", id)?;
+        self.record(id)?
+            .ok_or_else(|| StorageError::NotFound(id.to_owned()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -191,36 +231,10 @@ impl Pool for LocalPool {
     }
 
     fn create(&self, req: &VolumeRequest) -> Result<Volume> {
-        check_name("volume id", &req.id)?;
-        check_name("volume name", &req.name)?;
-        check_size(req.size_bytes)?;
+        let wanted = Record::wanted(req)?;
         let _changes = self.lock();
-        let wanted = Record {
-            id: req.id.clone(),
-            name: req.name.clone(),
-            size_bytes: req.size_bytes,
-            source: req.source.clone(),
-        };
-        if let Some(existing) = self.record(&req.id)? {
-            let what = if existing.name != wanted.name {
-                "name"
-            } else if existing.size_bytes != wanted.size_bytes {
-                "size"
-            } else if existing.source != wanted.source {
-                "source"
-            } else {
-                return self.volume(&existing);
-            };
-            return Err(StorageError::Conflict {
-                id: req.id.clone(),
-                what,
-            });
-        }
-        if let Some(other) = self.records()?.into_iter().find(|r| r.name == req.name) {
-            return Err(StorageError::NameTaken {
-                name: req.name.clone(),
-                by: other.id,
-            });
+        if let Some(existing) = wanted.existing(&self.records()?)? {
+            return self.volume(existing);
         }
         self.make_data(req)?;
         self.write_record(&wanted)?;
@@ -228,11 +242,7 @@ impl Pool for LocalPool {
     }
 
     fn get(&self, id: &str) -> Result<Volume> {
-        check_name("volume id", id)?;
-        let record = self
-            .record(id)?
-            .ok_or_else(|| StorageError::NotFound(id.to_owned()))?;
-        self.volume(&record)
+        self.volume(&self.existing(id)?)
     }
 
     fn list(&self) -> Result<Vec<Volume>> {
@@ -242,32 +252,22 @@ impl Pool for LocalPool {
     fn delete(&self, id: &str) -> Result<()> {
         check_name("volume id", id)?;
         let _changes = self.lock();
+        if self.record(id)?.is_none() {
+            return Ok(());
+        }
+        let _claim = self.claim(id)?;
         // The record goes first: from then on the volume does not exist, and a crash before
-        // the data file goes leaves an orphan the next open removes.
-        for ext in [RECORD, RAW] {
-            let path = self.path(id, ext);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::io(format!("removing {}", path.display()))(e)),
-            }
+        // its files go leaves orphans the next open removes.
+        for ext in [RECORD, RAW, SNAPSHOTS] {
+            remove(&self.path(id, ext))?;
         }
         Ok(())
     }
 
     fn grow(&self, id: &str, size_bytes: u64) -> Result<Volume> {
-        check_name("volume id", id)?;
         let _changes = self.lock();
-        let mut record = self
-            .record(id)?
-            .ok_or_else(|| StorageError::NotFound(id.to_owned()))?;
-        if size_bytes < record.size_bytes {
-            return Err(StorageError::Shrink {
-                id: id.to_owned(),
-                size: size_bytes,
-                current: record.size_bytes,
-            });
-        }
+        let mut record = self.existing(id)?;
+        check_not_smaller(id, size_bytes, record.size_bytes)?;
         check_size(size_bytes)?;
         let path = self.path(id, RAW);
         File::options()
@@ -278,6 +278,177 @@ impl Pool for LocalPool {
         record.size_bytes = size_bytes;
         self.write_record(&record)?;
         self.volume(&record)
+    }
+
+    fn images(&self) -> Result<Vec<Image>> {
+        let dir = self.dir.join(IMAGES);
+        let mut images = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(RECORD) {
+                continue;
+            }
+            if let Some(id) = path.file_stem().and_then(|s| s.to_str()) {
+                images.push(self.image(id)?);
+            }
+        }
+        images.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(images)
+    }
+
+    fn image_record(&self, id: &str) -> Result<Option<ImageRecord>> {
+        check_name("image id", id)?;
+        read_json(&self.image_path(id, RECORD))
+    }
+
+    fn image(&self, id: &str) -> Result<Image> {
+        let record = self
+            .image_record(id)?
+            .ok_or_else(|| StorageError::ImageNotFound(id.to_owned()))?;
+        let data = self.image_path(id, RAW);
+        let meta = std::fs::metadata(&data)
+            .map_err(StorageError::io(format!("reading {}", data.display())))?;
+        Ok(record.image(&self.name, meta.blocks() * 512))
+    }
+
+    fn delete_image(&self, id: &str) -> Result<()> {
+        check_name("image id", id)?;
+        let _changes = self.lock();
+        // Volumes made from it are copies: nothing depends on it.
+        for ext in [RECORD, RAW] {
+            remove(&self.image_path(id, ext))?;
+        }
+        Ok(())
+    }
+
+    fn image_writer(&self, id: &str, size: u64) -> Result<Box<dyn ImageWriter>> {
+        check_name("image id", id)?;
+        let dir = self.dir.join(IMAGES);
+        std::fs::create_dir_all(&dir)
+            .map_err(StorageError::io(format!("creating {}", dir.display())))?;
+        let partial = self.image_path(id, &format!("{RAW}.{PARTIAL}"));
+        let file = File::create(&partial)
+            .and_then(|f| f.set_len(size).map(|()| f))
+            .map_err(StorageError::io(format!("creating {}", partial.display())))?;
+        Ok(Box::new(LocalImageWriter {
+            pool: self.name.clone(),
+            file,
+            partial,
+            data: self.image_path(id, RAW),
+            record: self.image_path(id, RECORD),
+            committed: false,
+        }))
+    }
+
+    fn snapshot(&self, id: &str, name: &str) -> Result<Snapshot> {
+        check_name("snapshot name", name)?;
+        let _changes = self.lock();
+        let record = self.existing(id)?;
+        let path = self.snapshot_path(id, name);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            return Ok(Snapshot {
+                name: name.to_owned(),
+                size_bytes: meta.len(),
+            });
+        }
+        let dir = self.path(id, SNAPSHOTS);
+        std::fs::create_dir_all(&dir)
+            .map_err(StorageError::io(format!("creating {}", dir.display())))?;
+        let partial = path.with_extension(format!("{RAW}.{PARTIAL}"));
+        let data = self.path(id, RAW);
+        let src =
+            File::open(&data).map_err(StorageError::io(format!("opening {}", data.display())))?;
+        let made = File::create(&partial).and_then(|dst| {
+            if sparse::reflink(&src, &dst)? {
+                return Ok(dst);
+            }
+            Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+        });
+        let made = match made {
+            Ok(dst) => Ok(dst),
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                // No reflinks here: a copy, and only of a disk no VMM is writing.
+                let _claim = self.claim(id)?;
+                File::create(&partial)
+                    .and_then(|dst| sparse::copy(&src, &dst, record.size_bytes).map(|()| dst))
+            }
+            Err(e) => Err(e),
+        };
+        made.and_then(|dst| {
+            dst.sync_all()?;
+            std::fs::rename(&partial, &path)?;
+            File::open(&dir)?.sync_all()
+        })
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            StorageError::io(format!("making {}", path.display()))(e)
+        })?;
+        Ok(Snapshot {
+            name: name.to_owned(),
+            size_bytes: record.size_bytes,
+        })
+    }
+
+    fn snapshots(&self, id: &str) -> Result<Vec<Snapshot>> {
+        self.existing(id)?;
+        let dir = self.path(id, SNAPSHOTS);
+        let mut snaps: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let path = e.path();
+                (path.extension()? == RAW).then_some(())?;
+                Some(Snapshot {
+                    name: path.file_stem()?.to_str()?.to_owned(),
+                    size_bytes: e.metadata().ok()?.len(),
+                })
+            })
+            .collect();
+        snaps.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(snaps)
+    }
+
+    fn rollback(&self, id: &str, name: &str) -> Result<()> {
+        check_name("snapshot name", name)?;
+        let _changes = self.lock();
+        let mut record = self.existing(id)?;
+        let _claim = self.claim(id)?;
+        let snap = self.snapshot_path(id, name);
+        let src = File::open(&snap).map_err(|_| StorageError::SnapshotNotFound {
+            volume: id.to_owned(),
+            snapshot: name.to_owned(),
+        })?;
+        let size = src
+            .metadata()
+            .map_err(StorageError::io(format!("reading {}", snap.display())))?
+            .len();
+        // A new file renamed over the volume's: a crash leaves the old data or the new.
+        let partial = self.path(id, PARTIAL);
+        File::create(&partial)
+            .and_then(|dst| {
+                if !sparse::reflink(&src, &dst)? {
+                    sparse::copy(&src, &dst, size)?;
+                }
+                dst.sync_all()?;
+                std::fs::rename(&partial, self.path(id, RAW))
+            })
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&partial);
+                StorageError::io(format!("rolling {id} back to {name}"))(e)
+            })?;
+        if record.size_bytes != size {
+            record.size_bytes = size;
+            self.write_record(&record)?;
+        }
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, id: &str, name: &str) -> Result<()> {
+        check_name("snapshot name", name)?;
+        let _changes = self.lock();
+        self.existing(id)?;
+        remove(&self.snapshot_path(id, name))
     }
 
     fn usage(&self) -> Result<PoolUsage> {
@@ -299,15 +470,88 @@ impl Pool for LocalPool {
 }
 
 /// Sizes are whole 512-byte sectors, as disks are.
-fn check_size(size_bytes: u64) -> Result<()> {
-    if size_bytes == 0 || !size_bytes.is_multiple_of(512) {
-        return Err(StorageError::Invalid {
-            what: "size_bytes",
-            value: size_bytes.to_string(),
-            why: "must be a positive multiple of 512",
-        });
+/// A JSON record, or `None` when its file is not there.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StorageError::Io {
+                context: format!("reading {}", path.display()),
+                source: e.into(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io(format!("reading {}", path.display()))(e)),
     }
-    Ok(())
+}
+
+/// Writes a record durably: a temporary file, synced, renamed over the old one.
+fn write_json<T: serde::Serialize>(path: &Path, record: &T) -> Result<()> {
+    let tmp = path.with_extension(format!("{RECORD}.{PARTIAL}"));
+    let context = format!("writing {}", path.display());
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| StorageError::Io {
+        context: context.clone(),
+        source: e.into(),
+    })?;
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    };
+    write().map_err(StorageError::io(context))
+}
+
+/// An image being imported into a local pool: a partial file, renamed and recorded on commit.
+struct LocalImageWriter {
+    pool: String,
+    file: File,
+    partial: PathBuf,
+    data: PathBuf,
+    record: PathBuf,
+    committed: bool,
+}
+
+impl ImageWriter for LocalImageWriter {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(StorageError::io(format!(
+                "writing {}",
+                self.partial.display()
+            )))
+    }
+
+    fn commit(mut self: Box<Self>, record: &ImageRecord) -> Result<Image> {
+        self.file
+            .sync_all()
+            .and_then(|()| std::fs::rename(&self.partial, &self.data))
+            .map_err(StorageError::io(format!("saving {}", self.data.display())))?;
+        self.committed = true;
+        write_json(&self.record, record)?;
+        let allocated = self.file.metadata().map_or(0, |m| m.blocks() * 512);
+        Ok(record.image(&self.pool, allocated))
+    }
+}
+
+impl Drop for LocalImageWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// Removes a file or a directory tree; one that is not there is not an error.
+fn remove(path: &Path) -> Result<()> {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+    };
+    removed.map_err(StorageError::io(format!("removing {}", path.display())))
 }
 
 #[cfg(test)]
@@ -338,6 +582,7 @@ mod tests {
             name: name.into(),
             size_bytes: size,
             source: VolumeSource::Blank,
+            qos: None,
         }
     }
 

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use triad_api::storage::{PoolKind, StoragedConfig};
+use triad_storaged::ceph::CephPool;
+use triad_storaged::images::Imports;
 use triad_storaged::local::LocalPool;
-use triad_storaged::server::{router, Pools};
+use triad_storaged::server::{router, Daemon};
 use triad_storaged::smp::SmpPool;
 use triad_storaged::Pool;
 
@@ -18,7 +20,9 @@ use triad_storaged::Pool;
     about = "Triad's storage daemon: pools and volumes over HTTP on a Unix socket"
 )]
 struct Args {
-    /// JSON: {"socket": PATH, "node": NAME, "pools": [{"name", "kind": "local"|"smp", "path"}]}
+    /// JSON: {"socket": PATH, "node": NAME, "pools": [{"name", "kind": "local"|"smp", "path"}
+    /// or {"name", "kind": "ceph", "rbd_pool", "ceph": {"conf", "client"}}]}; see
+    /// docs/storaged.md.
     #[arg(long)]
     config: PathBuf,
 }
@@ -43,21 +47,44 @@ fn main() -> anyhow::Result<()> {
     let mut pools = BTreeMap::new();
     for p in &config.pools {
         let context = || format!("pool {}", p.name);
+        let path = || {
+            p.path
+                .as_deref()
+                .with_context(|| format!("pool {}: a {:?} pool needs a \"path\"", p.name, p.kind))
+        };
+        anyhow::ensure!(
+            p.kind == PoolKind::Ceph || (p.ceph.is_none() && p.rbd_pool.is_none()),
+            "pool {}: \"ceph\" and \"rbd_pool\" are for Ceph pools",
+            p.name
+        );
         let pool: Arc<dyn Pool> = match p.kind {
-            PoolKind::Local => Arc::new(LocalPool::open(&p.name, &p.path).with_context(context)?),
+            PoolKind::Local => Arc::new(LocalPool::open(&p.name, path()?).with_context(context)?),
             PoolKind::Smp => {
-                Arc::new(SmpPool::open(&p.name, &p.path, &node, beat).with_context(context)?)
+                Arc::new(SmpPool::open(&p.name, path()?, &node, beat).with_context(context)?)
+            }
+            PoolKind::Ceph => {
+                anyhow::ensure!(
+                    p.path.is_none(),
+                    "pool {}: a Ceph pool has no \"path\"",
+                    p.name
+                );
+                let rbd_pool = p.rbd_pool.as_deref().unwrap_or(&p.name);
+                let client = p.ceph.clone().unwrap_or_default();
+                Arc::new(CephPool::open(&p.name, rbd_pool, client, &node).with_context(context)?)
             }
         };
         if pools.insert(p.name.clone(), (p.kind, pool)).is_some() {
             anyhow::bail!("pool {} is named twice", p.name);
         }
     }
-    let pools: Pools = Arc::new(pools);
-    tokio::runtime::Runtime::new()?.block_on(serve(config.socket, pools))
+    let daemon = Daemon {
+        pools: Arc::new(pools),
+        imports: Arc::new(Imports::new(&config.staging_dir)),
+    };
+    tokio::runtime::Runtime::new()?.block_on(serve(config.socket, daemon))
 }
 
-async fn serve(socket: PathBuf, pools: Pools) -> anyhow::Result<()> {
+async fn serve(socket: PathBuf, daemon: Daemon) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -78,7 +105,11 @@ async fn serve(socket: PathBuf, pools: Pools) -> anyhow::Result<()> {
     }
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("listening on {}", socket.display()))?;
-    tracing::info!("serving {} pools on {}", pools.len(), socket.display());
+    tracing::info!(
+        "serving {} pools on {}",
+        daemon.pools.len(),
+        socket.display()
+    );
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -87,7 +118,7 @@ async fn serve(socket: PathBuf, pools: Pools) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    axum::serve(listener, router(pools))
+    axum::serve(listener, router(daemon))
         .with_graceful_shutdown(shutdown)
         .await?;
     let _ = std::fs::remove_file(&socket);

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use triad_api::storage::{Heartbeat, PoolUsage, Volume, VolumeRequest};
+use triad_api::storage::{Heartbeat, Image, PoolUsage, Snapshot, Volume, VolumeRequest};
+
+use crate::images::{ImageRecord, ImageWriter};
 
 use crate::local::LocalPool;
 use crate::{check_name, Pool, Result, StorageError};
@@ -115,6 +117,42 @@ impl Pool for SmpPool {
         self.volumes.grow(id, size_bytes)
     }
 
+    fn images(&self) -> Result<Vec<Image>> {
+        self.volumes.images()
+    }
+
+    fn image_record(&self, id: &str) -> Result<Option<ImageRecord>> {
+        self.volumes.image_record(id)
+    }
+
+    fn image(&self, id: &str) -> Result<Image> {
+        self.volumes.image(id)
+    }
+
+    fn delete_image(&self, id: &str) -> Result<()> {
+        self.volumes.delete_image(id)
+    }
+
+    fn image_writer(&self, id: &str, size: u64) -> Result<Box<dyn ImageWriter>> {
+        self.volumes.image_writer(id, size)
+    }
+
+    fn snapshot(&self, id: &str, name: &str) -> Result<Snapshot> {
+        self.volumes.snapshot(id, name)
+    }
+
+    fn snapshots(&self, id: &str) -> Result<Vec<Snapshot>> {
+        self.volumes.snapshots(id)
+    }
+
+    fn rollback(&self, id: &str, name: &str) -> Result<()> {
+        self.volumes.rollback(id, name)
+    }
+
+    fn delete_snapshot(&self, id: &str, name: &str) -> Result<()> {
+        self.volumes.delete_snapshot(id, name)
+    }
+
     fn usage(&self) -> Result<PoolUsage> {
         self.volumes.usage()
     }
@@ -171,6 +209,7 @@ mod tests {
                 name: "v1".into(),
                 size_bytes: 1 << 20,
                 source: triad_api::storage::VolumeSource::Blank,
+                qos: None,
             })
             .unwrap();
         assert_eq!(b.get("v1").unwrap(), v);

@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -155,6 +156,25 @@ pub fn open_image(path: &Path, read_only: bool, cache: CacheMode) -> io::Result<
                 ),
                 _ => e,
             })?;
+        // One writer, or any number of readers, per image across processes (and across nodes
+        // on NFS, where flock is a POSIX lock): a second VMM on a disk is refused, and
+        // storaged will not roll a disk back or delete it under a running VM.
+        let mode = if read_only {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "the image is in use: another process holds its lock",
+                ),
+                _ => e,
+            });
+        }
         Ok(file)
     }
 }

@@ -1,0 +1,571 @@
+//! `ceph` pools: RBD images in a RADOS pool, through librbd (`triad-ceph`).
+//!
+//! A volume is image `volume-ID`, an image `image-ID` with a protected snapshot `base` that VM
+//! root volumes are copy-on-write clones of. Each carries its record as image metadata
+//! (`triad.record`). Every node's storaged shares the pool, so a new image is made under a
+//! name of this node's own (`partial.NODE.…`), given its record, and only then renamed into
+//! place: what a crash leaves is this node's to remove, which it does when it connects.
+//! Snapshots are RBD snapshots, protected so that volumes can be made from them; those
+//! volumes are flattened, so they never depend on the snapshot.
+
+use std::sync::{Arc, Mutex};
+
+use triad_api::storage::{
+    BlocklistRequest, Image, PoolUsage, Snapshot, Volume, VolumeClients, VolumeRequest,
+    VolumeSource, Watcher,
+};
+use triad_api::vmm::CephClient;
+use triad_ceph::Cluster;
+
+use crate::images::{ImageRecord, ImageWriter};
+use crate::{check_name, check_not_smaller, check_size, Pool, Record, Result, StorageError};
+
+const VOLUME: &str = "volume-";
+const IMAGE: &str = "image-";
+/// The snapshot of an image that volumes are cloned from.
+const BASE: &str = "base";
+const RECORD_KEY: &str = "triad.record";
+/// Snapshots Triad takes for itself (copying a volume) start with a dot, which the names
+/// users give cannot.
+const COPY_SNAPSHOT: &str = ".copy.";
+
+/// How long storaged waits for the cluster before an operation fails (librados' defaults
+/// wait minutes, and a request would hang as long).
+const CLIENT_OPTIONS: &[(&str, &str)] = &[
+    ("client_mount_timeout", "15"),
+    ("rados_mon_op_timeout", "15"),
+    ("rados_osd_op_timeout", "60"),
+];
+
+#[derive(Debug)]
+pub struct CephPool {
+    name: String,
+    rbd_pool: String,
+    client: CephClient,
+    node: String,
+    /// Connected on first use, so that storaged starts (and serves its other pools) while
+    /// the cluster is down.
+    io: Mutex<Option<Arc<triad_ceph::Pool>>>,
+    changes: Mutex<()>,
+}
+
+type Io = Arc<triad_ceph::Pool>;
+
+fn is(e: &triad_ceph::Error, errno: i32) -> bool {
+    e.errno == errno
+}
+
+/// Ignores one errno: the state it reports is the one wanted.
+fn unless(result: triad_ceph::Result<()>, errno: i32) -> Result<()> {
+    match result {
+        Err(e) if !is(&e, errno) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+impl CephPool {
+    /// The pool `name`, on RADOS pool `rbd_pool` of the cluster `client` names; `node` is
+    /// this node's name, which its half-made images carry.
+    pub fn open(name: &str, rbd_pool: &str, client: CephClient, node: &str) -> Result<Self> {
+        check_name("pool name", name)?;
+        check_name("node name", node)?;
+        let pool = Self {
+            name: name.to_owned(),
+            rbd_pool: rbd_pool.to_owned(),
+            client,
+            node: node.to_owned(),
+            io: Mutex::new(None),
+            changes: Mutex::new(()),
+        };
+        if let Err(e) = pool.io() {
+            tracing::warn!("pool {name}: {e}; will connect when first used");
+        }
+        Ok(pool)
+    }
+
+    fn io(&self) -> Result<Io> {
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(io) = &*io {
+            return Ok(io.clone());
+        }
+        let cluster = Cluster::connect(&self.client.conf, &self.client.client, CLIENT_OPTIONS)?;
+        let pool = cluster.pool(&self.rbd_pool)?;
+        self.clean_up(&pool)?;
+        *io = Some(pool.clone());
+        Ok(pool)
+    }
+
+    fn partial_prefix(&self) -> String {
+        format!("partial.{}.", self.node)
+    }
+
+    /// Removes what this node left half-made.
+    fn clean_up(&self, io: &Io) -> Result<()> {
+        let prefix = self.partial_prefix();
+        for name in io.images()? {
+            if name.starts_with(&prefix) {
+                tracing::warn!("pool {}: removing half-made image {name}", self.name);
+                purge(io, &name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The record kept on image `name`; `None` when the image is not there.
+    fn read<T: serde::de::DeserializeOwned>(&self, io: &Io, name: &str) -> Result<Option<T>> {
+        let image = match io.open_read_only(name, None) {
+            Ok(image) => image,
+            Err(e) if is(&e, libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(json) = image.metadata(RECORD_KEY)? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| StorageError::Io {
+                context: format!("reading the record of {}/{name}", self.rbd_pool),
+                source: e.into(),
+            })
+    }
+
+    fn records(&self, io: &Io) -> Result<Vec<Record>> {
+        let mut records = Vec::new();
+        for name in io.images()? {
+            if name.starts_with(VOLUME) {
+                // One deleted meanwhile is simply not listed.
+                if let Some(record) = self.read::<Record>(io, &name)? {
+                    records.push(record);
+                }
+            }
+        }
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(records)
+    }
+
+    fn existing(&self, io: &Io, id: &str) -> Result<Record> {
+        check_name("volume id", id)?;
+        self.read(io, &format!("{VOLUME}{id}"))?
+            .ok_or_else(|| StorageError::NotFound(id.to_owned()))
+    }
+
+    fn volume(&self, io: &Io, record: &Record) -> Result<Volume> {
+        let name = format!("{VOLUME}{}", record.id);
+        let image = io.open_read_only(&name, None)?;
+        Ok(Volume {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            pool: self.name.clone(),
+            size_bytes: image.size()?,
+            allocated_bytes: image.allocated_bytes()?,
+            path: format!("rbd:{}/{name}", self.rbd_pool).into(),
+            ceph: Some(self.client.clone()),
+            qos: record.qos,
+        })
+    }
+
+    /// Opens a volume to change it; `InUse` while a VMM holds it.
+    fn open_unused(&self, io: &Io, id: &str) -> Result<triad_ceph::Image> {
+        let image = io.open(&format!("{VOLUME}{id}"))?;
+        if !image.watchers()?.iter().all(|w| is_self(io, w)) {
+            return Err(StorageError::InUse(id.to_owned()));
+        }
+        Ok(image)
+    }
+
+    /// Makes image `tmp` with the data `req` asks for.
+    fn make_data(&self, io: &Io, req: &VolumeRequest, tmp: &str) -> Result<()> {
+        match &req.source {
+            VolumeSource::Blank => io.create_image(tmp, req.size_bytes)?,
+            VolumeSource::Image { id } => {
+                let record: ImageRecord = self
+                    .read(io, &format!("{IMAGE}{id}"))?
+                    .ok_or_else(|| StorageError::ImageNotFound(id.clone()))?;
+                check_not_smaller(&req.id, req.size_bytes, record.size_bytes)?;
+                io.clone_image(&format!("{IMAGE}{id}"), BASE, tmp)?;
+            }
+            VolumeSource::Volume { id } => {
+                let source = self.existing(io, id)?;
+                check_not_smaller(&req.id, req.size_bytes, source.size_bytes)?;
+                let parent = io.open(&format!("{VOLUME}{id}"))?;
+                let snap = format!("{COPY_SNAPSHOT}{}", req.id);
+                unless(parent.create_snapshot(&snap), libc::EEXIST)?;
+                unless(parent.protect(&snap), libc::EBUSY)?;
+                let copied = self.clone_flat(io, &format!("{VOLUME}{id}"), &snap, tmp);
+                let released = unless(parent.unprotect(&snap), libc::EINVAL)
+                    .and_then(|()| unless(parent.remove_snapshot(&snap), libc::ENOENT));
+                copied.and(released)?;
+            }
+            VolumeSource::Snapshot { volume, snapshot } => {
+                let source = self.existing(io, volume)?;
+                let parent = io.open_read_only(&format!("{VOLUME}{volume}"), None)?;
+                let snap = parent
+                    .snapshots()?
+                    .into_iter()
+                    .find(|s| &s.name == snapshot)
+                    .ok_or_else(|| StorageError::SnapshotNotFound {
+                        volume: volume.clone(),
+                        snapshot: snapshot.clone(),
+                    })?;
+                check_not_smaller(&req.id, req.size_bytes, snap.size.min(source.size_bytes))?;
+                self.clone_flat(io, &format!("{VOLUME}{volume}"), snapshot, tmp)?;
+            }
+        }
+        let image = io.open(tmp)?;
+        if image.size()? < req.size_bytes {
+            image.resize(req.size_bytes)?;
+        }
+        let record = Record::wanted(req)?;
+        image.set_metadata(RECORD_KEY, &to_json(&record))?;
+        Ok(())
+    }
+
+    /// Clones `parent@snap` to `child` and copies the parent's data in, so that the child
+    /// depends on nothing.
+    fn clone_flat(&self, io: &Io, parent: &str, snap: &str, child: &str) -> Result<()> {
+        io.clone_image(parent, snap, child)?;
+        io.open(child)?.flatten()?;
+        Ok(())
+    }
+}
+
+/// Removes image `name` with its snapshots; one that is not there is not an error.
+fn purge(io: &Io, name: &str) -> Result<()> {
+    let image = match io.open(name) {
+        Err(e) if is(&e, libc::ENOENT) => return Ok(()),
+        other => other?,
+    };
+    for snap in image.snapshots()? {
+        unless(image.unprotect(&snap.name), libc::EINVAL)?;
+        unless(image.remove_snapshot(&snap.name), libc::ENOENT)?;
+    }
+    drop(image);
+    unless(io.remove_image(name), libc::ENOENT)
+}
+
+/// Whether watcher `w` is this process's own connection (the image storaged just opened).
+fn is_self(io: &Io, w: &triad_ceph::Watcher) -> bool {
+    i64::try_from(io.cluster().instance_id()).is_ok_and(|id| id == w.id)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+impl Pool for CephPool {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn create(&self, req: &VolumeRequest) -> Result<Volume> {
+        let wanted = Record::wanted(req)?;
+        let _changes = self.lock();
+        let io = self.io()?;
+        if let Some(existing) = wanted.existing(&self.records(&io)?)? {
+            return self.volume(&io, existing);
+        }
+        let tmp = format!("{}{VOLUME}{}", self.partial_prefix(), req.id);
+        purge(&io, &tmp)?;
+        let made = self
+            .make_data(&io, req, &tmp)
+            .and_then(|()| Ok(io.rename_image(&tmp, &format!("{VOLUME}{}", req.id))?));
+        if let Err(e) = made {
+            if let Err(left) = purge(&io, &tmp) {
+                tracing::warn!("pool {}: {left}", self.name);
+            }
+            return Err(e);
+        }
+        self.volume(&io, &wanted)
+    }
+
+    fn get(&self, id: &str) -> Result<Volume> {
+        let io = self.io()?;
+        let record = self.existing(&io, id)?;
+        self.volume(&io, &record)
+    }
+
+    fn list(&self) -> Result<Vec<Volume>> {
+        let io = self.io()?;
+        self.records(&io)?
+            .iter()
+            .map(|r| self.volume(&io, r))
+            .collect()
+    }
+
+    fn delete(&self, id: &str) -> Result<()> {
+        check_name("volume id", id)?;
+        let _changes = self.lock();
+        let io = self.io()?;
+        match self.open_unused(&io, id) {
+            Err(StorageError::Ceph(e)) if is(&e, libc::ENOENT) => return Ok(()),
+            other => drop(other?),
+        }
+        match purge(&io, &format!("{VOLUME}{id}")) {
+            Err(StorageError::Ceph(e)) if is(&e, libc::EBUSY) => {
+                Err(StorageError::InUse(id.to_owned()))
+            }
+            other => other,
+        }
+    }
+
+    fn grow(&self, id: &str, size_bytes: u64) -> Result<Volume> {
+        let _changes = self.lock();
+        let io = self.io()?;
+        let mut record = self.existing(&io, id)?;
+        check_not_smaller(id, size_bytes, record.size_bytes)?;
+        check_size(size_bytes)?;
+        let image = self.open_unused(&io, id)?;
+        image.resize(size_bytes)?;
+        record.size_bytes = size_bytes;
+        image.set_metadata(RECORD_KEY, &to_json(&record))?;
+        drop(image);
+        self.volume(&io, &record)
+    }
+
+    fn usage(&self) -> Result<PoolUsage> {
+        let io = self.io()?;
+        let volumes = self.list()?;
+        let images = self.images()?;
+        let (total, _, free) = io.cluster().capacity()?;
+        Ok(PoolUsage {
+            provisioned_bytes: volumes.iter().map(|v| v.size_bytes).sum(),
+            allocated_bytes: volumes.iter().map(|v| v.allocated_bytes).sum::<u64>()
+                + images.iter().map(|i| i.allocated_bytes).sum::<u64>(),
+            total_bytes: total,
+            free_bytes: free,
+            warning: crate::use_warning(&self.name, total, free),
+        })
+    }
+
+    fn images(&self) -> Result<Vec<Image>> {
+        let io = self.io()?;
+        let mut images = Vec::new();
+        for name in io.images()? {
+            if let Some(id) = name.strip_prefix(IMAGE) {
+                match self.image(id) {
+                    Ok(image) => images.push(image),
+                    Err(StorageError::ImageNotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        images.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(images)
+    }
+
+    fn image_record(&self, id: &str) -> Result<Option<ImageRecord>> {
+        check_name("image id", id)?;
+        self.read(&self.io()?, &format!("{IMAGE}{id}"))
+    }
+
+    fn image(&self, id: &str) -> Result<Image> {
+        let record = self
+            .image_record(id)?
+            .ok_or_else(|| StorageError::ImageNotFound(id.to_owned()))?;
+        let image = self.io()?.open_read_only(&format!("{IMAGE}{id}"), None)?;
+        Ok(record.image(&self.name, image.allocated_bytes()?))
+    }
+
+    fn delete_image(&self, id: &str) -> Result<()> {
+        check_name("image id", id)?;
+        let _changes = self.lock();
+        let io = self.io()?;
+        let name = format!("{IMAGE}{id}");
+        let image = match io.open(&name) {
+            Err(e) if is(&e, libc::ENOENT) => return Ok(()),
+            other => other?,
+        };
+        match image.unprotect(BASE) {
+            Err(e) if is(&e, libc::EBUSY) => {
+                return Err(StorageError::Busy(format!(
+                    "image {id} has volumes cloned from it; delete them first"
+                )))
+            }
+            other => unless(other, libc::EINVAL)?,
+        }
+        unless(image.remove_snapshot(BASE), libc::ENOENT)?;
+        drop(image);
+        unless(io.remove_image(&name), libc::ENOENT)
+    }
+
+    fn image_writer(&self, id: &str, size: u64) -> Result<Box<dyn ImageWriter>> {
+        check_name("image id", id)?;
+        let io = self.io()?;
+        let tmp = format!("{}{IMAGE}{id}", self.partial_prefix());
+        purge(&io, &tmp)?;
+        io.create_image(&tmp, size)?;
+        let image = io.open(&tmp)?;
+        Ok(Box::new(CephImageWriter {
+            pool: self.name.clone(),
+            io,
+            image: Some(image),
+            tmp,
+            name: format!("{IMAGE}{id}"),
+            committed: false,
+        }))
+    }
+
+    fn snapshot(&self, id: &str, name: &str) -> Result<Snapshot> {
+        check_name("snapshot name", name)?;
+        let _changes = self.lock();
+        let io = self.io()?;
+        let record = self.existing(&io, id)?;
+        let image = io.open(&format!("{VOLUME}{id}"))?;
+        if let Some(snap) = image.snapshots()?.into_iter().find(|s| s.name == name) {
+            return Ok(Snapshot {
+                name: snap.name,
+                size_bytes: snap.size,
+            });
+        }
+        match image.create_snapshot(name) {
+            Err(e) if is(&e, libc::EROFS) => return Err(StorageError::InUse(id.to_owned())),
+            other => other?,
+        }
+        image.protect(name)?;
+        Ok(Snapshot {
+            name: name.to_owned(),
+            size_bytes: record.size_bytes,
+        })
+    }
+
+    fn snapshots(&self, id: &str) -> Result<Vec<Snapshot>> {
+        let io = self.io()?;
+        self.existing(&io, id)?;
+        let image = io.open_read_only(&format!("{VOLUME}{id}"), None)?;
+        let mut snaps: Vec<_> = image
+            .snapshots()?
+            .into_iter()
+            .filter(|s| !s.name.starts_with(COPY_SNAPSHOT))
+            .map(|s| Snapshot {
+                name: s.name,
+                size_bytes: s.size,
+            })
+            .collect();
+        snaps.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(snaps)
+    }
+
+    fn rollback(&self, id: &str, name: &str) -> Result<()> {
+        check_name("snapshot name", name)?;
+        let _changes = self.lock();
+        let io = self.io()?;
+        let mut record = self.existing(&io, id)?;
+        let image = self.open_unused(&io, id)?;
+        let snap = image
+            .snapshots()?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| StorageError::SnapshotNotFound {
+                volume: id.to_owned(),
+                snapshot: name.to_owned(),
+            })?;
+        match image.lock_exclusive() {
+            Err(e) if is(&e, libc::EBUSY) => return Err(StorageError::InUse(id.to_owned())),
+            other => other?,
+        }
+        image.rollback(name)?;
+        if record.size_bytes != snap.size {
+            record.size_bytes = snap.size;
+            image.set_metadata(RECORD_KEY, &to_json(&record))?;
+        }
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, id: &str, name: &str) -> Result<()> {
+        check_name("snapshot name", name)?;
+        let _changes = self.lock();
+        let io = self.io()?;
+        self.existing(&io, id)?;
+        let image = io.open(&format!("{VOLUME}{id}"))?;
+        unless(image.unprotect(name), libc::EINVAL).or_else(|e| match e {
+            StorageError::Ceph(c) if is(&c, libc::ENOENT) => Ok(()),
+            e => Err(e),
+        })?;
+        unless(image.remove_snapshot(name), libc::ENOENT)
+    }
+
+    fn clients(&self, id: &str) -> Result<VolumeClients> {
+        let io = self.io()?;
+        self.existing(&io, id)?;
+        let image = io.open_read_only(&format!("{VOLUME}{id}"), None)?;
+        Ok(VolumeClients {
+            watchers: image
+                .watchers()?
+                .into_iter()
+                .filter(|w| !is_self(&io, w))
+                .map(|w| Watcher {
+                    addr: w.addr,
+                    id: w.id,
+                })
+                .collect(),
+            lock_owners: image.lock_owners()?,
+        })
+    }
+
+    fn blocklist(&self, req: &BlocklistRequest) -> Result<()> {
+        let addr = req.addr.trim();
+        if addr.is_empty() || addr.contains(char::is_whitespace) {
+            return Err(StorageError::Invalid {
+                what: "addr",
+                value: req.addr.clone(),
+                why: "must be a client address such as 10.0.0.5:0/123456",
+            });
+        }
+        let io = self.io()?;
+        io.cluster()
+            .blocklist_add(addr, req.expire_seconds.unwrap_or(3600))?;
+        tracing::warn!("pool {}: blocklisted Ceph client {addr}", self.name);
+        Ok(())
+    }
+}
+
+/// An image being imported into a Ceph pool: written under this node's partial name, then
+/// snapshotted, recorded and renamed into place on commit.
+struct CephImageWriter {
+    pool: String,
+    io: Io,
+    image: Option<triad_ceph::Image>,
+    tmp: String,
+    name: String,
+    committed: bool,
+}
+
+impl ImageWriter for CephImageWriter {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        match &self.image {
+            Some(image) => Ok(image.write_at(offset, data)?),
+            None => Err(StorageError::Import("the image is closed".into())),
+        }
+    }
+
+    fn commit(mut self: Box<Self>, record: &ImageRecord) -> Result<Image> {
+        let image = self
+            .image
+            .take()
+            .ok_or_else(|| StorageError::Import("the image is closed".into()))?;
+        image.flush()?;
+        image.set_metadata(RECORD_KEY, &to_json(record))?;
+        image.create_snapshot(BASE)?;
+        image.protect(BASE)?;
+        let allocated = image.allocated_bytes()?;
+        drop(image);
+        self.io.rename_image(&self.tmp, &self.name)?;
+        self.committed = true;
+        Ok(record.image(&self.pool, allocated))
+    }
+}
+
+impl Drop for CephImageWriter {
+    fn drop(&mut self) {
+        self.image = None;
+        if !self.committed {
+            if let Err(e) = purge(&self.io, &self.tmp) {
+                tracing::warn!("removing the unfinished image {}: {e}", self.tmp);
+            }
+        }
+    }
+}
