@@ -168,7 +168,11 @@ pub enum PoolKind {
 pub struct PoolInfo {
     pub name: String,
     pub kind: PoolKind,
-    pub usage: PoolUsage,
+    /// Absent when the pool cannot be reached (`error` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<PoolUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One pool in `triad-storaged`'s config file.

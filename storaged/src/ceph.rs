@@ -45,11 +45,22 @@ pub struct CephPool {
     node: String,
     /// Connected on first use, so that storaged starts (and serves its other pools) while
     /// the cluster is down.
-    io: Mutex<Option<Arc<triad_ceph::Pool>>>,
+    io: Mutex<Connection>,
     changes: Mutex<()>,
 }
 
 type Io = Arc<triad_ceph::Pool>;
+
+#[derive(Debug)]
+enum Connection {
+    None,
+    Up(Io),
+    /// When connecting last failed, and why: calls until `RECONNECT_AFTER` fail at once
+    /// rather than each waiting out the connect timeout.
+    Failed(std::time::Instant, triad_ceph::Error),
+}
+
+const RECONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn is(e: &triad_ceph::Error, errno: i32) -> bool {
     e.errno == errno
@@ -65,34 +76,42 @@ fn unless(result: triad_ceph::Result<()>, errno: i32) -> Result<()> {
 
 impl CephPool {
     /// The pool `name`, on RADOS pool `rbd_pool` of the cluster `client` names; `node` is
-    /// this node's name, which its half-made images carry.
+    /// this node's name, which its half-made images carry. It connects when first used.
     pub fn open(name: &str, rbd_pool: &str, client: CephClient, node: &str) -> Result<Self> {
         check_name("pool name", name)?;
         check_name("node name", node)?;
-        let pool = Self {
+        Ok(Self {
             name: name.to_owned(),
             rbd_pool: rbd_pool.to_owned(),
             client,
             node: node.to_owned(),
-            io: Mutex::new(None),
+            io: Mutex::new(Connection::None),
             changes: Mutex::new(()),
-        };
-        if let Err(e) = pool.io() {
-            tracing::warn!("pool {name}: {e}; will connect when first used");
-        }
-        Ok(pool)
+        })
     }
 
     fn io(&self) -> Result<Io> {
         let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(io) = &*io {
-            return Ok(io.clone());
+        match &*io {
+            Connection::Up(pool) => return Ok(pool.clone()),
+            Connection::Failed(at, e) if at.elapsed() < RECONNECT_AFTER => {
+                return Err(e.clone().into())
+            }
+            _ => {}
         }
-        let cluster = Cluster::connect(&self.client.conf, &self.client.client, CLIENT_OPTIONS)?;
-        let pool = cluster.pool(&self.rbd_pool)?;
-        self.clean_up(&pool)?;
-        *io = Some(pool.clone());
-        Ok(pool)
+        let connected = Cluster::connect(&self.client.conf, &self.client.client, CLIENT_OPTIONS)
+            .and_then(|cluster| cluster.pool(&self.rbd_pool));
+        match connected {
+            Ok(pool) => {
+                self.clean_up(&pool)?;
+                *io = Connection::Up(pool.clone());
+                Ok(pool)
+            }
+            Err(e) => {
+                *io = Connection::Failed(std::time::Instant::now(), e.clone());
+                Err(e.into())
+            }
+        }
     }
 
     fn partial_prefix(&self) -> String {
@@ -491,7 +510,8 @@ impl Pool for CephPool {
     fn clients(&self, id: &str) -> Result<VolumeClients> {
         let io = self.io()?;
         self.existing(&io, id)?;
-        let image = io.open_read_only(&format!("{VOLUME}{id}"), None)?;
+        // Read-only handles cannot ask for the lock's owners; opening does not take the lock.
+        let image = io.open(&format!("{VOLUME}{id}"))?;
         Ok(VolumeClients {
             watchers: image
                 .watchers()?

@@ -175,7 +175,8 @@ fn download(url: &str, to: &Path, progress: &Progress) -> Result<String> {
             "GET {url}: the server answered {code} {}",
             r.status_text()
         )),
-        ureq::Error::Transport(t) => StorageError::Import(format!("GET {url}: {t}")),
+        // Its message names the URL.
+        ureq::Error::Transport(t) => StorageError::Import(format!("GET {t}")),
     })?;
     if let Some(len) = response
         .header("Content-Length")
@@ -405,6 +406,13 @@ struct Job {
 }
 
 impl Job {
+    fn failed(&self) -> bool {
+        self.error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     fn image(&self, pool: &str) -> Image {
         let error = self.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let total = self.progress.total.load(Ordering::Relaxed);
@@ -461,20 +469,16 @@ impl Imports {
         let key = (pool.name().to_owned(), req.id.clone());
         let mut jobs = self.jobs();
         if let Some(job) = jobs.get(&key) {
-            if job.request != req {
-                return Err(StorageError::Conflict {
-                    id: req.id,
-                    what: "request (an import with this id is under way)",
-                });
-            }
-            let failed = job
-                .error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some();
-            if !failed {
+            if !job.failed() {
+                if job.request != req {
+                    return Err(StorageError::Conflict {
+                        id: req.id,
+                        what: "request (an import with this id is under way)",
+                    });
+                }
                 return Ok(job.image(pool.name()));
             }
+            // A failed import is retried with whatever the request says now.
         }
         if let Some(record) = pool.image_record(&req.id)? {
             if !record.same_request(&req) {
@@ -487,6 +491,7 @@ impl Imports {
         }
         if let Some(other) = pool.images()?.into_iter().find(|i| i.name == req.name) {
             return Err(StorageError::NameTaken {
+                what: "image",
                 name: req.name,
                 by: other.id,
             });
@@ -549,12 +554,7 @@ impl Imports {
         let key = (pool.name().to_owned(), id.to_owned());
         let mut jobs = self.jobs();
         if let Some(job) = jobs.get(&key) {
-            if job
-                .error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_none()
-            {
+            if !job.failed() {
                 return Err(StorageError::Busy(format!(
                     "image {id} is being imported; delete it once the import is done"
                 )));

@@ -25,8 +25,12 @@ pub enum StorageError {
     NotFound(String),
     #[error("volume {id} exists already with another {what}")]
     Conflict { id: String, what: &'static str },
-    #[error("volume name {name} is taken by volume {by}")]
-    NameTaken { name: String, by: String },
+    #[error("{what} name {name} is taken by {what} {by}")]
+    NameTaken {
+        what: &'static str,
+        name: String,
+        by: String,
+    },
     #[error("volume {id}: {size} bytes is smaller than its {current}; volumes only grow")]
     Shrink { id: String, size: u64, current: u64 },
     #[error("{what} {value:?}: {why}")]
@@ -176,6 +180,7 @@ impl Record {
         }
         if let Some(other) = records.iter().find(|r| r.name == self.name) {
             return Err(StorageError::NameTaken {
+                what: "volume",
                 name: self.name.clone(),
                 by: other.id.clone(),
             });

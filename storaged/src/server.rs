@@ -155,16 +155,23 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
 async fn list_pools(State(daemon): State<Daemon>) -> Result<Json<Vec<PoolInfo>>, ApiError> {
     let pools = daemon.pools.clone();
     let infos = blocking(move || {
-        pools
+        let infos = pools
             .iter()
             .map(|(name, (kind, pool))| {
-                Ok(PoolInfo {
+                // One pool out of reach (a Ceph cluster down) does not hide the others.
+                let (usage, error) = match pool.usage() {
+                    Ok(usage) => (Some(usage), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                PoolInfo {
                     name: name.clone(),
                     kind: *kind,
-                    usage: pool.usage()?,
-                })
+                    usage,
+                    error,
+                }
             })
-            .collect()
+            .collect::<Vec<_>>();
+        Ok(infos)
     })
     .await?;
     Ok(Json(infos))

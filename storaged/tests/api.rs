@@ -1,92 +1,28 @@
 //! `triad-storaged` as a process: its HTTP API on a Unix socket, a local pool on disk, and a
 //! restart that finds the volumes again.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+mod common;
 
-use triad_api::http::{request, Response};
+use std::time::Duration;
+
+use common::{ok, Daemon, TempDir};
 use triad_api::storage::{Heartbeat, PoolInfo, Volume};
-use triad_api::ErrorBody;
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Self {
-        let socket = dir.join("storaged.sock");
-        let config = dir.join("storaged.json");
-        let json = serde_json::json!({
-            "socket": socket,
-            "node": "node-1",
-            "heartbeat_ms": 20,
-            "pools": [
-                {"name": "local", "kind": "local", "path": dir.join("pool")},
-                {"name": "shared", "kind": "smp", "path": dir.join("shared")},
-            ],
-        });
-        std::fs::write(&config, json.to_string()).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_triad-storaged"))
-            .arg("--config")
-            .arg(&config)
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while request(&socket, "GET", "/pools", None, Duration::from_secs(1)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "storaged did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, socket }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Response {
-        let body = body.map(|b| b.to_string());
-        request(
-            &self.socket,
-            method,
-            path,
-            body.as_deref(),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-    }
-
-    /// The error message of a failed call, checking its status.
-    fn error(&self, status: u16, method: &str, path: &str, body: serde_json::Value) -> String {
-        let resp = self.call(method, path, Some(body));
-        assert_eq!(resp.status, status, "{}", resp.body);
-        serde_json::from_str::<ErrorBody>(&resp.body).unwrap().error
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ok<T: serde::de::DeserializeOwned>(resp: Response) -> T {
-    assert!(
-        (200..300).contains(&resp.status),
-        "{}: {}",
-        resp.status,
-        resp.body
-    );
-    serde_json::from_str(&resp.body).unwrap()
+fn start(dir: &std::path::Path) -> Daemon {
+    Daemon::start(
+        dir,
+        serde_json::json!([
+            {"name": "local", "kind": "local", "path": dir.join("pool")},
+            {"name": "shared", "kind": "smp", "path": dir.join("shared")},
+        ]),
+    )
 }
 
 #[test]
 fn volumes_are_made_and_kept_through_a_restart() {
-    let dir = std::env::temp_dir().join(format!("triad-storaged-api-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let daemon = Daemon::start(&dir);
+    let tmp = TempDir::new("api");
+    let dir = &tmp.0;
+    let daemon = start(dir);
     let create = serde_json::json!({"id": "v-1", "name": "root", "size_bytes": 1u64 << 30});
     let v: Volume = ok(daemon.call("POST", "/pools/local/volumes", Some(create.clone())));
     assert_eq!((v.size_bytes, v.pool.as_str()), (1 << 30, "local"));
@@ -138,12 +74,15 @@ fn volumes_are_made_and_kept_through_a_restart() {
 
     // Killed, not stopped: a new daemon finds the volumes as they were.
     drop(daemon);
-    let daemon = Daemon::start(&dir);
+    let daemon = start(dir);
     let volumes: Vec<Volume> = ok(daemon.call("GET", "/pools/local/volumes", None));
     assert_eq!(volumes, vec![v.clone(), grown]);
     let pools: Vec<PoolInfo> = ok(daemon.call("GET", "/pools", None));
     assert_eq!(pools.len(), 2);
-    assert_eq!(pools[0].usage.provisioned_bytes, (1 << 30) + (4 << 30));
+    assert_eq!(
+        pools[0].usage.as_ref().unwrap().provisioned_bytes,
+        (1 << 30) + (4 << 30)
+    );
     assert_eq!(
         daemon
             .call("DELETE", "/pools/local/volumes/v-1", None)
@@ -175,6 +114,4 @@ fn volumes_are_made_and_kept_through_a_restart() {
         "{}",
         resp.body
     );
-    drop(daemon);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,0 +1,102 @@
+//! A `triad-storaged` process for tests, and calls to its API.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use triad_api::http::{request, Response};
+use triad_api::ErrorBody;
+
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts storaged with `pools`, as node `node-1`, everything else under `dir`.
+    pub fn start(dir: &Path, pools: serde_json::Value) -> Self {
+        let socket = dir.join("storaged.sock");
+        let config = dir.join("storaged.json");
+        let json = serde_json::json!({
+            "socket": socket,
+            "node": "node-1",
+            "heartbeat_ms": 20,
+            "staging_dir": dir.join("staging"),
+            "pools": pools,
+        });
+        std::fs::write(&config, json.to_string()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_triad-storaged"))
+            .arg("--config")
+            .arg(&config)
+            .spawn()
+            .unwrap();
+        // Killed on drop, also when it does not come up.
+        let daemon = Self { child, socket };
+        let start = Instant::now();
+        while !daemon.socket.exists()
+            || std::os::unix::net::UnixStream::connect(&daemon.socket).is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "storaged did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Response {
+        let body = body.map(|b| b.to_string());
+        request(
+            &self.socket,
+            method,
+            path,
+            body.as_deref(),
+            Duration::from_secs(120),
+        )
+        .unwrap()
+    }
+
+    /// The error message of a failed call, checking its status.
+    pub fn error(&self, status: u16, method: &str, path: &str, body: serde_json::Value) -> String {
+        let resp = self.call(method, path, Some(body));
+        assert_eq!(resp.status, status, "{}", resp.body);
+        serde_json::from_str::<ErrorBody>(&resp.body).unwrap().error
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn ok<T: serde::de::DeserializeOwned>(resp: Response) -> T {
+    assert!(
+        (200..300).contains(&resp.status),
+        "{}: {}",
+        resp.status,
+        resp.body
+    );
+    serde_json::from_str(&resp.body).unwrap()
+}
+
+/// A directory of its own for a test, removed when it ends.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(test: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("triad-storaged-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

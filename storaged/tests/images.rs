@@ -1,0 +1,457 @@
+//! Images and snapshots on a local pool, through a `triad-storaged` process: imports from a
+//! file and from an HTTP server (python's, started by the test), raw and qcow2 (made by
+//! `qemu-img`), checksums, and what bad sources leave behind (nothing).
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{ok, Daemon, TempDir};
+use triad_api::storage::{Image, ImageFormat, ImageState, Snapshot, Volume};
+
+const MIB: u64 = 1 << 20;
+
+fn start(dir: &Path) -> Daemon {
+    Daemon::start(
+        dir,
+        serde_json::json!([{"name": "local", "kind": "local", "path": dir.join("pool")}]),
+    )
+}
+
+/// A raw disk of 8 MiB with data at 1 MiB and 6 MiB, the rest holes.
+fn raw_disk(path: &Path) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(8 * MIB).unwrap();
+    f.write_all_at(b"boot sector", MIB).unwrap();
+    f.write_all_at(b"root fs", 6 * MIB).unwrap();
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+/// Waits for an import to end, returning the image as it ended.
+fn wait_import(daemon: &Daemon, pool: &str, id: &str) -> Image {
+    let start = Instant::now();
+    loop {
+        let image: Image = ok(daemon.call("GET", &format!("/pools/{pool}/images/{id}"), None));
+        if image.state != ImageState::Importing {
+            return image;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{image:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn import(daemon: &Daemon, id: &str, source: serde_json::Value, sha: Option<&str>) -> Image {
+    let mut req = serde_json::json!({"id": id, "name": id, "source": source});
+    if let Some(sha) = sha {
+        req["sha256"] = sha.into();
+    }
+    let resp = daemon.call("POST", "/pools/local/images", Some(req));
+    assert!([200, 202].contains(&resp.status), "{}", resp.body);
+    wait_import(daemon, "local", id)
+}
+
+/// `python3 -m http.server` serving `dir` on a free loopback port.
+struct HttpServer {
+    child: Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .arg("--directory")
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no HTTP server");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self, file: &str) -> serde_json::Value {
+        serde_json::json!({"kind": "url", "url": format!("http://127.0.0.1:{}/{file}", self.port)})
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+}
+
+fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            files.extend(files_under(&entry.path()));
+        } else {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn images_come_from_files_and_urls_raw_or_qcow2_and_root_volumes_from_them() {
+    let tmp = TempDir::new("images");
+    let dir = &tmp.0;
+    let web = dir.join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    let raw = web.join("disk.raw");
+    raw_disk(&raw);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        web.join("disk.qcow2").to_str().unwrap(),
+    ]);
+    let daemon = start(dir);
+    let server = HttpServer::start(&web);
+
+    // From a file, checked against its checksum.
+    let sum = sha256(&raw);
+    let file = serde_json::json!({"kind": "file", "path": raw});
+    let image = import(&daemon, "debian", file.clone(), Some(&sum.to_uppercase()));
+    assert_eq!(image.state, ImageState::Ready, "{image:?}");
+    assert_eq!(image.format, Some(ImageFormat::Raw));
+    assert_eq!(image.size_bytes, 8 * MIB);
+    assert_eq!(image.sha256.as_deref(), Some(sum.as_str()));
+    assert!(image.allocated_bytes <= 256 << 10, "thin: {image:?}");
+    // A retry returns it as it is; another image may not take its name.
+    let again = daemon.call(
+        "POST",
+        "/pools/local/images",
+        Some(serde_json::json!({"id": "debian", "name": "debian", "source": file, "sha256": sum.to_uppercase()})),
+    );
+    assert_eq!(again.status, 200, "{}", again.body);
+    let msg = daemon.error(
+        409,
+        "POST",
+        "/pools/local/images",
+        serde_json::json!({"id": "other", "name": "debian", "source": server.url("disk.raw")}),
+    );
+    assert_eq!(msg, "image name debian is taken by image debian");
+
+    // From a URL, qcow2, converted to raw.
+    let q = import(&daemon, "debian-q", server.url("disk.qcow2"), None);
+    assert_eq!(
+        (q.state, q.format, q.size_bytes),
+        (ImageState::Ready, Some(ImageFormat::Qcow2), 8 * MIB),
+        "{q:?}"
+    );
+
+    // Root volumes from both hold the disk's data, grown to the size asked for.
+    for (id, image) in [("root-1", "debian"), ("root-2", "debian-q")] {
+        let v: Volume = ok(daemon.call(
+            "POST",
+            "/pools/local/volumes",
+            Some(
+                serde_json::json!({"id": id, "name": id, "size_bytes": 16 * MIB,
+                "source": {"kind": "image", "id": image}}),
+            ),
+        ));
+        assert_eq!(v.size_bytes, 16 * MIB);
+        assert_eq!(read_at(&v.path, MIB, 11), b"boot sector");
+        assert_eq!(read_at(&v.path, 6 * MIB, 7), b"root fs");
+        assert!(v.allocated_bytes <= 256 << 10, "{v:?}");
+    }
+    let msg = daemon.error(
+        400,
+        "POST",
+        "/pools/local/volumes",
+        serde_json::json!({"id": "small", "name": "small", "size_bytes": MIB,
+            "source": {"kind": "image", "id": "debian"}}),
+    );
+    assert!(msg.contains("volumes only grow"), "{msg}");
+    let msg = daemon.error(
+        404,
+        "POST",
+        "/pools/local/volumes",
+        serde_json::json!({"id": "x", "name": "x", "size_bytes": MIB,
+            "source": {"kind": "image", "id": "nope"}}),
+    );
+    assert_eq!(msg, "image nope not found");
+
+    // Bad sources fail with a reason and leave nothing in the pool.
+    let before = files_under(&dir.join("pool"));
+    std::fs::write(web.join("garbage.qcow2"), b"QFI\xfb\0\0\0\x03garbage").unwrap();
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "/etc/hostname",
+        "-F",
+        "raw",
+        web.join("backed.qcow2").to_str().unwrap(),
+    ]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (id, source, sha, expect) in [
+        (
+            "bad-sum",
+            server.url("disk.raw"),
+            Some("0".repeat(64)),
+            "checksum mismatch",
+        ),
+        (
+            "missing",
+            server.url("nope.raw"),
+            None,
+            "the server answered 404",
+        ),
+        (
+            "garbage",
+            server.url("garbage.qcow2"),
+            None,
+            "a broken qcow2 image",
+        ),
+        ("backed", server.url("backed.qcow2"), None, "backing file"),
+        (
+            "refused",
+            serde_json::json!({"kind": "url", "url": format!("http://127.0.0.1:{closed}/x")}),
+            None,
+            "Connection refused",
+        ),
+        (
+            "no-file",
+            serde_json::json!({"kind": "file", "path": "/nonexistent/disk.raw"}),
+            None,
+            "opening /nonexistent/disk.raw",
+        ),
+        (
+            "dir",
+            serde_json::json!({"kind": "file", "path": "/tmp"}),
+            None,
+            "not a regular file",
+        ),
+    ] {
+        let image = import(&daemon, id, source, sha.as_deref());
+        assert_eq!(image.state, ImageState::Failed, "{id}: {image:?}");
+        let error = image.error.unwrap_or_default();
+        assert!(error.contains(expect), "{id}: {error}");
+    }
+    assert_eq!(
+        files_under(&dir.join("pool")),
+        before,
+        "a failed import left files"
+    );
+    assert_eq!(std::fs::read_dir(dir.join("staging")).unwrap().count(), 0);
+    // A failed import is retried with a corrected request.
+    let fixed = import(&daemon, "bad-sum", server.url("disk.raw"), Some(&sum));
+    assert_eq!(fixed.state, ImageState::Ready);
+    assert_eq!(
+        daemon
+            .call("DELETE", "/pools/local/images/missing", None)
+            .status,
+        204
+    );
+
+    // Images survive a restart (the failed imports do not: they were never the pool's).
+    drop(daemon);
+    let daemon = start(dir);
+    let images: Vec<Image> = ok(daemon.call("GET", "/pools/local/images", None));
+    let names: Vec<_> = images.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["bad-sum", "debian", "debian-q"]);
+    assert_eq!(
+        daemon
+            .call("DELETE", "/pools/local/images/debian", None)
+            .status,
+        204
+    );
+    assert_eq!(
+        daemon
+            .call("DELETE", "/pools/local/images/debian", None)
+            .status,
+        204
+    );
+    assert_eq!(
+        daemon
+            .call("GET", "/pools/local/images/debian", None)
+            .status,
+        404
+    );
+}
+
+/// Holds a volume's file lock as a running VMM does.
+fn hold(path: &Path) -> std::fs::File {
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: flock on a descriptor this function owns.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0);
+    f
+}
+
+#[test]
+fn snapshots_roll_back_and_a_volume_in_use_is_left_alone() {
+    let tmp = TempDir::new("snapshots");
+    let dir = &tmp.0;
+    let daemon = start(dir);
+    let v: Volume = ok(daemon.call(
+        "POST",
+        "/pools/local/volumes",
+        Some(serde_json::json!({"id": "v1", "name": "data", "size_bytes": 4 * MIB})),
+    ));
+    let write = |data: &[u8]| {
+        std::fs::File::options()
+            .write(true)
+            .open(&v.path)
+            .unwrap()
+            .write_all_at(data, MIB)
+            .unwrap()
+    };
+    write(b"monday");
+    let snap = |name: &str| {
+        daemon.call(
+            "POST",
+            "/pools/local/volumes/v1/snapshots",
+            Some(serde_json::json!({"name": name})),
+        )
+    };
+    let s: Snapshot = ok(snap("mon"));
+    assert_eq!((s.name.as_str(), s.size_bytes), ("mon", 4 * MIB));
+    let again: Snapshot = ok(snap("mon"));
+    assert_eq!(again, s, "idempotent by name");
+    write(b"friday");
+    ok::<Volume>(daemon.call(
+        "POST",
+        "/pools/local/volumes/v1/grow",
+        Some(serde_json::json!({"size_bytes": 8 * MIB})),
+    ));
+
+    // A volume made from the snapshot has Monday's data.
+    let copy: Volume = ok(daemon.call(
+        "POST",
+        "/pools/local/volumes",
+        Some(
+            serde_json::json!({"id": "v2", "name": "copy", "size_bytes": 4 * MIB,
+            "source": {"kind": "snapshot", "volume": "v1", "snapshot": "mon"}}),
+        ),
+    ));
+    assert_eq!(read_at(&copy.path, MIB, 6), b"monday");
+
+    // While a VMM holds the volume, it is not rolled back, deleted, or copied into a snapshot
+    // that would not be one (reflinks are instant and atomic, and allowed).
+    let held = hold(&v.path);
+    let msg = daemon.error(
+        409,
+        "POST",
+        "/pools/local/volumes/v1/snapshots/mon/rollback",
+        serde_json::json!({}),
+    );
+    assert_eq!(msg, "volume v1 is in use (a VMM has it open)");
+    assert_eq!(
+        daemon
+            .call("DELETE", "/pools/local/volumes/v1", None)
+            .status,
+        409
+    );
+    let live = snap("live");
+    assert!([200, 409].contains(&live.status), "{}", live.body);
+    drop(held);
+
+    assert_eq!(
+        daemon
+            .call(
+                "POST",
+                "/pools/local/volumes/v1/snapshots/mon/rollback",
+                None
+            )
+            .status,
+        204
+    );
+    assert_eq!(read_at(&v.path, MIB, 6), b"monday");
+    let rolled: Volume = ok(daemon.call("GET", "/pools/local/volumes/v1", None));
+    assert_eq!(rolled.size_bytes, 4 * MIB, "the size is the snapshot's too");
+    let msg = daemon.error(
+        404,
+        "POST",
+        "/pools/local/volumes/v1/snapshots/nope/rollback",
+        serde_json::json!({}),
+    );
+    assert_eq!(msg, "snapshot nope of volume v1 not found");
+    let msg = daemon.error(
+        400,
+        "POST",
+        "/pools/local/volumes/v1/snapshots",
+        serde_json::json!({"name": "../x"}),
+    );
+    assert!(msg.starts_with("snapshot name \"../x\""), "{msg}");
+
+    let snaps: Vec<Snapshot> = ok(daemon.call("GET", "/pools/local/volumes/v1/snapshots", None));
+    assert!(snaps.iter().any(|s| s.name == "mon"), "{snaps:?}");
+    assert_eq!(
+        daemon
+            .call("DELETE", "/pools/local/volumes/v1/snapshots/mon", None)
+            .status,
+        204
+    );
+    assert_eq!(
+        daemon
+            .call("DELETE", "/pools/local/volumes/v1/snapshots/mon", None)
+            .status,
+        204
+    );
+    assert_eq!(
+        daemon
+            .call("DELETE", "/pools/local/volumes/v1", None)
+            .status,
+        204
+    );
+    assert!(!v.path.exists());
+    assert_eq!(
+        read_at(&copy.path, MIB, 6),
+        b"monday",
+        "the copy does not depend on it"
+    );
+}
