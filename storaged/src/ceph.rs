@@ -337,7 +337,9 @@ impl Pool for CephPool {
         let mut record = self.existing(&io, id)?;
         check_not_smaller(id, size_bytes, record.size_bytes)?;
         check_size(size_bytes)?;
-        let image = self.open_unused(&io, id)?;
+        // Also while a VMM holds it: librbd has the lock's owner do the resize. The guest
+        // sees the new size when its VMM next opens the disk.
+        let image = io.open(&format!("{VOLUME}{id}"))?;
         image.resize(size_bytes)?;
         record.size_bytes = size_bytes;
         image.set_metadata(RECORD_KEY, &to_json(&record))?;

@@ -195,6 +195,13 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
             .status,
         409
     );
+    // A snapshot of the running disk is taken (its VMM, the lock's owner, takes it).
+    let live: Snapshot = ok(daemon.call(
+        "POST",
+        "/pools/ceph/volumes/vm1/snapshots",
+        Some(serde_json::json!({"name": "live"})),
+    ));
+    assert_eq!(live.name, "live");
 
     // Fenced through the API: its writes fail, and the volume is free again.
     let addr = clients.watchers[0].addr.clone();
