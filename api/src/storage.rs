@@ -209,7 +209,22 @@ pub struct StoragedConfig {
     /// Where image downloads wait to be converted (default /var/lib/triad/storaged/staging).
     #[serde(default = "default_staging_dir")]
     pub staging_dir: PathBuf,
+    /// How long an image download may wait for the server, to connect and for each read
+    /// (default 30000).
+    #[serde(default = "default_download_timeout_ms")]
+    pub download_timeout_ms: u64,
+    /// How often pools' space is looked at for warning events (default 30000).
+    #[serde(default = "default_usage_check_ms")]
+    pub usage_check_ms: u64,
     pub pools: Vec<PoolConfig>,
+}
+
+fn default_download_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_usage_check_ms() -> u64 {
+    30_000
 }
 
 fn default_staging_dir() -> PathBuf {
@@ -302,4 +317,31 @@ pub struct Image {
     pub total_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `GET /events?after=SEQ`: what happened on the node's pools, oldest first (the daemon keeps
+/// the last 1000).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Counts up from 1 with every event since the daemon started.
+    pub seq: u64,
+    pub unix_ms: u64,
+    pub kind: EventKind,
+    pub pool: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// More than 70% of the pool's disks are used.
+    PoolWarning,
+    /// Back under the threshold.
+    PoolOk,
+    /// The pool cannot be reached (a Ceph cluster down).
+    PoolUnreachable,
+    ImageReady,
+    ImageFailed,
+    ClientBlocklisted,
 }

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use triad_api::storage::{Image, ImageFormat, ImageRequest, ImageSource, ImageState};
+use triad_api::storage::{EventKind, Image, ImageFormat, ImageRequest, ImageSource, ImageState};
 
+use crate::events::Events;
 use crate::{check_name, sparse, Pool, Result, StorageError};
 
 /// What a pool keeps of an image besides its data.
@@ -161,14 +162,18 @@ impl Drop for Staged {
     }
 }
 
-/// How long a download may wait to connect, and for each read.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where imports stage downloads, and how long a download may wait for its server, to
+/// connect and for each read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub staging: PathBuf,
+    pub timeout: Duration,
+}
 
-fn download(url: &str, to: &Path, progress: &Progress) -> Result<String> {
+fn download(url: &str, to: &Path, timeout: Duration, progress: &Progress) -> Result<String> {
     let agent = ureq::AgentBuilder::new()
-        .timeout_connect(CONNECT_TIMEOUT)
-        .timeout_read(READ_TIMEOUT)
+        .timeout_connect(timeout)
+        .timeout_read(timeout)
         .build();
     let response = agent.get(url).call().map_err(|e| match e {
         ureq::Error::Status(code, r) => StorageError::Import(format!(
@@ -313,14 +318,16 @@ fn convert_qcow2(
     Ok(())
 }
 
-/// Runs one import to the end: the source is fetched (a URL into `staging`) and hashed, the
-/// checksum checked, the format found, and the disk written into `pool` and committed.
+/// Runs one import to the end: the source is fetched (a URL into the staging directory) and
+/// hashed, the checksum checked, the format found, and the disk written into `pool` and
+/// committed.
 pub fn import(
     pool: &dyn Pool,
     req: &ImageRequest,
-    staging: &Path,
+    settings: &Settings,
     progress: &Progress,
 ) -> Result<Image> {
+    let staging = &settings.staging;
     let (staged, sha256) = match &req.source {
         ImageSource::File { path } => {
             let mut file =
@@ -349,7 +356,7 @@ pub fn import(
                 path: staging.join(format!("{}-{}.download", pool.name(), req.id)),
                 remove: true,
             };
-            let sha = download(url, &staged.path, progress)?;
+            let sha = download(url, &staged.path, settings.timeout, progress)?;
             (staged, sha)
         }
     };
@@ -440,21 +447,23 @@ impl Job {
 /// The daemon's imports, by pool and image id.
 #[derive(Debug)]
 pub struct Imports {
-    staging: PathBuf,
+    settings: Settings,
+    events: Arc<Events>,
     jobs: Mutex<HashMap<(String, String), Arc<Job>>>,
 }
 
 impl Imports {
-    /// Imports that download stage their files in `staging`, emptied here of what an earlier
-    /// run left.
-    pub fn new(staging: &Path) -> Self {
-        if let Ok(entries) = std::fs::read_dir(staging) {
+    /// Imports that download stage their files in the staging directory, emptied here of
+    /// what an earlier run left; each import's end is an event.
+    pub fn new(settings: Settings, events: Arc<Events>) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&settings.staging) {
             for entry in entries.flatten() {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
         Self {
-            staging: staging.to_owned(),
+            settings,
+            events,
             jobs: Mutex::new(HashMap::new()),
         }
     }
@@ -508,19 +517,22 @@ impl Imports {
         std::thread::Builder::new()
             .name(format!("import-{}", key.1))
             .spawn(move || {
-                let result = import(pool.as_ref(), &job.request, &this.staging, &job.progress);
+                let result = import(pool.as_ref(), &job.request, &this.settings, &job.progress);
                 match result {
                     Ok(image) => {
-                        tracing::info!(
-                            "pool {}: image {} imported ({} bytes)",
-                            key.0,
-                            key.1,
-                            image.size_bytes
+                        this.events.push(
+                            EventKind::ImageReady,
+                            &key.0,
+                            format!("image {} imported ({} bytes)", key.1, image.size_bytes),
                         );
                         this.jobs().remove(&key);
                     }
                     Err(e) => {
-                        tracing::warn!("pool {}: importing image {}: {e}", key.0, key.1);
+                        this.events.push(
+                            EventKind::ImageFailed,
+                            &key.0,
+                            format!("importing image {}: {e}", key.1),
+                        );
                         *job.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                     }
                 }

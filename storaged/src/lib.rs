@@ -5,6 +5,7 @@
 //! a retried create returns the volume the first one made.
 
 pub mod ceph;
+pub mod events;
 pub mod images;
 pub mod local;
 pub mod server;
@@ -213,7 +214,7 @@ fn check_size(size: u64) -> Result<()> {
     Ok(())
 }
 
-/// The warning a pool carries (and logs) when more than `POOL_USE_WARNING` of its disks are
+/// The warning a pool carries when more than `POOL_USE_WARNING` of its disks are
 /// used.
 fn use_warning(pool: &str, total: u64, free: u64) -> Option<String> {
     let used = total.saturating_sub(free) as f64 / total.max(1) as f64;
@@ -223,7 +224,6 @@ fn use_warning(pool: &str, total: u64, free: u64) -> Option<String> {
             used * 100.0,
             triad_api::storage::POOL_USE_WARNING * 100.0
         );
-        tracing::warn!("{warning}");
         warning
     })
 }

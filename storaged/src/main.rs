@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use triad_api::storage::{PoolKind, StoragedConfig};
 use triad_storaged::ceph::CephPool;
-use triad_storaged::images::Imports;
+use triad_storaged::events::{self, Events};
+use triad_storaged::images::{Imports, Settings};
 use triad_storaged::local::LocalPool;
 use triad_storaged::server::{router, Daemon};
 use triad_storaged::smp::SmpPool;
@@ -77,9 +78,20 @@ fn main() -> anyhow::Result<()> {
             anyhow::bail!("pool {} is named twice", p.name);
         }
     }
+    let events = Arc::new(Events::new());
+    let settings = Settings {
+        staging: config.staging_dir.clone(),
+        timeout: std::time::Duration::from_millis(config.download_timeout_ms.max(1)),
+    };
+    events::watch(
+        pools.values().map(|(_, pool)| pool.clone()).collect(),
+        events.clone(),
+        std::time::Duration::from_millis(config.usage_check_ms.max(1)),
+    );
     let daemon = Daemon {
         pools: Arc::new(pools),
-        imports: Arc::new(Imports::new(&config.staging_dir)),
+        imports: Arc::new(Imports::new(settings, events.clone())),
+        events,
     };
     tokio::runtime::Runtime::new()?.block_on(serve(config.socket, daemon))
 }

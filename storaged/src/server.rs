@@ -19,6 +19,7 @@
 //! | `DELETE /pools/{pool}/images/{id}` | delete it (idempotent) |
 //! | `POST /pools/{pool}/blocklist` | fence a Ceph client (Ceph pools) |
 //! | `GET /pools/{pool}/heartbeats` | every node's storage heartbeat (shared-mount pools) |
+//! | `GET /events?after=SEQ` | what happened since event SEQ |
 //!
 //! Errors are `{"error": "..."}` with 400 (a bad request), 404, 409 (a conflict with what
 //! exists or a volume in use), 422 (an import that cannot be done), 503 (the Ceph cluster
@@ -39,6 +40,7 @@ use triad_api::storage::{
 };
 use triad_api::ErrorBody;
 
+use crate::events::Events;
 use crate::images::Imports;
 use crate::{Pool, StorageError};
 
@@ -50,6 +52,7 @@ pub type Pools = BTreeMap<String, (PoolKind, Arc<dyn Pool>)>;
 pub struct Daemon {
     pub pools: Arc<Pools>,
     pub imports: Arc<Imports>,
+    pub events: Arc<Events>,
 }
 
 pub fn router(daemon: Daemon) -> Router {
@@ -78,6 +81,7 @@ pub fn router(daemon: Daemon) -> Router {
         )
         .route("/pools/{pool}/blocklist", post(blocklist))
         .route("/pools/{pool}/heartbeats", get(heartbeats))
+        .route("/events", get(events))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".into()) })
         .with_state(daemon)
 }
@@ -277,14 +281,35 @@ async fn clients(
 }
 
 async fn blocklist(
-    State(pools): State<Daemon>,
+    State(daemon): State<Daemon>,
     Path(name): Path<String>,
     json: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let pool = pool(&pools, &name)?;
+    let pool = pool(&daemon, &name)?;
     let req: BlocklistRequest = body(&json)?;
+    let addr = req.addr.clone();
     blocking(move || pool.blocklist(&req)).await?;
+    daemon.events.push(
+        triad_api::storage::EventKind::ClientBlocklisted,
+        &name,
+        format!("Ceph client {addr} blocklisted"),
+    );
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn events(
+    State(daemon): State<Daemon>,
+    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<triad_api::storage::Event>>, ApiError> {
+    let query = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok(Json(daemon.events.after(query.after)))
 }
 
 async fn list_images(

@@ -455,3 +455,118 @@ fn snapshots_roll_back_and_a_volume_in_use_is_left_alone() {
         "the copy does not depend on it"
     );
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(path: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Self(path.to_owned()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn random_file(path: &Path, mib: u64) {
+    let data: Vec<u8> = (0..mib * MIB)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
+        .collect();
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn a_full_pool_fails_an_import_cleanly_warns_and_stalled_downloads_time_out() {
+    let test = "a_full_pool_fails_an_import_cleanly_warns_and_stalled_downloads_time_out";
+    let tmp = TempDir::new("full");
+    let dir = &tmp.0;
+    let small = match SmallFs::mount(&dir.join("small"), "4m") {
+        Ok(fs) => fs,
+        Err(e) => return common::skip(test, &format!("cannot mount a tmpfs here: {e}")),
+    };
+    let daemon = Daemon::start_with(
+        dir,
+        serde_json::json!([{"name": "small", "kind": "local", "path": small.0}]),
+        serde_json::json!({"usage_check_ms": 50, "download_timeout_ms": 1000}),
+    );
+    let post = |id: &str, source: serde_json::Value| {
+        let resp = daemon.call(
+            "POST",
+            "/pools/small/images",
+            Some(serde_json::json!({"id": id, "name": id, "source": source})),
+        );
+        assert_eq!(resp.status, 202, "{}", resp.body);
+        wait_import(&daemon, "small", id)
+    };
+
+    // Too big for the pool: the import fails and leaves nothing.
+    random_file(&dir.join("big.raw"), 8);
+    let big = post(
+        "big",
+        serde_json::json!({"kind": "file", "path": dir.join("big.raw")}),
+    );
+    assert_eq!(big.state, ImageState::Failed, "{big:?}");
+    assert!(
+        big.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("No space left on device"),
+        "{big:?}"
+    );
+    assert_eq!(files_under(&small.0), Vec::<PathBuf>::new());
+
+    // One that fits fills the pool past 70%: a warning event.
+    random_file(&dir.join("fits.raw"), 3);
+    let fits = post(
+        "fits",
+        serde_json::json!({"kind": "file", "path": dir.join("fits.raw")}),
+    );
+    assert_eq!(fits.state, ImageState::Ready, "{fits:?}");
+    let start = Instant::now();
+    let events = loop {
+        let events: Vec<triad_api::storage::Event> = ok(daemon.call("GET", "/events", None));
+        if events
+            .iter()
+            .any(|e| e.kind == triad_api::storage::EventKind::PoolWarning)
+        {
+            break events;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{events:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    use triad_api::storage::EventKind::*;
+    assert!(kinds.starts_with(&[ImageFailed]), "{kinds:?}");
+    assert!(
+        kinds.contains(&ImageReady) && kinds.contains(&PoolWarning),
+        "{kinds:?}"
+    );
+    let warning = events.iter().find(|e| e.kind == PoolWarning).unwrap();
+    assert!(warning.message.contains("warning above 70%"), "{warning:?}");
+    let last = events.last().unwrap().seq;
+    let later: Vec<triad_api::storage::Event> =
+        ok(daemon.call("GET", &format!("/events?after={last}"), None));
+    assert!(later.is_empty(), "{later:?}");
+    assert_eq!(daemon.call("GET", "/events?after=x", None).status, 400);
+
+    // A server that takes the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/disk.raw", silent.local_addr().unwrap());
+    let stalled = post("stalled", serde_json::json!({"kind": "url", "url": url}));
+    assert_eq!(stalled.state, ImageState::Failed, "{stalled:?}");
+    let error = stalled.error.unwrap_or_default();
+    assert!(error.contains("timed out"), "{error}");
+    drop(daemon);
+}

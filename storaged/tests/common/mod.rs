@@ -1,5 +1,7 @@
 //! A `triad-storaged` process for tests, and calls to its API.
 
+#![allow(dead_code)] // each test binary uses its own subset
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -15,15 +17,23 @@ pub struct Daemon {
 impl Daemon {
     /// Starts storaged with `pools`, as node `node-1`, everything else under `dir`.
     pub fn start(dir: &Path, pools: serde_json::Value) -> Self {
+        Self::start_with(dir, pools, serde_json::json!({}))
+    }
+
+    /// As `start`, with the config's other fields in `extra`.
+    pub fn start_with(dir: &Path, pools: serde_json::Value, extra: serde_json::Value) -> Self {
         let socket = dir.join("storaged.sock");
         let config = dir.join("storaged.json");
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "socket": socket,
             "node": "node-1",
             "heartbeat_ms": 20,
             "staging_dir": dir.join("staging"),
             "pools": pools,
         });
+        for (key, value) in extra.as_object().into_iter().flatten() {
+            json[key] = value.clone();
+        }
         std::fs::write(&config, json.to_string()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_triad-storaged"))
             .arg("--config")
@@ -98,5 +108,19 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Records that a test could not run here, and why, for `scripts/test` to list.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    eprintln!("SKIPPED {test}: {why}");
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-skips.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{test}: {why}");
     }
 }
