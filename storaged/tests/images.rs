@@ -482,7 +482,7 @@ impl Drop for SmallFs {
 
 fn random_file(path: &Path, mib: u64) {
     let data: Vec<u8> = (0..mib * MIB)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0] | 1)
         .collect();
     std::fs::write(path, data).unwrap();
 }
