@@ -111,6 +111,7 @@ extern "C" {
     pub fn rbd_close(image: RbdImage) -> c_int;
     pub fn rbd_get_size(image: RbdImage, size: *mut u64) -> c_int;
     pub fn rbd_resize(image: RbdImage, size: u64) -> c_int;
+    pub fn rbd_get_create_timestamp(image: RbdImage, timestamp: *mut libc::timespec) -> c_int;
     pub fn rbd_flatten(image: RbdImage) -> c_int;
     pub fn rbd_lock_acquire(image: RbdImage, mode: c_int) -> c_int;
     pub fn rbd_lock_get_owners(

@@ -93,6 +93,20 @@ impl Image {
         Ok(size)
     }
 
+    /// When the image was created.
+    pub fn created(&self) -> Result<std::time::SystemTime> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: an open image and a timespec on this frame.
+        let rc = unsafe { ffi::rbd_get_create_timestamp(self.handle, &mut ts) };
+        check(rc, || self.what("reading the creation time of"))?;
+        let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+        let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+        Ok(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+    }
+
     pub fn resize(&self, size: u64) -> Result<()> {
         // SAFETY: an open image.
         check(unsafe { ffi::rbd_resize(self.handle, size) }, || {

@@ -22,6 +22,8 @@ fn images_are_created_written_grown_measured_renamed_and_removed() {
 
     let image = pool.open("basic").unwrap();
     assert_eq!(image.size().unwrap(), 64 * MIB);
+    let age = image.created().unwrap().elapsed().unwrap_or_default();
+    assert!(age < std::time::Duration::from_secs(60), "{age:?}");
     assert_eq!(image.allocated_bytes().unwrap(), 0, "a new image is thin");
     image.write_at(8 * MIB, &[0xab; 4096]).unwrap();
     let mut back = [0u8; 4096];

@@ -2,12 +2,17 @@
 //!
 //! A volume is image `volume-ID`, an image `image-ID` with a protected snapshot `base` that VM
 //! root volumes are copy-on-write clones of. Each carries its record as image metadata
-//! (`triad.record`). Every node's storaged shares the pool, so a new image is made under a
-//! name of this node's own (`partial.NODE.…`), given its record, and only then renamed into
-//! place: what a crash leaves is this node's to remove, which it does when it connects.
+//! (`triad.record`), and exists for Triad once it has it. Blank volumes and clones of images
+//! get their record within milliseconds of being made, in place; a crash in between leaves an
+//! image without a record, which a retried create replaces and which any node removes once it
+//! is `ABANDONED_AFTER` old. What takes long (copies, imports) is made under a name of this
+//! node's own (`partial.NODE.…`), given its record, and then renamed into place (a rename
+//! costs as much as a clone, so the fast paths skip it); what a crash leaves under that name is
+//! this node's to remove, which it does when it connects.
 //! Snapshots are RBD snapshots, protected so that volumes can be made from them; those
 //! volumes are flattened, so they never depend on the snapshot.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use triad_api::storage::{
@@ -25,6 +30,9 @@ const IMAGE: &str = "image-";
 /// The snapshot of an image that volumes are cloned from.
 const BASE: &str = "base";
 const RECORD_KEY: &str = "triad.record";
+/// How old a volume image without a record must be for a node to take it for one a crash
+/// left, not one being made (which gets its record within milliseconds).
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 /// Snapshots Triad takes for itself (copying a volume) start with a dot, which the names
 /// users give cannot.
 const COPY_SNAPSHOT: &str = ".copy.";
@@ -47,6 +55,9 @@ pub struct CephPool {
     /// the cluster is down.
     io: Mutex<Connection>,
     changes: Mutex<()>,
+    /// The records of the pool's volumes by image name, as first read: what a create checks
+    /// ids and names against without opening every image (neither ever changes).
+    known: Mutex<HashMap<String, Record>>,
 }
 
 type Io = Arc<triad_ceph::Pool>;
@@ -87,6 +98,7 @@ impl CephPool {
             node: node.to_owned(),
             io: Mutex::new(Connection::None),
             changes: Mutex::new(()),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -122,12 +134,29 @@ impl CephPool {
     fn clean_up(&self, io: &Io) -> Result<()> {
         let prefix = self.partial_prefix();
         for name in io.images()? {
-            if name.starts_with(&prefix) {
+            let abandoned = name.starts_with(&prefix)
+                || (name.starts_with(VOLUME) && self.abandoned(io, &name)?);
+            if abandoned {
                 tracing::warn!("pool {}: removing half-made image {name}", self.name);
                 purge(io, &name)?;
             }
         }
         Ok(())
+    }
+
+    /// Whether image `name` has no record and is old enough to be a crash's leftover.
+    fn abandoned(&self, io: &Io, name: &str) -> Result<bool> {
+        let image = match io.open_read_only(name, None) {
+            Err(e) if is(&e, libc::ENOENT) => return Ok(false),
+            other => other?,
+        };
+        if image.metadata(RECORD_KEY)?.is_some() {
+            return Ok(false);
+        }
+        Ok(image
+            .created()?
+            .elapsed()
+            .is_ok_and(|age| age > ABANDONED_AFTER))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -166,6 +195,23 @@ impl CephPool {
         Ok(records)
     }
 
+    /// The pool's image names, and every volume's id and name (the rest of each record as
+    /// first read): one listing, and a read of each volume not seen before.
+    fn known(&self, io: &Io) -> Result<(Vec<String>, Vec<Record>)> {
+        let names = io.images()?;
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|name, _| names.contains(name));
+        for name in names.iter().filter(|n| n.starts_with(VOLUME)) {
+            if !known.contains_key(name) {
+                if let Some(record) = self.read::<Record>(io, name)? {
+                    known.insert(name.clone(), record);
+                }
+            }
+        }
+        let records = known.values().cloned().collect();
+        Ok((names, records))
+    }
+
     fn existing(&self, io: &Io, id: &str) -> Result<Record> {
         check_name("volume id", id)?;
         self.read(io, &format!("{VOLUME}{id}"))?
@@ -173,15 +219,20 @@ impl CephPool {
     }
 
     fn volume(&self, io: &Io, record: &Record) -> Result<Volume> {
-        let name = format!("{VOLUME}{}", record.id);
-        let image = io.open_read_only(&name, None)?;
+        let image = io.open_read_only(&format!("{VOLUME}{}", record.id), None)?;
+        self.describe(&image, record)
+    }
+
+    /// Volume `record` as the API shows it, measured on `image` (its own, or the one it is
+    /// being made under).
+    fn describe(&self, image: &triad_ceph::Image, record: &Record) -> Result<Volume> {
         Ok(Volume {
             id: record.id.clone(),
             name: record.name.clone(),
             pool: self.name.clone(),
             size_bytes: image.size()?,
             allocated_bytes: image.allocated_bytes()?,
-            path: format!("rbd:{}/{name}", self.rbd_pool).into(),
+            path: format!("rbd:{}/{VOLUME}{}", self.rbd_pool, record.id).into(),
             ceph: Some(self.client.clone()),
             qos: record.qos,
         })
@@ -196,8 +247,8 @@ impl CephPool {
         Ok(image)
     }
 
-    /// Makes image `tmp` with the data `req` asks for.
-    fn make_data(&self, io: &Io, req: &VolumeRequest, tmp: &str) -> Result<()> {
+    /// Makes image `tmp` with the data `req` asks for, and describes it.
+    fn make_data(&self, io: &Io, req: &VolumeRequest, tmp: &str) -> Result<Volume> {
         match &req.source {
             VolumeSource::Blank => io.create_image(tmp, req.size_bytes)?,
             VolumeSource::Image { id } => {
@@ -240,7 +291,7 @@ impl CephPool {
         }
         let record = Record::wanted(req)?;
         image.set_metadata(RECORD_KEY, &to_json(&record))?;
-        Ok(())
+        self.describe(&image, &record)
     }
 
     /// Clones `parent@snap` to `child` and copies the parent's data in, so that the child
@@ -284,21 +335,52 @@ impl Pool for CephPool {
         let wanted = Record::wanted(req)?;
         let _changes = self.lock();
         let io = self.io()?;
-        if let Some(existing) = wanted.existing(&self.records(&io)?)? {
+        let name = format!("{VOLUME}{}", req.id);
+        // Names from what is known; the id's own record read afresh (it may have grown).
+        let (images, mut known) = self.known(&io)?;
+        known.retain(|r| r.id != req.id);
+        let own = match images.contains(&name) {
+            true => self.read::<Record>(&io, &name)?,
+            false => None,
+        };
+        let half_made = images.contains(&name) && own.is_none();
+        known.extend(own);
+        if let Some(existing) = wanted.existing(&known)? {
             return self.volume(&io, existing);
         }
-        let tmp = format!("{}{VOLUME}{}", self.partial_prefix(), req.id);
-        purge(&io, &tmp)?;
-        let made = self
-            .make_data(&io, req, &tmp)
-            .and_then(|()| Ok(io.rename_image(&tmp, &format!("{VOLUME}{}", req.id))?));
-        if let Err(e) = made {
-            if let Err(left) = purge(&io, &tmp) {
-                tracing::warn!("pool {}: {left}", self.name);
-            }
-            return Err(e);
+        if half_made {
+            // An earlier try of this create that did not finish.
+            purge(&io, &name)?;
         }
-        self.volume(&io, &wanted)
+        let fast = matches!(req.source, VolumeSource::Blank | VolumeSource::Image { .. });
+        let target = match fast {
+            true => name.clone(),
+            false => format!("{}{name}", self.partial_prefix()),
+        };
+        if !fast && images.contains(&target) {
+            purge(&io, &target)?;
+        }
+        let made = self.make_data(&io, req, &target).and_then(|volume| {
+            if !fast {
+                io.rename_image(&target, &name)?;
+            }
+            Ok(volume)
+        });
+        match made {
+            Ok(volume) => {
+                self.known
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name, wanted);
+                Ok(volume)
+            }
+            Err(e) => {
+                if let Err(left) = purge(&io, &target) {
+                    tracing::warn!("pool {}: {left}", self.name);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn get(&self, id: &str) -> Result<Volume> {

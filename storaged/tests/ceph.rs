@@ -246,7 +246,17 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
     let rolled: Volume = ok(daemon.call("GET", "/pools/ceph/volumes/vm1", None));
     assert_eq!(rolled.size_bytes, 128 * MIB);
 
-    // A crash halfway through a create leaves an image under this node's partial name; the
+    // A crash between a clone and its record leaves an image without one: not a volume, and
+    // a retried create makes the volume anew.
+    io.create_image("volume-retried", MIB).unwrap();
+    let listed: Vec<Volume> = ok(daemon.call("GET", "/pools/ceph/volumes", None));
+    assert!(!listed.iter().any(|v| v.id == "retried"), "{listed:?}");
+    let retried = volume(
+        &daemon,
+        serde_json::json!({"id": "retried", "name": "retried", "size_bytes": 2 * MIB}),
+    );
+    assert_eq!(retried.size_bytes, 2 * MIB);
+    // A crash halfway through a copy leaves an image under this node's partial name; the
     // next start removes it.
     io.create_image("partial.node-1.volume-lost", MIB).unwrap();
     drop(daemon);
@@ -280,7 +290,7 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
     assert_eq!(resp.status, 503, "{}", resp.body);
 
     // Everything goes, snapshots with it; then the image can.
-    for id in ["vm1", "mon-copy", "dup"] {
+    for id in ["vm1", "mon-copy", "dup", "retried"] {
         assert_eq!(
             daemon
                 .call("DELETE", &format!("/pools/ceph/volumes/{id}"), None)
