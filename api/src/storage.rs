@@ -98,7 +98,7 @@ pub struct Snapshot {
 #[serde(deny_unknown_fields)]
 pub struct VolumeClients {
     pub watchers: Vec<Watcher>,
-    /// `client.<id>` names.
+    /// The addresses of the clients holding its lock (as the watchers give them).
     pub lock_owners: Vec<String>,
 }
 

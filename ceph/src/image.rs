@@ -135,7 +135,7 @@ impl Image {
         }
     }
 
-    /// Who holds the image's exclusive lock (`client.<id>` names), if anyone.
+    /// Who holds the image's exclusive lock (client addresses), if anyone.
     pub fn lock_owners(&self) -> Result<Vec<String>> {
         let mut owners: Vec<*mut c_char> = Vec::new();
         let mut max = 4usize;
