@@ -58,6 +58,10 @@ pub struct CephPool {
     /// The records of the pool's volumes by image name, as first read: what a create checks
     /// ids and names against without opening every image (neither ever changes).
     known: Mutex<HashMap<String, Record>>,
+    /// Whole images' records by id, as read once.
+    images_seen: Mutex<HashMap<String, ImageRecord>>,
+    /// Images being closed off the request path.
+    closing: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 type Io = Arc<triad_ceph::Pool>;
@@ -99,6 +103,8 @@ impl CephPool {
             io: Mutex::new(Connection::None),
             changes: Mutex::new(()),
             known: Mutex::new(HashMap::new()),
+            images_seen: Mutex::new(HashMap::new()),
+            closing: Mutex::new(Vec::new()),
         })
     }
 
@@ -159,8 +165,15 @@ impl CephPool {
             .is_ok_and(|age| age > ABANDONED_AFTER))
     }
 
+    /// Takes the pool's change lock, once images still being closed are closed (an open
+    /// handle of ours would make a removal see the image in use).
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.changes.lock().unwrap_or_else(|e| e.into_inner())
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let closing = std::mem::take(&mut *self.closing.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in closing {
+            let _ = handle.join();
+        }
+        changes
     }
 
     /// The record kept on image `name`; `None` when the image is not there.
@@ -247,16 +260,43 @@ impl CephPool {
         Ok(image)
     }
 
-    /// Makes image `tmp` with the data `req` asks for, and describes it.
-    fn make_data(&self, io: &Io, req: &VolumeRequest, tmp: &str) -> Result<Volume> {
+    fn images_seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, ImageRecord>> {
+        self.images_seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Image `id`'s record, read once: images never change once whole.
+    fn image_record_cached(&self, io: &Io, id: &str) -> Result<ImageRecord> {
+        if let Some(record) = self.images_seen().get(id) {
+            return Ok(record.clone());
+        }
+        let record: ImageRecord = self
+            .read(io, &format!("{IMAGE}{id}"))?
+            .ok_or_else(|| StorageError::ImageNotFound(id.to_owned()))?;
+        self.images_seen().insert(id.to_owned(), record.clone());
+        Ok(record)
+    }
+
+    /// Makes image `tmp` with the data `req` asks for, and describes it; returns it still
+    /// open.
+    fn make_data(
+        &self,
+        io: &Io,
+        req: &VolumeRequest,
+        tmp: &str,
+    ) -> Result<(Volume, triad_ceph::Image)> {
         match &req.source {
             VolumeSource::Blank => io.create_image(tmp, req.size_bytes)?,
             VolumeSource::Image { id } => {
-                let record: ImageRecord = self
-                    .read(io, &format!("{IMAGE}{id}"))?
-                    .ok_or_else(|| StorageError::ImageNotFound(id.clone()))?;
+                let record = self.image_record_cached(io, id)?;
                 check_not_smaller(&req.id, req.size_bytes, record.size_bytes)?;
-                io.clone_image(&format!("{IMAGE}{id}"), BASE, tmp)?;
+                match io.clone_image(&format!("{IMAGE}{id}"), BASE, tmp) {
+                    Err(e) if is(&e, libc::ENOENT) => {
+                        // Deleted since it was read (by another node).
+                        self.images_seen().remove(id);
+                        return Err(StorageError::ImageNotFound(id.clone()));
+                    }
+                    other => other?,
+                }
             }
             VolumeSource::Volume { id } => {
                 let source = self.existing(io, id)?;
@@ -291,7 +331,7 @@ impl CephPool {
         }
         let record = Record::wanted(req)?;
         image.set_metadata(RECORD_KEY, &to_json(&record))?;
-        self.describe(&image, &record)
+        Ok((self.describe(&image, &record)?, image))
     }
 
     /// Clones `parent@snap` to `child` and copies the parent's data in, so that the child
@@ -360,12 +400,27 @@ impl Pool for CephPool {
         if !fast && images.contains(&target) {
             purge(&io, &target)?;
         }
-        let made = self.make_data(&io, req, &target).and_then(|volume| {
-            if !fast {
-                io.rename_image(&target, &name)?;
-            }
-            Ok(volume)
-        });
+        let made = self
+            .make_data(&io, req, &target)
+            .and_then(|(volume, image)| {
+                if fast {
+                    // Closing (releasing the lock the record's write took) need not hold up the
+                    // answer.
+                    let closing = std::thread::Builder::new()
+                        .name("close-image".into())
+                        .spawn(move || drop(image));
+                    if let Ok(handle) = closing {
+                        self.closing
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(handle);
+                    }
+                } else {
+                    drop(image);
+                    io.rename_image(&target, &name)?;
+                }
+                Ok(volume)
+            });
         match made {
             Ok(volume) => {
                 self.known
@@ -478,6 +533,7 @@ impl Pool for CephPool {
         let _changes = self.lock();
         let io = self.io()?;
         let name = format!("{IMAGE}{id}");
+        self.images_seen().remove(id);
         let image = match io.open(&name) {
             Err(e) if is(&e, libc::ENOENT) => return Ok(()),
             other => other?,

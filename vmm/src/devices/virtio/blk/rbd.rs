@@ -69,12 +69,15 @@ extern "C" fn on_complete(completion: Completion, arg: *mut c_void) {
         ffi::rbd_aio_release(completion);
         (Box::from_raw(arg.cast::<CallbackArg>()), ret)
     };
-    arg.finished
-        .done
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((arg.tag, ret));
-    let _ = arg.finished.signal.write(1);
+    let mut done = arg.finished.done.lock().unwrap_or_else(|e| e.into_inner());
+    done.push((arg.tag, ret));
+    // Only the first completion since the I/O thread last took them wakes it: the rest ride
+    // along (one eventfd write and one wake-up per batch, not per operation).
+    let first = done.len() == 1;
+    drop(done);
+    if first {
+        let _ = arg.finished.signal.write(1);
+    }
 }
 
 pub struct RbdBackend {
