@@ -500,6 +500,7 @@ fn a_full_pool_fails_an_import_cleanly_warns_and_stalled_downloads_time_out() {
         dir,
         serde_json::json!([{"name": "small", "kind": "local", "path": small.0}]),
         serde_json::json!({"usage_check_ms": 50, "download_timeout_ms": 1000}),
+        &[],
     );
     let post = |id: &str, source: serde_json::Value| {
         let resp = daemon.call(
@@ -569,4 +570,180 @@ fn a_full_pool_fails_an_import_cleanly_warns_and_stalled_downloads_time_out() {
     let error = stalled.error.unwrap_or_default();
     assert!(error.contains("timed out"), "{error}");
     drop(daemon);
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// An HTTPS server (python's, wrapped in TLS) for `dir` on a free loopback port, with a
+/// certificate for 127.0.0.1 signed by a CA of its own (`ca.pem` in `certs`).
+struct HttpsServer {
+    child: Child,
+    port: u16,
+}
+
+impl HttpsServer {
+    fn start(dir: &Path, certs: &Path) -> Self {
+        std::fs::create_dir_all(certs).unwrap();
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=Triad test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+            certs,
+        );
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+            certs,
+        );
+        std::fs::write(certs.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "server.pem",
+            ],
+            certs,
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = format!(
+            "import functools, http.server, ssl\n\
+             handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
+             server = http.server.HTTPServer(('127.0.0.1', {port}), handler)\n\
+             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+             ctx.load_cert_chain({cert:?}, {key:?})\n\
+             server.socket = ctx.wrap_socket(server.socket, server_side=True)\n\
+             server.serve_forever()\n",
+            dir = dir.to_str().unwrap(),
+            cert = certs.join("server.pem").to_str().unwrap(),
+            key = certs.join("server.key").to_str().unwrap(),
+        );
+        let child = Command::new("python3")
+            .args(["-c", &script])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no HTTPS server");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn images_come_over_https_from_servers_the_node_trusts_only() {
+    let tmp = TempDir::new("https");
+    let dir = &tmp.0;
+    let web = dir.join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    raw_disk(&web.join("disk.raw"));
+    let certs = dir.join("certs");
+    let server = HttpsServer::start(&web, &certs);
+    let url = serde_json::json!({"kind": "url", "url": format!("https://127.0.0.1:{}/disk.raw", server.port)});
+    let pools = serde_json::json!([{"name": "local", "kind": "local", "path": dir.join("pool")}]);
+
+    // The node's trust store (here the test's CA, as SSL_CERT_FILE) vouches for the server.
+    let ca = certs.join("ca.pem");
+    let daemon = Daemon::start_with(
+        dir,
+        pools.clone(),
+        serde_json::json!({}),
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    let image = import(
+        &daemon,
+        "tls",
+        url.clone(),
+        Some(&sha256(&web.join("disk.raw"))),
+    );
+    assert_eq!(
+        (image.state, image.size_bytes),
+        (ImageState::Ready, 8 * MIB),
+        "{image:?}"
+    );
+    drop(daemon);
+
+    // A server the node does not trust is refused.
+    let other = dir.join("other-ca.pem");
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=Someone else",
+            "-keyout",
+            "other.key",
+            "-out",
+            other.to_str().unwrap(),
+        ],
+        &certs,
+    );
+    let daemon = Daemon::start_with(
+        dir,
+        pools,
+        serde_json::json!({}),
+        &[("SSL_CERT_FILE", &other)],
+    );
+    let image = import(&daemon, "untrusted", url, None);
+    assert_eq!(image.state, ImageState::Failed, "{image:?}");
+    let error = image.error.unwrap_or_default();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
 }

@@ -17,11 +17,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts storaged with `pools`, as node `node-1`, everything else under `dir`.
     pub fn start(dir: &Path, pools: serde_json::Value) -> Self {
-        Self::start_with(dir, pools, serde_json::json!({}))
+        Self::start_with(dir, pools, serde_json::json!({}), &[])
     }
 
-    /// As `start`, with the config's other fields in `extra`.
-    pub fn start_with(dir: &Path, pools: serde_json::Value, extra: serde_json::Value) -> Self {
+    /// As `start`, with the config's other fields in `extra` and environment variables `env`.
+    pub fn start_with(
+        dir: &Path,
+        pools: serde_json::Value,
+        extra: serde_json::Value,
+        env: &[(&str, &Path)],
+    ) -> Self {
         let socket = dir.join("storaged.sock");
         let config = dir.join("storaged.json");
         let mut json = serde_json::json!({
@@ -38,6 +43,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_triad-storaged"))
             .arg("--config")
             .arg(&config)
+            .envs(env.iter().copied())
             .spawn()
             .unwrap();
         // Killed on drop, also when it does not come up.
