@@ -1,12 +1,12 @@
 //! `ceph` pools: RBD images in a RADOS pool, through librbd (`triad-ceph`).
 //!
-//! A volume is image `volume-ID`, an image `image-ID` with a protected snapshot `base` that VM
+//! A volume is image `triad-volume-ID`, an image `triad-image-ID` with a protected snapshot `base` that VM
 //! root volumes are copy-on-write clones of. Each carries its record as image metadata
 //! (`triad.record`), and exists for Triad once it has it. Blank volumes and clones of images
 //! get their record within milliseconds of being made, in place; a crash in between leaves an
-//! image without a record, which a retried create replaces and which any node removes once it
-//! is `ABANDONED_AFTER` old. What takes long (copies, imports) is made under a name of this
-//! node's own (`partial.NODE.…`), given its record, and then renamed into place (a rename
+//! image without a record, which any node removes (and a retried create replaces) once it is
+//! `ABANDONED_AFTER` old. What takes long (copies, imports) is made under a name of this
+//! node's own (`triad-partial:NODE:…`), given its record, and then renamed into place (a rename
 //! costs as much as a clone, so the fast paths skip it); what a crash leaves under that name is
 //! this node's to remove, which it does when it connects.
 //! Snapshots are RBD snapshots, protected so that volumes can be made from them; those
@@ -25,14 +25,19 @@ use triad_ceph::Cluster;
 use crate::images::{ImageRecord, ImageWriter};
 use crate::{check_name, check_not_smaller, check_size, Pool, Record, Result, StorageError};
 
-const VOLUME: &str = "volume-";
-const IMAGE: &str = "image-";
+/// Triad's images carry its prefix, so that a pool shared with others (OpenStack's Cinder
+/// names its images `volume-…`) is never mistaken for Triad's.
+const VOLUME: &str = "triad-volume-";
+const IMAGE: &str = "triad-image-";
+/// Followed by `NODE:`; node names cannot hold a colon, so one node's prefix is never the
+/// start of another's.
+const PARTIAL: &str = "triad-partial:";
 /// The snapshot of an image that volumes are cloned from.
 const BASE: &str = "base";
 const RECORD_KEY: &str = "triad.record";
 /// How old a volume image without a record must be for a node to take it for one a crash
 /// left, not one being made (which gets its record within milliseconds).
-const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 /// Snapshots Triad takes for itself (copying a volume) start with a dot, which the names
 /// users give cannot.
 const COPY_SNAPSHOT: &str = ".copy.";
@@ -113,7 +118,7 @@ impl CephPool {
         match &*io {
             Connection::Up(pool) => return Ok(pool.clone()),
             Connection::Failed(at, e) if at.elapsed() < RECONNECT_AFTER => {
-                return Err(e.clone().into())
+                return Err(unreachable(&self.name, e.clone()))
             }
             _ => {}
         }
@@ -121,19 +126,22 @@ impl CephPool {
             .and_then(|cluster| cluster.pool(&self.rbd_pool));
         match connected {
             Ok(pool) => {
-                self.clean_up(&pool)?;
+                // Best effort: a leftover that cannot go now does not make the pool unusable.
+                if let Err(e) = self.clean_up(&pool) {
+                    tracing::warn!("pool {}: cleaning up: {e}", self.name);
+                }
                 *io = Connection::Up(pool.clone());
                 Ok(pool)
             }
             Err(e) => {
                 *io = Connection::Failed(std::time::Instant::now(), e.clone());
-                Err(e.into())
+                Err(unreachable(&self.name, e))
             }
         }
     }
 
     fn partial_prefix(&self) -> String {
-        format!("partial.{}.", self.node)
+        format!("{PARTIAL}{}:", self.node)
     }
 
     /// Removes what this node left half-made.
@@ -144,7 +152,9 @@ impl CephPool {
                 || (name.starts_with(VOLUME) && self.abandoned(io, &name)?);
             if abandoned {
                 tracing::warn!("pool {}: removing half-made image {name}", self.name);
-                purge(io, &name)?;
+                if let Err(e) = purge(io, &name) {
+                    tracing::warn!("pool {}: {e}", self.name);
+                }
             }
         }
         Ok(())
@@ -306,6 +316,10 @@ impl CephPool {
                 unless(parent.create_snapshot(&snap), libc::EEXIST)?;
                 unless(parent.protect(&snap), libc::EBUSY)?;
                 let copied = self.clone_flat(io, &format!("{VOLUME}{id}"), &snap, tmp);
+                if copied.is_err() {
+                    // A half-made clone keeps the snapshot protected: it goes first.
+                    purge(io, tmp)?;
+                }
                 let released = unless(parent.unprotect(&snap), libc::EINVAL)
                     .and_then(|()| unless(parent.remove_snapshot(&snap), libc::ENOENT));
                 copied.and(released)?;
@@ -343,14 +357,36 @@ impl CephPool {
     }
 }
 
+/// A cluster that cannot be connected to, or a RADOS pool that is not there: the pool is out
+/// of reach (503), whatever the errno (a missing config is ENOENT, not a missing volume).
+fn unreachable(pool: &str, e: triad_ceph::Error) -> StorageError {
+    StorageError::Unreachable(format!("pool {pool}: {e}"))
+}
+
 /// Removes image `name` with its snapshots; one that is not there is not an error.
 fn purge(io: &Io, name: &str) -> Result<()> {
     let image = match io.open(name) {
         Err(e) if is(&e, libc::ENOENT) => return Ok(()),
         other => other?,
     };
-    for snap in image.snapshots()? {
-        unless(image.unprotect(&snap.name), libc::EINVAL)?;
+    let snaps = image.snapshots()?;
+    // Unprotecting loses nothing; a snapshot that clones still depend on stops it all before
+    // any snapshot is removed.
+    for (i, snap) in snaps.iter().enumerate() {
+        match image.unprotect(&snap.name) {
+            Err(e) if is(&e, libc::EBUSY) => {
+                for earlier in &snaps[..i] {
+                    let _ = image.protect(&earlier.name);
+                }
+                return Err(StorageError::Busy(format!(
+                    "snapshot {} of {name} has clones being made from it",
+                    snap.name
+                )));
+            }
+            other => unless(other, libc::EINVAL)?,
+        }
+    }
+    for snap in &snaps {
         unless(image.remove_snapshot(&snap.name), libc::ENOENT)?;
     }
     drop(image);
@@ -389,7 +425,16 @@ impl Pool for CephPool {
             return self.volume(&io, existing);
         }
         if half_made {
-            // An earlier try of this create that did not finish.
+            // Made by an earlier try that did not finish, or being made right now by another
+            // node (it gets its record within milliseconds): only the first is removed.
+            if !self.abandoned(&io, &name)? {
+                return Err(StorageError::Busy(format!(
+                    "volume {} is being made (or a crash left it half-made: it is removed \
+                     once it is {} s old; retry then)",
+                    req.id,
+                    ABANDONED_AFTER.as_secs()
+                )));
+            }
             purge(&io, &name)?;
         }
         let fast = matches!(req.source, VolumeSource::Blank | VolumeSource::Image { .. });
@@ -429,6 +474,11 @@ impl Pool for CephPool {
                     .insert(name, wanted);
                 Ok(volume)
             }
+            // Someone else made it meanwhile: theirs, not ours to remove.
+            Err(StorageError::Ceph(e)) if is(&e, libc::EEXIST) => Err(StorageError::Busy(format!(
+                "volume {} is being made by another node",
+                req.id
+            ))),
             Err(e) => {
                 if let Err(left) = purge(&io, &target) {
                     tracing::warn!("pool {}: {left}", self.name);
@@ -575,6 +625,8 @@ impl Pool for CephPool {
         let record = self.existing(&io, id)?;
         let image = io.open(&format!("{VOLUME}{id}"))?;
         if let Some(snap) = image.snapshots()?.into_iter().find(|s| s.name == name) {
+            // A retry after an earlier try that did not get to protect it.
+            unless(image.protect(name), libc::EBUSY)?;
             return Ok(Snapshot {
                 name: snap.name,
                 size_bytes: snap.size,

@@ -170,7 +170,13 @@ pub struct Settings {
     pub timeout: Duration,
 }
 
-fn download(url: &str, to: &Path, timeout: Duration, progress: &Progress) -> Result<String> {
+/// Downloads `url` into a new file `to`; returns it, open, and the SHA-256 of what came.
+fn download(
+    url: &str,
+    to: &Path,
+    timeout: Duration,
+    progress: &Progress,
+) -> Result<(File, String)> {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(timeout)
         .timeout_read(timeout)
@@ -189,9 +195,16 @@ fn download(url: &str, to: &Path, timeout: Duration, progress: &Progress) -> Res
     {
         progress.total.store(len, Ordering::Relaxed);
     }
-    let mut file = File::create(to).map_err(failed(format!("creating {}", to.display())))?;
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)
+        .map_err(failed(format!("creating {}", to.display())))?;
     let mut body = response.into_reader();
-    hash_copy(&mut body, Some(&mut file), progress, url)
+    let sha = hash_copy(&mut body, Some(&mut file), progress, url)?;
+    Ok((file, sha))
 }
 
 fn detect(file: &File) -> Result<ImageFormat> {
@@ -257,18 +270,25 @@ fn convert_raw(
 /// Opens a qcow2 image as imago reads it, refusing what would make it reach past the file:
 /// a backing file or an external data file (host paths the image names), and encryption,
 /// which imago does not decrypt.
-fn open_qcow2(path: &Path) -> std::io::Result<imago::FormatAccess<imago::file::File>> {
+fn open_qcow2(
+    source: &File,
+    path: &Path,
+) -> std::io::Result<imago::FormatAccess<imago::file::File>> {
     use imago::qcow2::Qcow2;
-    use imago::{DenyImplicitOpenGate, FormatAccess, Storage, StorageOpenOptions};
+    use imago::{DenyImplicitOpenGate, FormatAccess, StorageOpenOptions};
     let unsupported = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut crypt = [0u8; 4];
-    File::open(path)?.read_exact_at(&mut crypt, 32)?;
+    source.read_exact_at(&mut crypt, 32)?;
     if u32::from_be_bytes(crypt) != 0 {
         return Err(unsupported(
             "encrypted qcow2 images are not supported".into(),
         ));
     }
-    let file = imago::file::File::open(StorageOpenOptions::new().filename(path).write(false))?;
+    // The very file that was hashed, not whatever the path names by now.
+    let file = imago::file::File::from_open_file(
+        source.try_clone()?,
+        StorageOpenOptions::new().filename(path).write(false),
+    )?;
     let mut qcow2 = Qcow2::<imago::file::File>::open_image(file, false)?;
     if let Some(backing) = qcow2.implicit_backing_file() {
         return Err(unsupported(format!(
@@ -328,7 +348,7 @@ pub fn import(
     progress: &Progress,
 ) -> Result<Image> {
     let staging = &settings.staging;
-    let (staged, sha256) = match &req.source {
+    let (staged, file, sha256) = match &req.source {
         ImageSource::File { path } => {
             let mut file =
                 File::open(path).map_err(failed(format!("opening {}", path.display())))?;
@@ -347,7 +367,7 @@ pub fn import(
                 path: path.clone(),
                 remove: false,
             };
-            (staged, sha)
+            (staged, file, sha)
         }
         ImageSource::Url { url } => {
             std::fs::create_dir_all(staging)
@@ -356,8 +376,8 @@ pub fn import(
                 path: staging.join(format!("{}-{}.download", pool.name(), req.id)),
                 remove: true,
             };
-            let sha = download(url, &staged.path, settings.timeout, progress)?;
-            (staged, sha)
+            let (file, sha) = download(url, &staged.path, settings.timeout, progress)?;
+            (staged, file, sha)
         }
     };
     if let Some(expected) = &req.sha256 {
@@ -367,13 +387,11 @@ pub fn import(
             )));
         }
     }
-    let file =
-        File::open(&staged.path).map_err(failed(format!("opening {}", staged.path.display())))?;
     let source_len = file.metadata().map_err(failed("reading the source"))?.len();
     let format = detect(&file)?;
     let qcow2 = match format {
         ImageFormat::Qcow2 => Some(
-            open_qcow2(&staged.path)
+            open_qcow2(&file, &staged.path)
                 .map_err(|e| StorageError::Import(format!("a broken qcow2 image: {e}")))?,
         ),
         ImageFormat::Raw => None,
@@ -473,22 +491,27 @@ impl Imports {
     }
 
     /// Starts importing `req` into `pool`, or reports the import or image it already made.
-    pub fn start(self: &Arc<Self>, pool: Arc<dyn Pool>, req: ImageRequest) -> Result<Image> {
+    pub fn start(self: &Arc<Self>, pool: Arc<dyn Pool>, mut req: ImageRequest) -> Result<Image> {
         check_request(&req)?;
+        req.sha256 = req.sha256.map(|s| s.to_ascii_lowercase());
         let key = (pool.name().to_owned(), req.id.clone());
-        let mut jobs = self.jobs();
-        if let Some(job) = jobs.get(&key) {
-            if !job.failed() {
-                if job.request != req {
-                    return Err(StorageError::Conflict {
-                        id: req.id,
-                        what: "request (an import with this id is under way)",
-                    });
-                }
-                return Ok(job.image(pool.name()));
-            }
-            // A failed import is retried with whatever the request says now.
+        // An import under way answers for itself; a failed one is retried with whatever the
+        // request says now.
+        let running = |jobs: &HashMap<(String, String), Arc<Job>>| -> Option<Result<Image>> {
+            let job = jobs.get(&key).filter(|job| !job.failed())?;
+            Some(if job.request == req {
+                Ok(job.image(pool.name()))
+            } else {
+                Err(StorageError::Conflict {
+                    id: req.id.clone(),
+                    what: "request (an import with this id is under way)",
+                })
+            })
+        };
+        if let Some(answer) = running(&self.jobs()) {
+            return answer;
         }
+        // The pool is asked without holding the imports' lock (on Ceph it opens every image).
         if let Some(record) = pool.image_record(&req.id)? {
             if !record.same_request(&req) {
                 return Err(StorageError::Conflict {
@@ -505,8 +528,12 @@ impl Imports {
                 by: other.id,
             });
         }
+        let mut jobs = self.jobs();
+        if let Some(answer) = running(&jobs) {
+            return answer; // started by a request that came meanwhile
+        }
         let job = Arc::new(Job {
-            request: req,
+            request: req.clone(),
             progress: Progress::default(),
             error: Mutex::new(None),
         });
@@ -517,7 +544,17 @@ impl Imports {
         std::thread::Builder::new()
             .name(format!("import-{}", key.1))
             .spawn(move || {
-                let result = import(pool.as_ref(), &job.request, &this.settings, &job.progress);
+                // A panic (a format parser's bug) fails this import, not the daemon; where
+                // panics abort (release builds), the restarted daemon cleans up as after a
+                // crash.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    import(pool.as_ref(), &job.request, &this.settings, &job.progress)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(StorageError::Import(
+                        "the import stopped on an internal error (see the log)".into(),
+                    ))
+                });
                 match result {
                     Ok(image) => {
                         this.events.push(

@@ -52,6 +52,8 @@ pub enum StorageError {
     SnapshotNotFound { volume: String, snapshot: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    Unreachable(String),
     #[error(transparent)]
     Ceph(#[from] triad_ceph::Error),
     #[error("{context}: {source}")]

@@ -27,6 +27,8 @@ use crate::{
 pub struct LocalPool {
     name: String,
     dir: PathBuf,
+    /// This node's suffix for files being made.
+    partial: String,
     /// Changes are made one at a time, so checks (name taken, id exists) hold until done.
     changes: Mutex<()>,
 }
@@ -37,19 +39,32 @@ const RECORD: &str = "json";
 const SNAPSHOTS: &str = "snapshots";
 /// The directory of the pool's images, kept as volumes are: `ID.raw` and `ID.json`.
 const IMAGES: &str = "images";
-/// Suffix of files still being made.
+/// Suffix of files still being made, followed by `-OWNER`: on a shared mount every node
+/// removes only its own, and another's once it is `STALE` (that node is gone).
 const PARTIAL: &str = "partial";
+/// How old another node's unfinished file must be to be taken for a dead node's.
+const STALE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// How old a data file without a record must be to be taken for one a crash left (between
+/// its rename and its record, which follow within milliseconds).
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl LocalPool {
     /// Opens (creating it if needed) the pool in `dir`, removing what an interrupted change
     /// left half-made.
     pub fn open(name: &str, dir: &Path) -> Result<Self> {
+        Self::open_as(name, dir, "local")
+    }
+
+    /// As `open`, for a directory other nodes share: `owner` (this node) tags the files it
+    /// makes until they are whole.
+    pub fn open_as(name: &str, dir: &Path, owner: &str) -> Result<Self> {
         check_name("pool name", name)?;
         std::fs::create_dir_all(dir)
             .map_err(StorageError::io(format!("creating {}", dir.display())))?;
         let pool = Self {
             name: name.to_owned(),
             dir: dir.to_owned(),
+            partial: format!("{PARTIAL}-{owner}"),
             changes: Mutex::new(()),
         };
         pool.clean_up()?;
@@ -69,22 +84,32 @@ impl LocalPool {
             let path = entry.path();
             let ext = path.extension().and_then(|e| e.to_str());
             let orphan = match ext {
-                Some(PARTIAL) => true,
-                Some(RAW | SNAPSHOTS) => !path.with_extension(RECORD).exists(),
-                _ => false,
+                Some(RAW | SNAPSHOTS) => {
+                    !path.with_extension(RECORD).exists() && older(&path, ABANDONED_AFTER)
+                }
+                _ => self.unfinished(&path),
             };
             if orphan {
                 tracing::warn!("pool {}: removing half-made {}", self.name, path.display());
                 remove(&path)?;
             } else if ext == Some(SNAPSHOTS) {
                 for snap in std::fs::read_dir(&path).into_iter().flatten().flatten() {
-                    if snap.path().extension().and_then(|e| e.to_str()) == Some(PARTIAL) {
+                    if self.unfinished(&snap.path()) {
                         remove(&snap.path())?;
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether `path` is a file this node was making, or one a node that is gone was.
+    fn unfinished(&self, path: &Path) -> bool {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext == self.partial => true,
+            Some(ext) if ext.starts_with(PARTIAL) => older(path, STALE),
+            _ => false,
+        }
     }
 
     fn path(&self, id: &str, ext: &str) -> PathBuf {
@@ -117,7 +142,7 @@ impl LocalPool {
     }
 
     fn write_record(&self, record: &Record) -> Result<()> {
-        write_json(&self.path(&record.id, RECORD), record)
+        write_json(&self.path(&record.id, RECORD), record, &self.partial)
     }
 
     fn volume(&self, record: &Record) -> Result<Volume> {
@@ -144,8 +169,12 @@ impl LocalPool {
     /// returned file holds the lock until dropped.
     fn claim(&self, id: &str) -> Result<File> {
         let path = self.path(id, RAW);
-        let file =
-            File::open(&path).map_err(StorageError::io(format!("opening {}", path.display())))?;
+        // Opened for writing: on NFS an exclusive flock needs it.
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(StorageError::io(format!("opening {}", path.display())))?;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
             let e = std::io::Error::last_os_error();
@@ -186,7 +215,7 @@ impl LocalPool {
     /// Makes the data file of a new volume: blank, or a sparse copy of its source.
     fn make_data(&self, req: &VolumeRequest) -> Result<()> {
         let source = self.source_data(req)?;
-        let partial = self.path(&req.id, PARTIAL);
+        let partial = self.path(&req.id, &self.partial);
         let make = || -> std::io::Result<()> {
             let data = File::create(&partial)?;
             if let Some((path, size)) = &source {
@@ -326,7 +355,7 @@ impl Pool for LocalPool {
         let dir = self.dir.join(IMAGES);
         std::fs::create_dir_all(&dir)
             .map_err(StorageError::io(format!("creating {}", dir.display())))?;
-        let partial = self.image_path(id, &format!("{RAW}.{PARTIAL}"));
+        let partial = self.image_path(id, &format!("{RAW}.{}", self.partial));
         let file = File::create(&partial)
             .and_then(|f| f.set_len(size).map(|()| f))
             .map_err(StorageError::io(format!("creating {}", partial.display())))?;
@@ -334,6 +363,7 @@ impl Pool for LocalPool {
             pool: self.name.clone(),
             file,
             partial,
+            suffix: self.partial.clone(),
             data: self.image_path(id, RAW),
             record: self.image_path(id, RECORD),
             committed: false,
@@ -354,7 +384,7 @@ impl Pool for LocalPool {
         let dir = self.path(id, SNAPSHOTS);
         std::fs::create_dir_all(&dir)
             .map_err(StorageError::io(format!("creating {}", dir.display())))?;
-        let partial = path.with_extension(format!("{RAW}.{PARTIAL}"));
+        let partial = path.with_extension(format!("{RAW}.{}", self.partial));
         let data = self.path(id, RAW);
         let src =
             File::open(&data).map_err(StorageError::io(format!("opening {}", data.display())))?;
@@ -424,7 +454,7 @@ impl Pool for LocalPool {
             .map_err(StorageError::io(format!("reading {}", snap.display())))?
             .len();
         // A new file renamed over the volume's: a crash leaves the old data or the new.
-        let partial = self.path(id, PARTIAL);
+        let partial = self.path(id, &self.partial);
         File::create(&partial)
             .and_then(|dst| {
                 if !sparse::reflink(&src, &dst)? {
@@ -470,6 +500,13 @@ impl Pool for LocalPool {
 }
 
 /// Sizes are whole 512-byte sectors, as disks are.
+/// Whether `path` was last changed longer than `age` ago.
+fn older(path: &Path, age: std::time::Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > age))
+}
+
 /// A JSON record, or `None` when its file is not there.
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
@@ -485,8 +522,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 }
 
 /// Writes a record durably: a temporary file, synced, renamed over the old one.
-fn write_json<T: serde::Serialize>(path: &Path, record: &T) -> Result<()> {
-    let tmp = path.with_extension(format!("{RECORD}.{PARTIAL}"));
+fn write_json<T: serde::Serialize>(path: &Path, record: &T, partial: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("{RECORD}.{partial}"));
     let context = format!("writing {}", path.display());
     let bytes = serde_json::to_vec_pretty(record).map_err(|e| StorageError::Io {
         context: context.clone(),
@@ -505,6 +542,8 @@ fn write_json<T: serde::Serialize>(path: &Path, record: &T) -> Result<()> {
 /// An image being imported into a local pool: a partial file, renamed and recorded on commit.
 struct LocalImageWriter {
     pool: String,
+    /// The pool's suffix for files being made.
+    suffix: String,
     file: File,
     partial: PathBuf,
     data: PathBuf,
@@ -529,7 +568,7 @@ impl ImageWriter for LocalImageWriter {
             .and_then(|()| std::fs::rename(&self.partial, &self.data))
             .map_err(StorageError::io(format!("saving {}", self.data.display())))?;
         self.committed = true;
-        write_json(&self.record, record)?;
+        write_json(&self.record, record, &self.suffix)?;
         let allocated = self.file.metadata().map_or(0, |m| m.blocks() * 512);
         Ok(record.image(&self.pool, allocated))
     }
@@ -689,10 +728,29 @@ mod tests {
             pool.get("a1").unwrap_err().to_string(),
             "volume a1 not found"
         );
-        // A crash mid-clone, and one between a record's removal and its data's.
-        std::fs::write(dir.0.join("b2.partial"), b"half").unwrap();
+        // A crash mid-clone, one between a record's removal and its data's (long ago), and one
+        // mid-record.
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::write(dir.0.join("b2.partial-local"), b"half").unwrap();
         std::fs::write(dir.0.join("c3.raw"), b"orphan").unwrap();
-        std::fs::write(dir.0.join("d4.json.partial"), b"{").unwrap();
+        File::options()
+            .write(true)
+            .open(dir.0.join("c3.raw"))
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        std::fs::write(dir.0.join("d4.json.partial-local"), b"{").unwrap();
+        // Another node's file being made on a shared mount stays; one of a day ago goes.
+        std::fs::write(dir.0.join("f6.partial-node-b"), b"theirs").unwrap();
+        std::fs::write(dir.0.join("g7.partial-node-c"), b"dead").unwrap();
+        File::options()
+            .write(true)
+            .open(dir.0.join("g7.partial-node-c"))
+            .unwrap()
+            .set_modified(long_ago - std::time::Duration::from_secs(24 * 3600))
+            .unwrap();
+        // A data file a moment old without its record yet: another node may be recording it.
+        std::fs::write(dir.0.join("h8.raw"), b"new").unwrap();
         let kept = pool.create(&req("e5", "e", 1 << 20)).unwrap();
         drop(pool);
         let pool = LocalPool::open("p", &dir.0).unwrap();
@@ -700,7 +758,9 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(left.len(), 2, "{left:?}");
+        let mut left = left;
+        left.sort();
+        assert_eq!(left, ["e5.json", "e5.raw", "f6.partial-node-b", "h8.raw"]);
         assert_eq!(pool.get("e5").unwrap(), kept);
     }
 }

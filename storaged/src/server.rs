@@ -110,6 +110,7 @@ impl From<StorageError> for ApiError {
             | StorageError::Invalid { .. }
             | StorageError::Unsupported(_) => StatusCode::BAD_REQUEST,
             StorageError::Import(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StorageError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
             StorageError::Ceph(c) => match c.errno {
                 libc::ENOENT => StatusCode::NOT_FOUND,
                 libc::EEXIST | libc::EBUSY | libc::EROFS => StatusCode::CONFLICT,

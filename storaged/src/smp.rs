@@ -28,7 +28,7 @@ impl SmpPool {
     /// Opens the pool at `dir` and starts writing `node`'s heartbeat every `interval`.
     pub fn open(name: &str, dir: &Path, node: &str, interval: Duration) -> Result<Self> {
         check_name("node name", node)?;
-        let volumes = LocalPool::open(name, dir)?;
+        let volumes = LocalPool::open_as(name, dir, node)?;
         let heartbeats = dir.join(HEARTBEATS);
         std::fs::create_dir_all(&heartbeats).map_err(StorageError::io(format!(
             "creating {}",

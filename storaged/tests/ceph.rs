@@ -103,14 +103,14 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
         serde_json::json!({"id": "vm1", "name": "vm1-root",
         "size_bytes": 128 * MIB, "source": {"kind": "image", "id": "deb"}}),
     );
-    assert_eq!(root.path.to_str(), Some("rbd:rbd/volume-vm1"));
+    assert_eq!(root.path.to_str(), Some("rbd:rbd/triad-volume-vm1"));
     assert_eq!(root.ceph.as_ref().unwrap().conf, dev::shared().conf);
     assert_eq!((root.size_bytes, root.allocated_bytes), (128 * MIB, 0));
-    assert_eq!(rbd_read(&io, "volume-vm1", 40 * MIB, 7), b"root fs");
+    assert_eq!(rbd_read(&io, "triad-volume-vm1", 40 * MIB, 7), b"root fs");
     let drive = root.drive("root");
     assert_eq!(
         (drive.id.as_str(), drive.path.to_str()),
-        ("root", Some("rbd:rbd/volume-vm1"))
+        ("root", Some("rbd:rbd/triad-volume-vm1"))
     );
     let again = volume(
         &daemon,
@@ -134,7 +134,7 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
     assert!(msg.contains("has volumes cloned from it"), "{msg}");
 
     // Snapshots, and rollback.
-    let vm = io.open("volume-vm1").unwrap();
+    let vm = io.open("triad-volume-vm1").unwrap();
     vm.write_at(0, b"monday").unwrap();
     drop(vm);
     let s: Snapshot = ok(daemon.call(
@@ -143,7 +143,7 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
         Some(serde_json::json!({"name": "mon"})),
     ));
     assert_eq!(s.size_bytes, 128 * MIB);
-    let vm = io.open("volume-vm1").unwrap();
+    let vm = io.open("triad-volume-vm1").unwrap();
     vm.write_at(0, b"friday").unwrap();
     drop(vm);
     let grown: Volume = ok(daemon.call(
@@ -157,7 +157,7 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
         serde_json::json!({"id": "mon-copy", "name": "mon-copy",
         "size_bytes": 128 * MIB, "source": {"kind": "snapshot", "volume": "vm1", "snapshot": "mon"}}),
     );
-    assert_eq!(rbd_read(&io, "volume-mon-copy", 0, 6), b"monday");
+    assert_eq!(rbd_read(&io, "triad-volume-mon-copy", 0, 6), b"monday");
     assert!(
         copy.allocated_bytes > 0,
         "a snapshot's copy is flattened: {copy:?}"
@@ -167,8 +167,8 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
         serde_json::json!({"id": "dup", "name": "dup",
         "size_bytes": 256 * MIB, "source": {"kind": "volume", "id": "vm1"}}),
     );
-    assert_eq!(rbd_read(&io, "volume-dup", 0, 6), b"friday");
-    assert_eq!(rbd_read(&io, "volume-dup", 40 * MIB, 7), b"root fs");
+    assert_eq!(rbd_read(&io, "triad-volume-dup", 0, 6), b"friday");
+    assert_eq!(rbd_read(&io, "triad-volume-dup", 40 * MIB, 7), b"root fs");
     assert_eq!(dup.size_bytes, 256 * MIB);
 
     // A VMM holding the volume: it is listed, and the volume is not rolled back or deleted
@@ -177,7 +177,7 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
         .unwrap()
         .pool("rbd")
         .unwrap();
-    let held = vmm.open("volume-vm1").unwrap();
+    let held = vmm.open("triad-volume-vm1").unwrap();
     held.lock_exclusive().unwrap();
     let clients: VolumeClients = ok(daemon.call("GET", "/pools/ceph/volumes/vm1/clients", None));
     assert_eq!(clients.watchers.len(), 1, "{clients:?}");
@@ -242,23 +242,29 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
         assert!(start.elapsed() < Duration::from_secs(60), "{}", resp.body);
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(rbd_read(&io, "volume-vm1", 0, 6), b"monday");
+    assert_eq!(rbd_read(&io, "triad-volume-vm1", 0, 6), b"monday");
     let rolled: Volume = ok(daemon.call("GET", "/pools/ceph/volumes/vm1", None));
     assert_eq!(rolled.size_bytes, 128 * MIB);
 
     // A crash between a clone and its record leaves an image without one: not a volume, and
-    // a retried create makes the volume anew.
-    io.create_image("volume-retried", MIB).unwrap();
+    // not taken for one that failed until it is old enough that no node can still be making
+    // it (another node's is given its record within milliseconds).
+    io.create_image("triad-volume-retried", MIB).unwrap();
     let listed: Vec<Volume> = ok(daemon.call("GET", "/pools/ceph/volumes", None));
     assert!(!listed.iter().any(|v| v.id == "retried"), "{listed:?}");
-    let retried = volume(
-        &daemon,
+    let msg = daemon.error(
+        409,
+        "POST",
+        "/pools/ceph/volumes",
         serde_json::json!({"id": "retried", "name": "retried", "size_bytes": 2 * MIB}),
     );
-    assert_eq!(retried.size_bytes, 2 * MIB);
+    assert!(msg.contains("is being made"), "{msg}");
+    // An image of the same look that is not Triad's is left alone.
+    io.create_image("volume-not-ours", MIB).unwrap();
     // A crash halfway through a copy leaves an image under this node's partial name; the
     // next start removes it.
-    io.create_image("partial.node-1.volume-lost", MIB).unwrap();
+    io.create_image("triad-partial:node-1:triad-volume-lost", MIB)
+        .unwrap();
     drop(daemon);
     let daemon = start_daemon(dir);
     ok::<Vec<Volume>>(daemon.call("GET", "/pools/ceph/volumes", None));
@@ -266,7 +272,8 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
         .images()
         .unwrap()
         .iter()
-        .any(|i| i.starts_with("partial.node-1.")));
+        .any(|i| i.starts_with("triad-partial:node-1:")));
+    assert!(io.images().unwrap().contains(&"volume-not-ours".to_owned()));
 
     // A cluster that does not answer: that pool's calls fail with a clear error, the other
     // pools go on.
@@ -290,7 +297,9 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
     assert_eq!(resp.status, 503, "{}", resp.body);
 
     // Everything goes, snapshots with it; then the image can.
-    for id in ["vm1", "mon-copy", "dup", "retried"] {
+    io.remove_image("triad-volume-retried").unwrap();
+    io.remove_image("volume-not-ours").unwrap();
+    for id in ["vm1", "mon-copy", "dup"] {
         assert_eq!(
             daemon
                 .call("DELETE", &format!("/pools/ceph/volumes/{id}"), None)
@@ -303,10 +312,5 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
         204
     );
     let left: Vec<_> = io.images().unwrap();
-    assert!(
-        !left
-            .iter()
-            .any(|i| i.starts_with("volume-") || i.starts_with("image-")),
-        "{left:?}"
-    );
+    assert!(!left.iter().any(|i| i.starts_with("triad-")), "{left:?}");
 }

@@ -39,11 +39,13 @@ fn open_image(target: &RbdTarget, read_only: bool, cache: CacheMode) -> io::Resu
     };
     let cluster = Cluster::connect(&target.conf, &target.client, options)?;
     let pool = cluster.pool(&target.pool)?;
-    if read_only {
-        return Ok(pool.open_read_only(&target.image, None)?);
-    }
+    // A read-write handle also for read-only disks (the device refuses writes): librbd's
+    // read-only handles register no watch, and storaged, seeing no client, would roll the
+    // image back or delete it under the VM.
     let image = pool.open(&target.image)?;
-    image.lock_exclusive()?;
+    if !read_only {
+        image.lock_exclusive()?;
+    }
     Ok(image)
 }
 
