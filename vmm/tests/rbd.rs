@@ -107,3 +107,26 @@ fn a_fenced_vmm_sees_io_errors_and_another_takes_the_disk_over() {
         "{resumed} after {before}"
     );
 }
+
+#[test]
+fn a_read_only_rbd_disk_is_a_visible_client_of_its_image() {
+    if !kvm_available("a_read_only_rbd_disk_is_a_visible_client_of_its_image") {
+        return;
+    }
+    let cluster = dev::shared();
+    cluster.rbd(&["create", "--size", "16M", "rbd/shared-ro"]);
+    let dir = TempDir::new("rbd-ro");
+    let disk = serde_json::json!([{
+        "id": "ro",
+        "path": "rbd:rbd/shared-ro",
+        "read_only": true,
+        "ceph": {"conf": cluster.conf},
+    }]);
+    let vm = guest_config(&dir, "triad.blk=ro", serde_json::json!({ "drives": disk }));
+    let _vmm = spawn(&vm);
+    let out = wait_for_serial(&dir.join("serial.log"), "TRIAD-BLK ", 1, TIMEOUT);
+    assert!(out.contains("ro=1"), "{out}");
+    // storaged tells a volume in use by its watchers: a reader must be one.
+    let status = String::from_utf8(cluster.rbd(&["status", "rbd/shared-ro"])).unwrap();
+    assert!(status.contains("watcher="), "{status}");
+}
