@@ -83,22 +83,9 @@ fn volumes_are_made_and_kept_through_a_restart() {
         pools[0].usage.as_ref().unwrap().provisioned_bytes,
         (1 << 30) + (4 << 30)
     );
-    assert_eq!(
-        daemon
-            .call("DELETE", "/pools/local/volumes/v-1", None)
-            .status,
-        204
-    );
-    assert_eq!(
-        daemon
-            .call("DELETE", "/pools/local/volumes/v-1", None)
-            .status,
-        204
-    );
-    assert_eq!(
-        daemon.call("GET", "/pools/local/volumes/v-1", None).status,
-        404
-    );
+    assert_eq!(daemon.status("DELETE", "/pools/local/volumes/v-1"), 204);
+    assert_eq!(daemon.status("DELETE", "/pools/local/volumes/v-1"), 204);
+    assert_eq!(daemon.status("GET", "/pools/local/volumes/v-1"), 404);
     assert!(!v.path.exists());
 
     // The shared-mount pool carries this node's storage heartbeat, advancing.

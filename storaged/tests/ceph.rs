@@ -189,12 +189,7 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
         serde_json::json!({}),
     );
     assert_eq!(msg, "volume vm1 is in use (a VMM has it open)");
-    assert_eq!(
-        daemon
-            .call("DELETE", "/pools/ceph/volumes/vm1", None)
-            .status,
-        409
-    );
+    assert_eq!(daemon.status("DELETE", "/pools/ceph/volumes/vm1"), 409);
     // A snapshot of the running disk is taken (its VMM, the lock's owner, takes it).
     let live: Snapshot = ok(daemon.call(
         "POST",
@@ -301,16 +296,11 @@ fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
     io.remove_image("volume-not-ours").unwrap();
     for id in ["vm1", "mon-copy", "dup"] {
         assert_eq!(
-            daemon
-                .call("DELETE", &format!("/pools/ceph/volumes/{id}"), None)
-                .status,
+            daemon.status("DELETE", &format!("/pools/ceph/volumes/{id}")),
             204
         );
     }
-    assert_eq!(
-        daemon.call("DELETE", "/pools/ceph/images/deb", None).status,
-        204
-    );
+    assert_eq!(daemon.status("DELETE", "/pools/ceph/images/deb"), 204);
     let left: Vec<_> = io.images().unwrap();
     assert!(!left.iter().any(|i| i.starts_with("triad-")), "{left:?}");
 }

@@ -286,12 +286,7 @@ fn images_come_from_files_and_urls_raw_or_qcow2_and_root_volumes_from_them() {
     // A failed import is retried with a corrected request.
     let fixed = import(&daemon, "bad-sum", server.url("disk.raw"), Some(&sum));
     assert_eq!(fixed.state, ImageState::Ready);
-    assert_eq!(
-        daemon
-            .call("DELETE", "/pools/local/images/missing", None)
-            .status,
-        204
-    );
+    assert_eq!(daemon.status("DELETE", "/pools/local/images/missing"), 204);
 
     // Images survive a restart (the failed imports do not: they were never the pool's).
     drop(daemon);
@@ -299,24 +294,9 @@ fn images_come_from_files_and_urls_raw_or_qcow2_and_root_volumes_from_them() {
     let images: Vec<Image> = ok(daemon.call("GET", "/pools/local/images", None));
     let names: Vec<_> = images.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["bad-sum", "debian", "debian-q"]);
-    assert_eq!(
-        daemon
-            .call("DELETE", "/pools/local/images/debian", None)
-            .status,
-        204
-    );
-    assert_eq!(
-        daemon
-            .call("DELETE", "/pools/local/images/debian", None)
-            .status,
-        204
-    );
-    assert_eq!(
-        daemon
-            .call("GET", "/pools/local/images/debian", None)
-            .status,
-        404
-    );
+    assert_eq!(daemon.status("DELETE", "/pools/local/images/debian"), 204);
+    assert_eq!(daemon.status("DELETE", "/pools/local/images/debian"), 204);
+    assert_eq!(daemon.status("GET", "/pools/local/images/debian"), 404);
 }
 
 /// Holds a volume's file lock as a running VMM does.
@@ -390,24 +370,13 @@ fn snapshots_roll_back_and_a_volume_in_use_is_left_alone() {
         serde_json::json!({}),
     );
     assert_eq!(msg, "volume v1 is in use (a VMM has it open)");
-    assert_eq!(
-        daemon
-            .call("DELETE", "/pools/local/volumes/v1", None)
-            .status,
-        409
-    );
+    assert_eq!(daemon.status("DELETE", "/pools/local/volumes/v1"), 409);
     let live = snap("live");
     assert!([200, 409].contains(&live.status), "{}", live.body);
     drop(held);
 
     assert_eq!(
-        daemon
-            .call(
-                "POST",
-                "/pools/local/volumes/v1/snapshots/mon/rollback",
-                None
-            )
-            .status,
+        daemon.status("POST", "/pools/local/volumes/v1/snapshots/mon/rollback"),
         204
     );
     assert_eq!(read_at(&v.path, MIB, 6), b"monday");
@@ -431,23 +400,14 @@ fn snapshots_roll_back_and_a_volume_in_use_is_left_alone() {
     let snaps: Vec<Snapshot> = ok(daemon.call("GET", "/pools/local/volumes/v1/snapshots", None));
     assert!(snaps.iter().any(|s| s.name == "mon"), "{snaps:?}");
     assert_eq!(
-        daemon
-            .call("DELETE", "/pools/local/volumes/v1/snapshots/mon", None)
-            .status,
+        daemon.status("DELETE", "/pools/local/volumes/v1/snapshots/mon"),
         204
     );
     assert_eq!(
-        daemon
-            .call("DELETE", "/pools/local/volumes/v1/snapshots/mon", None)
-            .status,
+        daemon.status("DELETE", "/pools/local/volumes/v1/snapshots/mon"),
         204
     );
-    assert_eq!(
-        daemon
-            .call("DELETE", "/pools/local/volumes/v1", None)
-            .status,
-        204
-    );
+    assert_eq!(daemon.status("DELETE", "/pools/local/volumes/v1"), 204);
     assert!(!v.path.exists());
     assert_eq!(
         read_at(&copy.path, MIB, 6),
@@ -560,7 +520,7 @@ fn a_full_pool_fails_an_import_cleanly_warns_and_stalled_downloads_time_out() {
     let later: Vec<triad_api::storage::Event> =
         ok(daemon.call("GET", &format!("/events?after={last}"), None));
     assert!(later.is_empty(), "{later:?}");
-    assert_eq!(daemon.call("GET", "/events?after=x", None).status, 400);
+    assert_eq!(daemon.status("GET", "/events?after=x"), 400);
 
     // A server that takes the connection and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -581,6 +541,18 @@ fn openssl(args: &[&str], dir: &Path) {
     assert!(out.status.success(), "openssl {args:?}: {out:?}");
 }
 
+/// A self-signed certificate for `subject` (a CA of its own), written into `dir`.
+fn self_signed(dir: &Path, subject: &str, key: &str, cert: &str) {
+    let subj = format!("/CN={subject}");
+    openssl(
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &subj,
+            "-keyout", key, "-out", cert,
+        ],
+        dir,
+    );
+}
+
 /// An HTTPS server (python's, wrapped in TLS) for `dir` on a free loopback port, with a
 /// certificate for 127.0.0.1 signed by a CA of its own (`ca.pem` in `certs`).
 struct HttpsServer {
@@ -591,24 +563,7 @@ struct HttpsServer {
 impl HttpsServer {
     fn start(dir: &Path, certs: &Path) -> Self {
         std::fs::create_dir_all(certs).unwrap();
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=Triad test CA",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-            ],
-            certs,
-        );
+        self_signed(certs, "Triad test CA", "ca.key", "ca.pem");
         openssl(
             &[
                 "req",
@@ -718,24 +673,7 @@ fn images_come_over_https_from_servers_the_node_trusts_only() {
 
     // A server the node does not trust is refused.
     let other = dir.join("other-ca.pem");
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=Someone else",
-            "-keyout",
-            "other.key",
-            "-out",
-            other.to_str().unwrap(),
-        ],
-        &certs,
-    );
+    self_signed(&certs, "Someone else", "other.key", other.to_str().unwrap());
     let daemon = Daemon::start_with(
         dir,
         pools,

@@ -73,6 +73,11 @@ impl Daemon {
         .unwrap()
     }
 
+    /// The status of a call without a body.
+    pub fn status(&self, method: &str, path: &str) -> u16 {
+        self.call(method, path, None).status
+    }
+
     /// The error message of a failed call, checking its status.
     pub fn error(&self, status: u16, method: &str, path: &str, body: serde_json::Value) -> String {
         let resp = self.call(method, path, Some(body));
