@@ -58,46 +58,113 @@ fn import(daemon: &Daemon, id: &str, source: serde_json::Value, sha: Option<&str
     wait_import(daemon, "local", id)
 }
 
-/// `python3 -m http.server` serving `dir` on a free loopback port.
-struct HttpServer {
-    child: Child,
-    port: u16,
+/// A free TCP port on loopback (nothing listens on it once this returns).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-impl HttpServer {
-    fn start(dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+/// Python's HTTP server for a directory, on a free loopback port, over TLS or not.
+struct WebServer {
+    child: Child,
+    port: u16,
+    tls: bool,
+}
+
+impl WebServer {
+    fn http(dir: &Path) -> Self {
+        Self::serve(dir, None)
+    }
+
+    /// With a certificate for 127.0.0.1 signed by a CA of its own (`ca.pem` in `certs`).
+    fn https(dir: &Path, certs: &Path) -> Self {
+        std::fs::create_dir_all(certs).unwrap();
+        self_signed(certs, "Triad test CA", "ca.key", "ca.pem");
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+            certs,
+        );
+        std::fs::write(certs.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "server.pem",
+            ],
+            certs,
+        );
+        Self::serve(dir, Some(certs))
+    }
+
+    fn serve(dir: &Path, certs: Option<&Path>) -> Self {
+        let port = free_port();
+        let tls = certs.map_or(String::new(), |certs| {
+            format!(
+                "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+                 ctx.load_cert_chain({cert:?}, {key:?})\n\
+                 server.socket = ctx.wrap_socket(server.socket, server_side=True)\n",
+                cert = certs.join("server.pem").to_str().unwrap(),
+                key = certs.join("server.key").to_str().unwrap(),
+            )
+        });
+        let script = format!(
+            "import functools, http.server, ssl\n\
+             handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
+             server = http.server.HTTPServer(('127.0.0.1', {port}), handler)\n\
+             {tls}\
+             server.serve_forever()\n",
+            dir = dir.to_str().unwrap(),
+        );
         let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .arg("--directory")
-            .arg(dir)
+            .args(["-c", &script])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "no HTTP server");
+            assert!(start.elapsed() < Duration::from_secs(10), "no web server");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port }
+        Self {
+            child,
+            port,
+            tls: certs.is_some(),
+        }
     }
 
     fn url(&self, file: &str) -> serde_json::Value {
-        serde_json::json!({"kind": "url", "url": format!("http://127.0.0.1:{}/{file}", self.port)})
+        let scheme = if self.tls { "https" } else { "http" };
+        serde_json::json!({"kind": "url", "url": format!("{scheme}://127.0.0.1:{}/{file}", self.port)})
     }
 }
 
-impl Drop for HttpServer {
+impl Drop for WebServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -149,7 +216,7 @@ fn images_come_from_files_and_urls_raw_or_qcow2_and_root_volumes_from_them() {
         web.join("disk.qcow2").to_str().unwrap(),
     ]);
     let daemon = start(dir);
-    let server = HttpServer::start(&web);
+    let server = WebServer::http(&web);
 
     // From a file, checked against its checksum.
     let sum = sha256(&raw);
@@ -228,11 +295,7 @@ fn images_come_from_files_and_urls_raw_or_qcow2_and_root_volumes_from_them() {
         "raw",
         web.join("backed.qcow2").to_str().unwrap(),
     ]);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = free_port();
     for (id, source, sha, expect) in [
         (
             "bad-sum",
@@ -553,91 +616,6 @@ fn self_signed(dir: &Path, subject: &str, key: &str, cert: &str) {
     );
 }
 
-/// An HTTPS server (python's, wrapped in TLS) for `dir` on a free loopback port, with a
-/// certificate for 127.0.0.1 signed by a CA of its own (`ca.pem` in `certs`).
-struct HttpsServer {
-    child: Child,
-    port: u16,
-}
-
-impl HttpsServer {
-    fn start(dir: &Path, certs: &Path) -> Self {
-        std::fs::create_dir_all(certs).unwrap();
-        self_signed(certs, "Triad test CA", "ca.key", "ca.pem");
-        openssl(
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            ],
-            certs,
-        );
-        std::fs::write(certs.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                "ext.cnf",
-                "-out",
-                "server.pem",
-            ],
-            certs,
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let script = format!(
-            "import functools, http.server, ssl\n\
-             handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
-             server = http.server.HTTPServer(('127.0.0.1', {port}), handler)\n\
-             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
-             ctx.load_cert_chain({cert:?}, {key:?})\n\
-             server.socket = ctx.wrap_socket(server.socket, server_side=True)\n\
-             server.serve_forever()\n",
-            dir = dir.to_str().unwrap(),
-            cert = certs.join("server.pem").to_str().unwrap(),
-            key = certs.join("server.key").to_str().unwrap(),
-        );
-        let child = Command::new("python3")
-            .args(["-c", &script])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "no HTTPS server");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for HttpsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn images_come_over_https_from_servers_the_node_trusts_only() {
     let tmp = TempDir::new("https");
@@ -646,8 +624,8 @@ fn images_come_over_https_from_servers_the_node_trusts_only() {
     std::fs::create_dir_all(&web).unwrap();
     raw_disk(&web.join("disk.raw"));
     let certs = dir.join("certs");
-    let server = HttpsServer::start(&web, &certs);
-    let url = serde_json::json!({"kind": "url", "url": format!("https://127.0.0.1:{}/disk.raw", server.port)});
+    let server = WebServer::https(&web, &certs);
+    let url = server.url("disk.raw");
     let pools = serde_json::json!([{"name": "local", "kind": "local", "path": dir.join("pool")}]);
 
     // The node's trust store (here the test's CA, as SSL_CERT_FILE) vouches for the server.
