@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod http;
+pub mod net;
 pub mod storage;
 pub mod vmm;
 

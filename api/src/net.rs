@@ -1,0 +1,353 @@
+//! `triad-netd`'s resources: networks (L2 and L3) and VM ports, as the controller sends them to
+//! each host, and what a host has for diagnostics.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// An IPv4 network in CIDR notation, `10.1.0.0/24`. The address is kept as written; `network()`
+/// masks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0)
+    }
+
+    /// The first address of the network.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    /// The last address of the network (its broadcast address).
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) | !self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+
+    /// Whether the two networks share any address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
+
+    /// An address a host may hold: inside, and neither the network nor the broadcast address
+    /// (a /31 or /32 has no such reserved addresses).
+    pub fn is_host(&self, ip: Ipv4Addr) -> bool {
+        self.contains(ip) && (self.prefix >= 31 || (ip != self.network() && ip != self.broadcast()))
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an IPv4 CIDR like 10.1.0.0/24");
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if prefix > 32 {
+            return Err(format!("{s:?}: the prefix length is at most 32"));
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl Serialize for Ipv4Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv4Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A MAC address, `52:54:00:12:34:56`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 == 1
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a MAC address like 52:54:00:12:34:56");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Self(mac))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a network's frames travel between hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
+pub enum L2 {
+    /// A Linux bridge with the host's uplink enslaved (or none: a host-local network).
+    Novlan {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uplink: Option<String>,
+    },
+    /// A Linux bridge with a VXLAN device; every peer VTEP is in the device's forwarding table
+    /// (head-end replication), so the underlay needs no multicast.
+    Vxlan {
+        vni: u32,
+        /// The interface the tunnel's packets leave by.
+        underlay: String,
+        /// This host's VTEP address (the underlay's address when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        local: Option<Ipv4Addr>,
+        /// The other hosts' VTEP addresses.
+        #[serde(default)]
+        peers: Vec<Ipv4Addr>,
+        #[serde(default = "vxlan_port")]
+        port: u16,
+    },
+}
+
+fn vxlan_port() -> u16 {
+    4789
+}
+
+/// A static route handed to VMs by DHCP (option 121).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    pub destination: Ipv4Cidr,
+    pub via: Ipv4Addr,
+}
+
+/// A range of addresses the controller allocates from, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpRange {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+}
+
+/// A network's addressing: what DHCP tells its VMs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L3 {
+    pub cidr: Ipv4Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// At most two.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub ranges: Vec<IpRange>,
+    #[serde(default)]
+    pub routes: Vec<StaticRoute>,
+}
+
+/// `PUT /networks/{id}`: the network as this host must have it. Idempotent: the same spec again
+/// changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// What operators see.
+    pub name: String,
+    pub l2: L2,
+    /// The MTU VMs get (DHCP option 26) and the bridge's; defaults to 1500, less the VXLAN
+    /// overhead (50 bytes) on VXLAN networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l3: Option<L3>,
+}
+
+/// `PUT /ports/{id}`: a VM's NIC on a network of this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub network: String,
+    pub mac: Mac,
+    /// The address the controller allocated; required on networks with an L3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// The VM's host name (DHCP option 12, metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// A network as this host has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: NetworkSpec,
+    /// The Linux bridge VM taps are attached to.
+    pub bridge: String,
+    /// The MTU in force.
+    pub mtu: u32,
+}
+
+/// A port as this host has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: PortSpec,
+    /// The TAP the VMM opens (`NetConfig::tap`).
+    pub tap: String,
+}
+
+/// One interface of the host, as `GET /state` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkState {
+    pub name: String,
+    /// `bridge`, `vxlan`, `tun`, ...
+    pub kind: String,
+    pub up: bool,
+    pub mtu: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// What Triad tagged it with (`triad:network:ID`, `triad:port:ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// A VXLAN forwarding entry: frames for `mac` go to `dst`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbEntry {
+    pub device: String,
+    pub mac: Mac,
+    pub dst: Ipv4Addr,
+}
+
+/// `GET /state`: what the host has, read back from the kernel (not what netd was asked for),
+/// for diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetState {
+    pub node: String,
+    pub networks: Vec<Network>,
+    pub ports: Vec<Port>,
+    /// Triad's interfaces on the host, and the uplinks they use.
+    pub links: Vec<LinkState>,
+    pub fdb: Vec<FdbEntry>,
+}
+
+/// `triad-netd --config FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetdConfig {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Where netd keeps what it was asked for, to reconcile the host after a restart.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The host's name (the system's host name when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/triad/netd.sock")
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/triad/netd")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_and_compare() {
+        let net: Ipv4Cidr = "10.1.0.7/24".parse().unwrap();
+        assert_eq!(net.network(), Ipv4Addr::new(10, 1, 0, 0));
+        assert_eq!(net.broadcast(), Ipv4Addr::new(10, 1, 0, 255));
+        assert!(net.is_host(Ipv4Addr::new(10, 1, 0, 1)));
+        assert!(!net.is_host(Ipv4Addr::new(10, 1, 0, 255)));
+        assert!(!net.contains(Ipv4Addr::new(10, 1, 1, 1)));
+        assert!(net.overlaps(&"10.0.0.0/8".parse().unwrap()));
+        assert!(!net.overlaps(&"10.1.1.0/24".parse().unwrap()));
+        let all: Ipv4Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(Ipv4Addr::new(192, 0, 2, 1)));
+        for bad in ["10.1.0.0", "10.1.0.0/33", "10.1.0/24", "x/8"] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn macs_parse_and_print() {
+        let mac: Mac = "52:54:00:AB:cd:0f".parse().unwrap();
+        assert_eq!(mac.to_string(), "52:54:00:ab:cd:0f");
+        assert!(!mac.is_multicast());
+        for bad in [
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:00",
+            "5:54:00:ab:cd:0f",
+            "zz:54:00:ab:cd:0f",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn specs_reject_unknown_fields() {
+        let ok = r#"{"name":"n","l2":{"kind":"vxlan","vni":7,"underlay":"eth0"}}"#;
+        let spec: NetworkSpec = serde_json::from_str(ok).unwrap();
+        assert!(matches!(spec.l2, L2::Vxlan { port: 4789, .. }));
+        let typo = r#"{"name":"n","l2":{"kind":"novlan"},"mut":1400}"#;
+        let err = serde_json::from_str::<NetworkSpec>(typo).unwrap_err();
+        assert!(err.to_string().contains("mut"), "{err}");
+    }
+}

@@ -1,0 +1,948 @@
+//! The host's networks and ports: what netd was asked for (kept on disk), checked as a whole
+//! before anything changes, and carried out on the kernel idempotently, so that the same
+//! request again, or a restart at any moment, converges on the same host.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use triad_api::net::{FdbEntry, LinkState, NetState, Network, NetworkSpec, Port, PortSpec, L2};
+
+use crate::link::{Fdb, Link, Netlink, NetlinkError, VxlanParams, FLOOD};
+use crate::tap;
+use crate::Error;
+
+/// What VXLAN adds to every frame on an IPv4 underlay: outer IPv4, UDP, VXLAN and Ethernet.
+pub const VXLAN_OVERHEAD: u32 = 50;
+const DEFAULT_MTU: u32 = 1500;
+
+/// What netd was asked for: the state file's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Desired {
+    pub networks: BTreeMap<String, NetworkSpec>,
+    pub ports: BTreeMap<String, PortSpec>,
+}
+
+/// A short, stable tag for an id that fits an interface name.
+fn tag(id: &str) -> String {
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}")
+}
+
+pub fn bridge_name(network: &str) -> String {
+    format!("tbr{}", tag(network))
+}
+
+pub fn vxlan_name(network: &str) -> String {
+    format!("tvx{}", tag(network))
+}
+
+pub fn tap_name(port: &str) -> String {
+    format!("ttp{}", tag(port))
+}
+
+fn network_owner(id: &str) -> String {
+    format!("triad:network:{id}")
+}
+
+fn port_owner(id: &str) -> String {
+    format!("triad:port:{id}")
+}
+
+/// Ids become part of aliases and URLs: kept to a plain alphabet.
+pub fn check_id(what: &str, id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "{what} id {id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn bad(message: String) -> Error {
+    Error::BadRequest(message)
+}
+
+/// The MTU a network's bridge and VMs get.
+pub fn mtu_of(spec: &NetworkSpec) -> u32 {
+    spec.mtu.unwrap_or(match spec.l2 {
+        L2::Vxlan { .. } => DEFAULT_MTU - VXLAN_OVERHEAD,
+        L2::Novlan { .. } => DEFAULT_MTU,
+    })
+}
+
+/// Checks `spec` on its own and against the host's other networks.
+pub fn check_network(desired: &Desired, id: &str, spec: &NetworkSpec) -> Result<(), Error> {
+    check_id("network", id)?;
+    if spec.name.trim().is_empty() {
+        return Err(bad(format!("network {id}: the name is empty")));
+    }
+    if let Some(mtu) = spec.mtu {
+        if !(576..=9000).contains(&mtu) {
+            return Err(bad(format!(
+                "network {id}: MTU {mtu} is outside 576..=9000"
+            )));
+        }
+    }
+    let others = || {
+        desired
+            .networks
+            .iter()
+            .filter(|(other, _)| other.as_str() != id)
+    };
+    match &spec.l2 {
+        L2::Novlan { uplink } => {
+            if let Some(uplink) = uplink {
+                check_ifname(id, "uplink", uplink)?;
+                for (other, o) in others() {
+                    if matches!(&o.l2, L2::Novlan { uplink: Some(u) } if u == uplink) {
+                        return Err(Error::Conflict(format!(
+                            "network {id}: uplink {uplink} already carries network {other}"
+                        )));
+                    }
+                }
+            }
+        }
+        L2::Vxlan {
+            vni,
+            underlay,
+            local,
+            peers,
+            port,
+        } => {
+            if !(1..=0xff_ffff).contains(vni) {
+                return Err(bad(format!(
+                    "network {id}: VNI {vni} is outside 1..=16777215"
+                )));
+            }
+            check_ifname(id, "underlay", underlay)?;
+            if *port == 0 {
+                return Err(bad(format!("network {id}: VXLAN port 0")));
+            }
+            let mut seen = BTreeSet::new();
+            for peer in peers {
+                if peer.is_unspecified() || peer.is_multicast() || peer.is_broadcast() {
+                    return Err(bad(format!("network {id}: {peer} is not a VTEP address")));
+                }
+                if Some(*peer) == *local {
+                    return Err(bad(format!(
+                        "network {id}: peer {peer} is this host's own VTEP"
+                    )));
+                }
+                if !seen.insert(peer) {
+                    return Err(bad(format!("network {id}: peer {peer} is listed twice")));
+                }
+            }
+            for (other, o) in others() {
+                if matches!(&o.l2, L2::Vxlan { vni: v, .. } if v == vni) {
+                    return Err(Error::Conflict(format!(
+                        "network {id}: VNI {vni} is in use by network {other}"
+                    )));
+                }
+            }
+        }
+    }
+    if let Some(l3) = &spec.l3 {
+        let cidr = l3.cidr;
+        if cidr.prefix > 30 {
+            return Err(bad(format!(
+                "network {id}: {cidr} leaves no room for VMs (at most /30)"
+            )));
+        }
+        if let Some(gw) = l3.gateway {
+            if !cidr.is_host(gw) {
+                return Err(bad(format!(
+                    "network {id}: gateway {gw} is not a host address of {cidr}"
+                )));
+            }
+        }
+        if l3.dns.len() > 2 {
+            return Err(bad(format!(
+                "network {id}: at most 2 DNS servers, not {}",
+                l3.dns.len()
+            )));
+        }
+        for r in &l3.ranges {
+            if !cidr.is_host(r.start)
+                || !cidr.is_host(r.end)
+                || u32::from(r.start) > u32::from(r.end)
+            {
+                return Err(bad(format!(
+                    "network {id}: range {}-{} is not an ascending range of host addresses of {cidr}",
+                    r.start, r.end
+                )));
+            }
+            if let Some(gw) = l3.gateway {
+                if (u32::from(r.start)..=u32::from(r.end)).contains(&u32::from(gw)) {
+                    return Err(bad(format!(
+                        "network {id}: range {}-{} holds the gateway {gw}",
+                        r.start, r.end
+                    )));
+                }
+            }
+        }
+        for route in &l3.routes {
+            if !cidr.is_host(route.via) {
+                return Err(bad(format!(
+                    "network {id}: route to {} via {} leaves the network {cidr}",
+                    route.destination, route.via
+                )));
+            }
+        }
+        for (other, o) in others() {
+            if let Some(ol3) = &o.l3 {
+                if ol3.cidr.overlaps(&cidr) {
+                    return Err(Error::Conflict(format!(
+                        "network {id}: {cidr} overlaps {} of network {other}",
+                        ol3.cidr
+                    )));
+                }
+            }
+        }
+        // A changed network must still hold the addresses its ports have.
+        for (port, p) in desired.ports.iter().filter(|(_, p)| p.network == id) {
+            if let Some(ip) = p.ip {
+                if !cidr.is_host(ip) || Some(ip) == l3.gateway {
+                    return Err(Error::Conflict(format!(
+                        "network {id}: port {port} has {ip}, which {cidr} would not hold"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_ifname(id: &str, what: &str, name: &str) -> Result<(), Error> {
+    if name.is_empty()
+        || name.len() > crate::link::MAX_NAME
+        || name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace())
+    {
+        return Err(bad(format!(
+            "network {id}: {what} {name:?} is not an interface name"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `spec` against its network and the host's other ports.
+pub fn check_port(desired: &Desired, id: &str, spec: &PortSpec) -> Result<(), Error> {
+    check_id("port", id)?;
+    let Some(network) = desired.networks.get(&spec.network) else {
+        return Err(Error::Unprocessable(format!(
+            "port {id}: there is no network {} on this host",
+            spec.network
+        )));
+    };
+    if spec.mac.is_multicast() || spec.mac.0 == [0; 6] {
+        return Err(bad(format!("port {id}: {} is not a unicast MAC", spec.mac)));
+    }
+    if let Some(name) = &spec.hostname {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !name.starts_with('-');
+        if !ok {
+            return Err(bad(format!("port {id}: {name:?} is not a host name")));
+        }
+    }
+    let others = || {
+        desired
+            .ports
+            .iter()
+            .filter(|(other, _)| other.as_str() != id)
+    };
+    for (other, o) in others() {
+        if o.mac == spec.mac {
+            return Err(Error::Conflict(format!(
+                "port {id}: MAC {} is port {other}'s",
+                spec.mac
+            )));
+        }
+    }
+    match (&network.l3, spec.ip) {
+        (Some(l3), Some(ip)) => {
+            if !l3.cidr.is_host(ip) {
+                return Err(bad(format!(
+                    "port {id}: {ip} is not a host address of {}",
+                    l3.cidr
+                )));
+            }
+            if Some(ip) == l3.gateway {
+                return Err(Error::Conflict(format!("port {id}: {ip} is the gateway's")));
+            }
+            for (other, o) in others() {
+                if o.network == spec.network && o.ip == Some(ip) {
+                    return Err(Error::Conflict(format!(
+                        "port {id}: {ip} is port {other}'s"
+                    )));
+                }
+            }
+        }
+        (Some(l3), None) => {
+            return Err(bad(format!(
+                "port {id}: network {} has addresses ({}), so the port needs an \"ip\"",
+                spec.network, l3.cidr
+            )))
+        }
+        (None, Some(ip)) => {
+            return Err(bad(format!(
+                "port {id}: network {} has no L3, so address {ip} means nothing on it",
+                spec.network
+            )))
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+/// The host: netlink, the state file, and what it holds.
+#[derive(Debug)]
+pub struct Host {
+    node: String,
+    netlink: Netlink,
+    state_file: PathBuf,
+    desired: Mutex<Desired>,
+}
+
+fn system(e: NetlinkError) -> Error {
+    Error::System(e.to_string())
+}
+
+impl Host {
+    /// Loads the state file in `state_dir` (none yet: an empty host) and connects to the
+    /// kernel. Call `reconcile` next.
+    pub fn open(node: String, state_dir: PathBuf) -> Result<Self, Error> {
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| Error::System(format!("creating {}: {e}", state_dir.display())))?;
+        let state_file = state_dir.join("desired.json");
+        let desired = match std::fs::read(&state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::System(format!("reading {}: {e}", state_file.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Desired::default(),
+            Err(e) => {
+                return Err(Error::System(format!(
+                    "reading {}: {e}",
+                    state_file.display()
+                )))
+            }
+        };
+        let netlink =
+            Netlink::connect().map_err(|e| Error::System(format!("opening rtnetlink: {e}")))?;
+        Ok(Self {
+            node,
+            netlink,
+            state_file,
+            desired: Mutex::new(desired),
+        })
+    }
+
+    fn save(&self, desired: &Desired) -> Result<(), Error> {
+        let tmp = self.state_file.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(desired).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.state_file)
+        };
+        write().map_err(|e| Error::System(format!("writing {}: {e}", self.state_file.display())))
+    }
+
+    /// Brings the kernel to what the state file says: every network and port made or
+    /// repaired, and every Triad interface nobody asked for removed. Carries on past a failing
+    /// network or port (logged) so one bad uplink does not keep the others down.
+    pub async fn reconcile(&self) -> Result<(), Error> {
+        let desired = self.desired.lock().await;
+        for (id, spec) in &desired.networks {
+            if let Err(e) = self.apply_network(id, spec).await {
+                tracing::warn!("network {id}: {e}");
+            }
+        }
+        for (id, spec) in &desired.ports {
+            if let Err(e) = self.apply_port(&desired, id, spec).await {
+                tracing::warn!("port {id}: {e}");
+            }
+        }
+        self.remove_strays(&desired).await
+    }
+
+    /// Deletes Triad's interfaces that belong to no network or port netd holds (a crash
+    /// between making one and saving the state file, or a delete that did not finish).
+    async fn remove_strays(&self, desired: &Desired) -> Result<(), Error> {
+        let wanted: BTreeSet<String> = desired
+            .networks
+            .keys()
+            .map(|id| network_owner(id))
+            .chain(desired.ports.keys().map(|id| port_owner(id)))
+            .collect();
+        for link in self.netlink.links().await.map_err(system)? {
+            let Some(owner) = &link.alias else { continue };
+            if owner.starts_with("triad:") && !wanted.contains(owner) {
+                tracing::info!("removing {} ({owner}): nothing asks for it", link.name);
+                self.netlink.delete(&link).await.map_err(system)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `PUT /networks/{id}`.
+    pub async fn ensure_network(&self, id: &str, spec: NetworkSpec) -> Result<Network, Error> {
+        let mut desired = self.desired.lock().await;
+        check_network(&desired, id, &spec)?;
+        let existed = desired.networks.contains_key(id);
+        if let Err(e) = self.apply_network(id, &spec).await {
+            if !existed {
+                // Nothing half-made stays behind.
+                let _ = self.remove_network(id, &spec).await;
+            }
+            return Err(e);
+        }
+        let mut next = desired.clone();
+        next.networks.insert(id.to_owned(), spec.clone());
+        self.save(&next)?;
+        *desired = next;
+        drop(desired);
+        // Ports already on it follow a changed MTU.
+        let desired = self.desired.lock().await;
+        for (pid, p) in desired.ports.iter().filter(|(_, p)| p.network == id) {
+            self.apply_port(&desired, pid, p).await?;
+        }
+        Ok(network_view(id, &spec))
+    }
+
+    /// `DELETE /networks/{id}`: refused while ports are on it.
+    pub async fn delete_network(&self, id: &str) -> Result<(), Error> {
+        let mut desired = self.desired.lock().await;
+        let Some(spec) = desired.networks.get(id).cloned() else {
+            return Err(Error::NotFound(format!("no network {id} on this host")));
+        };
+        if let Some((port, _)) = desired.ports.iter().find(|(_, p)| p.network == id) {
+            return Err(Error::Conflict(format!(
+                "network {id} still has port {port}"
+            )));
+        }
+        self.remove_network(id, &spec).await?;
+        let mut next = desired.clone();
+        next.networks.remove(id);
+        self.save(&next)?;
+        *desired = next;
+        Ok(())
+    }
+
+    /// `PUT /ports/{id}`.
+    pub async fn ensure_port(&self, id: &str, spec: PortSpec) -> Result<Port, Error> {
+        let mut desired = self.desired.lock().await;
+        check_port(&desired, id, &spec)?;
+        let existed = desired.ports.contains_key(id);
+        if let Err(e) = self.apply_port(&desired, id, &spec).await {
+            if !existed {
+                let _ = self.remove_port(id).await;
+            }
+            return Err(e);
+        }
+        let mut next = desired.clone();
+        next.ports.insert(id.to_owned(), spec.clone());
+        self.save(&next)?;
+        *desired = next;
+        Ok(port_view(id, spec))
+    }
+
+    /// `DELETE /ports/{id}`: the TAP goes with it.
+    pub async fn delete_port(&self, id: &str) -> Result<(), Error> {
+        let mut desired = self.desired.lock().await;
+        if !desired.ports.contains_key(id) {
+            return Err(Error::NotFound(format!("no port {id} on this host")));
+        }
+        self.remove_port(id).await?;
+        let mut next = desired.clone();
+        next.ports.remove(id);
+        self.save(&next)?;
+        *desired = next;
+        Ok(())
+    }
+
+    pub async fn network(&self, id: &str) -> Result<Network, Error> {
+        let desired = self.desired.lock().await;
+        desired
+            .networks
+            .get(id)
+            .map(|spec| network_view(id, spec))
+            .ok_or_else(|| Error::NotFound(format!("no network {id} on this host")))
+    }
+
+    pub async fn port(&self, id: &str) -> Result<Port, Error> {
+        let desired = self.desired.lock().await;
+        desired
+            .ports
+            .get(id)
+            .map(|spec| port_view(id, spec.clone()))
+            .ok_or_else(|| Error::NotFound(format!("no port {id} on this host")))
+    }
+
+    /// `GET /state`: the networks and ports, and what the kernel has for them.
+    pub async fn state(&self) -> Result<NetState, Error> {
+        let desired = self.desired.lock().await;
+        let links = self.netlink.links().await.map_err(system)?;
+        let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
+        let ours: BTreeSet<u32> = links
+            .iter()
+            .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("triad:")))
+            .map(|l| l.index)
+            .collect();
+        // Triad's interfaces, and whatever is enslaved to Triad's bridges (uplinks).
+        let shown: Vec<LinkState> = links
+            .iter()
+            .filter(|l| ours.contains(&l.index) || l.master.is_some_and(|m| ours.contains(&m)))
+            .map(|l| LinkState {
+                name: l.name.clone(),
+                kind: l.kind.clone().unwrap_or_default(),
+                up: l.up,
+                mtu: l.mtu,
+                master: l
+                    .master
+                    .and_then(|m| by_index.get(&m))
+                    .map(|m| m.name.clone()),
+                owner: l.alias.clone().filter(|a| a.starts_with("triad:")),
+            })
+            .collect();
+        let fdb = self
+            .netlink
+            .fdb()
+            .await
+            .map_err(system)?
+            .into_iter()
+            .filter(|e| ours.contains(&e.device))
+            .map(|e| FdbEntry {
+                device: by_index
+                    .get(&e.device)
+                    .map(|l| l.name.clone())
+                    .unwrap_or_default(),
+                mac: e.mac,
+                dst: e.dst,
+            })
+            .collect();
+        Ok(NetState {
+            node: self.node.clone(),
+            networks: desired
+                .networks
+                .iter()
+                .map(|(id, s)| network_view(id, s))
+                .collect(),
+            ports: desired
+                .ports
+                .iter()
+                .map(|(id, s)| port_view(id, s.clone()))
+                .collect(),
+            links: shown,
+            fdb,
+        })
+    }
+
+    /// Finds interface `name`, refusing one that belongs to someone other than `owner`.
+    async fn owned(&self, name: &str, owner: &str) -> Result<Option<Link>, Error> {
+        let link = self.netlink.link(name).await.map_err(system)?;
+        match &link {
+            Some(l) if l.alias.as_deref() != Some(owner) => Err(Error::Conflict(format!(
+                "interface {name} exists and is not Triad's ({owner}); remove it or rename it"
+            ))),
+            _ => Ok(link),
+        }
+    }
+
+    async fn must_exist(&self, network: &str, what: &str, name: &str) -> Result<Link, Error> {
+        self.netlink
+            .link(name)
+            .await
+            .map_err(system)?
+            .ok_or_else(|| {
+                Error::Unprocessable(format!(
+                    "network {network}: {what} {name} does not exist on this host"
+                ))
+            })
+    }
+
+    async fn apply_network(&self, id: &str, spec: &NetworkSpec) -> Result<(), Error> {
+        let owner = network_owner(id);
+        let mtu = mtu_of(spec);
+        // Checked before anything is made, so a missing uplink leaves nothing behind.
+        let (uplink, vxlan) = match &spec.l2 {
+            L2::Novlan { uplink: None } => (None, None),
+            L2::Novlan { uplink: Some(name) } => {
+                (Some(self.must_exist(id, "uplink", name).await?), None)
+            }
+            L2::Vxlan {
+                vni,
+                underlay,
+                local,
+                peers,
+                port,
+            } => {
+                let under = self.must_exist(id, "underlay", underlay).await?;
+                if mtu + VXLAN_OVERHEAD > under.mtu {
+                    return Err(Error::Unprocessable(format!(
+                        "network {id}: MTU {mtu} and VXLAN's {VXLAN_OVERHEAD} bytes do not fit underlay {underlay}'s MTU {}",
+                        under.mtu
+                    )));
+                }
+                let local = match local {
+                    Some(ip) => *ip,
+                    None => self
+                        .netlink
+                        .ipv4_of(under.index)
+                        .await
+                        .map_err(system)?
+                        .ok_or_else(|| {
+                            Error::Unprocessable(format!(
+                            "network {id}: underlay {underlay} has no IPv4 address to be the VTEP"
+                        ))
+                        })?,
+                };
+                let params = VxlanParams {
+                    vni: *vni,
+                    underlay: under.index,
+                    local,
+                    port: *port,
+                };
+                (None, Some((params, peers.clone())))
+            }
+        };
+        if let Some(up) = &uplink {
+            if let Some(master) = up.master {
+                let bridge = self.netlink.link(&bridge_name(id)).await.map_err(system)?;
+                if bridge.map(|b| b.index) != Some(master) {
+                    return Err(Error::Conflict(format!(
+                        "network {id}: uplink {} is already enslaved to another interface",
+                        up.name
+                    )));
+                }
+            }
+        }
+        let bridge_name = bridge_name(id);
+        let bridge = match self.owned(&bridge_name, &owner).await? {
+            Some(b) => b,
+            None => {
+                self.netlink
+                    .create_bridge(&bridge_name, mtu)
+                    .await
+                    .map_err(system)?;
+                self.link_named(&bridge_name).await?
+            }
+        };
+        self.netlink
+            .configure(&bridge, None, Some(mtu), Some(&owner))
+            .await
+            .map_err(system)?;
+        let mut members = BTreeSet::new();
+        if let Some(up) = &uplink {
+            self.netlink
+                .configure(up, Some(bridge.index), None, None)
+                .await
+                .map_err(system)?;
+            members.insert(up.index);
+        }
+        let vx_name = vxlan_name(id);
+        let existing_vx = self.owned(&vx_name, &owner).await?;
+        match vxlan {
+            Some((params, peers)) => {
+                let vx = match existing_vx {
+                    Some(vx) if vx.vxlan == Some(params) => vx,
+                    other => {
+                        if let Some(old) = other {
+                            self.netlink.delete(&old).await.map_err(system)?;
+                        }
+                        self.netlink
+                            .create_vxlan(&vx_name, params, mtu)
+                            .await
+                            .map_err(system)?;
+                        self.link_named(&vx_name).await?
+                    }
+                };
+                self.netlink
+                    .configure(&vx, Some(bridge.index), Some(mtu), Some(&owner))
+                    .await
+                    .map_err(system)?;
+                members.insert(vx.index);
+                self.sync_peers(vx.index, &peers).await?;
+            }
+            None => {
+                if let Some(old) = existing_vx {
+                    self.netlink.delete(&old).await.map_err(system)?;
+                }
+            }
+        }
+        // An uplink this network no longer uses is let go; Triad's own TAPs stay (their ports
+        // move them).
+        for link in self.netlink.links().await.map_err(system)? {
+            let triad = link
+                .alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with("triad:"));
+            if link.master == Some(bridge.index) && !members.contains(&link.index) && !triad {
+                self.netlink
+                    .configure(&link, Some(0), None, None)
+                    .await
+                    .map_err(system)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the VXLAN device's flood list exactly `peers`.
+    async fn sync_peers(&self, device: u32, peers: &[Ipv4Addr]) -> Result<(), Error> {
+        let have: Vec<Fdb> = self
+            .netlink
+            .fdb()
+            .await
+            .map_err(system)?
+            .into_iter()
+            .filter(|e| e.device == device && e.mac == FLOOD)
+            .collect();
+        for peer in peers {
+            if !have.iter().any(|e| e.dst == *peer) {
+                let entry = Fdb {
+                    device,
+                    mac: FLOOD,
+                    dst: *peer,
+                };
+                self.netlink.fdb_append(&entry).await.map_err(system)?;
+            }
+        }
+        for entry in have.iter().filter(|e| !peers.contains(&e.dst)) {
+            self.netlink.fdb_delete(entry).await.map_err(system)?;
+        }
+        Ok(())
+    }
+
+    async fn link_named(&self, name: &str) -> Result<Link, Error> {
+        self.netlink
+            .link(name)
+            .await
+            .map_err(system)?
+            .ok_or_else(|| Error::System(format!("{name} vanished right after it was made")))
+    }
+
+    async fn remove_network(&self, id: &str, spec: &NetworkSpec) -> Result<(), Error> {
+        let owner = network_owner(id);
+        if let L2::Novlan { uplink: Some(name) } = &spec.l2 {
+            let bridge = self.netlink.link(&bridge_name(id)).await.map_err(system)?;
+            if let (Some(up), Some(bridge)) =
+                (self.netlink.link(name).await.map_err(system)?, bridge)
+            {
+                if up.master == Some(bridge.index) {
+                    self.netlink
+                        .configure(&up, Some(0), None, None)
+                        .await
+                        .map_err(system)?;
+                }
+            }
+        }
+        for name in [vxlan_name(id), bridge_name(id)] {
+            if let Some(link) = self.netlink.link(&name).await.map_err(system)? {
+                if link.alias.as_deref() == Some(owner.as_str()) {
+                    self.netlink.delete(&link).await.map_err(system)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_port(&self, desired: &Desired, id: &str, spec: &PortSpec) -> Result<(), Error> {
+        let network = desired.networks.get(&spec.network).ok_or_else(|| {
+            Error::Unprocessable(format!("port {id}: no network {}", spec.network))
+        })?;
+        let bridge = self.link_named(&bridge_name(&spec.network)).await?;
+        let owner = port_owner(id);
+        let name = tap_name(id);
+        let tap = match self.owned(&name, &owner).await? {
+            Some(tap) => tap,
+            None => {
+                tap::create_persistent(&name)
+                    .map_err(|e| Error::System(format!("port {id}: creating TAP {name}: {e}")))?;
+                self.link_named(&name).await?
+            }
+        };
+        self.netlink
+            .configure(
+                &tap,
+                Some(bridge.index),
+                Some(mtu_of(network)),
+                Some(&owner),
+            )
+            .await
+            .map_err(system)?;
+        Ok(())
+    }
+
+    async fn remove_port(&self, id: &str) -> Result<(), Error> {
+        let owner = port_owner(id);
+        if let Some(link) = self.netlink.link(&tap_name(id)).await.map_err(system)? {
+            if link.alias.as_deref() == Some(owner.as_str()) {
+                self.netlink.delete(&link).await.map_err(system)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn network_view(id: &str, spec: &NetworkSpec) -> Network {
+    Network {
+        id: id.to_owned(),
+        spec: spec.clone(),
+        bridge: bridge_name(id),
+        mtu: mtu_of(spec),
+    }
+}
+
+fn port_view(id: &str, spec: PortSpec) -> Port {
+    Port {
+        id: id.to_owned(),
+        spec,
+        tap: tap_name(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triad_api::net::{IpRange, L3};
+
+    fn novlan(uplink: Option<&str>, cidr: Option<&str>) -> NetworkSpec {
+        NetworkSpec {
+            name: "n".into(),
+            l2: L2::Novlan {
+                uplink: uplink.map(str::to_owned),
+            },
+            mtu: None,
+            l3: cidr.map(|c| L3 {
+                cidr: c.parse().unwrap(),
+                gateway: Some(
+                    c.parse::<triad_api::net::Ipv4Cidr>()
+                        .unwrap()
+                        .network()
+                        .to_bits()
+                        .wrapping_add(1)
+                        .into(),
+                ),
+                dns: vec![],
+                ranges: vec![],
+                routes: vec![],
+            }),
+        }
+    }
+
+    fn port(network: &str, mac: &str, ip: Option<&str>) -> PortSpec {
+        PortSpec {
+            network: network.into(),
+            mac: mac.parse().unwrap(),
+            ip: ip.map(|i| i.parse().unwrap()),
+            hostname: None,
+        }
+    }
+
+    #[test]
+    fn names_fit_and_are_stable() {
+        assert_eq!(bridge_name("a"), bridge_name("a"));
+        assert_ne!(bridge_name("a"), bridge_name("b"));
+        for name in [bridge_name("x"), vxlan_name("x"), tap_name("x")] {
+            assert!(name.len() <= crate::link::MAX_NAME, "{name}");
+        }
+    }
+
+    #[test]
+    fn networks_conflict_by_cidr_vni_and_uplink() {
+        let mut d = Desired::default();
+        d.networks
+            .insert("a".into(), novlan(Some("eth1"), Some("10.0.0.0/24")));
+        let clash = check_network(&d, "b", &novlan(None, Some("10.0.0.128/25"))).unwrap_err();
+        assert!(
+            matches!(&clash, Error::Conflict(m) if m.contains("overlaps")),
+            "{clash}"
+        );
+        let clash = check_network(&d, "b", &novlan(Some("eth1"), None)).unwrap_err();
+        assert!(clash.to_string().contains("uplink eth1"), "{clash}");
+        // The same network again is no conflict with itself.
+        check_network(&d, "a", &novlan(Some("eth1"), Some("10.0.0.0/24"))).unwrap();
+        let vx = |vni| NetworkSpec {
+            name: "v".into(),
+            l2: L2::Vxlan {
+                vni,
+                underlay: "eth0".into(),
+                local: None,
+                peers: vec![],
+                port: 4789,
+            },
+            mtu: None,
+            l3: None,
+        };
+        d.networks.insert("v".into(), vx(100));
+        assert!(check_network(&d, "w", &vx(100))
+            .unwrap_err()
+            .to_string()
+            .contains("VNI 100"));
+        assert!(check_network(&d, "w", &vx(0)).is_err());
+        check_network(&d, "w", &vx(101)).unwrap();
+    }
+
+    #[test]
+    fn impossible_l3_is_refused() {
+        let d = Desired::default();
+        let mut spec = novlan(None, Some("10.0.0.0/24"));
+        spec.l3.as_mut().unwrap().gateway = Some(Ipv4Addr::new(10, 0, 1, 1));
+        assert!(check_network(&d, "a", &spec)
+            .unwrap_err()
+            .to_string()
+            .contains("gateway"));
+        let mut spec = novlan(None, Some("10.0.0.0/24"));
+        spec.l3.as_mut().unwrap().ranges = vec![IpRange {
+            start: Ipv4Addr::new(10, 0, 0, 200),
+            end: Ipv4Addr::new(10, 0, 0, 100),
+        }];
+        assert!(check_network(&d, "a", &spec).is_err());
+        let mut spec = novlan(None, Some("10.0.0.0/24"));
+        spec.l3.as_mut().unwrap().dns = vec![Ipv4Addr::new(1, 1, 1, 1); 3];
+        assert!(check_network(&d, "a", &spec).is_err());
+        assert!(check_network(&d, "bad id", &novlan(None, None)).is_err());
+    }
+
+    #[test]
+    fn ports_need_a_free_address_and_mac_on_their_network() {
+        let mut d = Desired::default();
+        d.networks
+            .insert("a".into(), novlan(None, Some("10.0.0.0/24")));
+        d.networks.insert("flat".into(), novlan(None, None));
+        d.ports.insert(
+            "p1".into(),
+            port("a", "52:54:00:00:00:01", Some("10.0.0.5")),
+        );
+        let err = |spec| check_port(&d, "p2", &spec).unwrap_err().to_string();
+        assert!(err(port("a", "52:54:00:00:00:01", Some("10.0.0.6"))).contains("MAC"));
+        assert!(err(port("a", "52:54:00:00:00:02", Some("10.0.0.5"))).contains("p1"));
+        assert!(err(port("a", "52:54:00:00:00:02", Some("10.0.0.1"))).contains("gateway"));
+        assert!(err(port("a", "52:54:00:00:00:02", Some("10.0.1.5"))).contains("10.0.0.0/24"));
+        assert!(err(port("a", "52:54:00:00:00:02", None)).contains("needs"));
+        assert!(err(port("a", "01:54:00:00:00:02", Some("10.0.0.6"))).contains("unicast"));
+        assert!(err(port("nope", "52:54:00:00:00:02", None)).contains("no network"));
+        assert!(err(port("flat", "52:54:00:00:00:02", Some("10.0.0.6"))).contains("no L3"));
+        check_port(&d, "p2", &port("a", "52:54:00:00:00:02", Some("10.0.0.6"))).unwrap();
+        check_port(&d, "p2", &port("flat", "52:54:00:00:00:02", None)).unwrap();
+        // A network may not shrink under its ports.
+        let smaller = novlan(None, Some("10.0.0.0/30"));
+        assert!(check_network(&d, "a", &smaller)
+            .unwrap_err()
+            .to_string()
+            .contains("p1"));
+    }
+}

@@ -1,0 +1,29 @@
+//! `triad-netd`: each host's own switch for its VMs. It makes the host's networks (Linux
+//! bridges, with the uplink enslaved or a VXLAN device whose flood list holds the peer hosts)
+//! and its VMs' TAPs from specs the controller sends, keeps those specs on disk, and on every
+//! start brings the kernel back to them. Served as HTTP/JSON on a Unix socket (`server`).
+
+pub mod host;
+pub mod link;
+pub mod server;
+pub mod tap;
+
+/// Why a request failed; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A malformed or impossible request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such network or port (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// It clashes with what the host has (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Well-formed, but the host lacks what it names (an uplink, a network) (422).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The kernel or the state file failed (500).
+    #[error("{0}")]
+    System(String),
+}

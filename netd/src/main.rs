@@ -1,0 +1,82 @@
+//! `triad-netd --config FILE`: makes this host's networks and VM ports, and serves them on a
+//! Unix socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use triad_api::net::NetdConfig;
+use triad_netd::host::Host;
+use triad_netd::server::router;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Triad's network daemon: bridges, VXLAN and VM TAPs over HTTP on a Unix socket"
+)]
+struct Args {
+    /// JSON: {"socket": PATH, "state_dir": DIR, "node": NAME}, all optional; see docs/netd.md.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let config: NetdConfig = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", args.config.display()))?;
+    let node = match &config.node {
+        Some(node) => node.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name")?
+            .trim()
+            .to_owned(),
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let host = Arc::new(Host::open(node, config.state_dir.clone())?);
+        host.reconcile().await.context("reconciling the host")?;
+        serve(config.socket, host).await
+    })
+}
+
+async fn serve(socket: PathBuf, host: Arc<Host>) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket file left by an earlier run that died; anything else there is an error.
+    if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+        use std::os::unix::fs::FileTypeExt;
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "{} exists and is not a socket",
+            socket.display()
+        );
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(&socket).is_err(),
+            "another netd listens on {}",
+            socket.display()
+        );
+        std::fs::remove_file(&socket)?;
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    tracing::info!("serving on {}", socket.display());
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    axum::serve(listener, router(host))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The HTTP/JSON API on a Unix socket:
+//!
+//! | request | does |
+//! | --- | --- |
+//! | `PUT /networks/{id}` | make or change a network on this host (idempotent) |
+//! | `GET /networks/{id}` | one network |
+//! | `DELETE /networks/{id}` | remove it (refused while it has ports) |
+//! | `PUT /ports/{id}` | make or change a VM port and its TAP (idempotent) |
+//! | `GET /ports/{id}` | one port |
+//! | `DELETE /ports/{id}` | remove it and its TAP |
+//! | `GET /state` | networks, ports, and what the kernel has for them |
+//!
+//! Errors are `{"error": "..."}` with 400 (a bad request), 404, 409 (a clash with what the
+//! host has), 422 (the host lacks what the request names) or 500.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use triad_api::net::{NetState, Network, NetworkSpec, Port, PortSpec};
+use triad_api::ErrorBody;
+
+use crate::host::Host;
+use crate::Error;
+
+pub fn router(host: Arc<Host>) -> Router {
+    Router::new()
+        .route(
+            "/networks/{id}",
+            get(get_network).put(put_network).delete(delete_network),
+        )
+        .route(
+            "/ports/{id}",
+            get(get_port).put(put_port).delete(delete_port),
+        )
+        .route("/state", get(state))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".into()) })
+        .with_state(host)
+}
+
+/// An error answer: its status and the message of its `{"error": ...}` body.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody::new(self.1))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::System(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("{e}");
+        }
+        Self(status, e.to_string())
+    }
+}
+
+/// A JSON request body (whatever its Content-Type says), or a 400 naming what is wrong with
+/// it.
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {e}")))
+}
+
+async fn put_network(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+    json: Bytes,
+) -> Result<Json<Network>, ApiError> {
+    let spec: NetworkSpec = body(&json)?;
+    Ok(Json(host.ensure_network(&id, spec).await?))
+}
+
+async fn get_network(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+) -> Result<Json<Network>, ApiError> {
+    Ok(Json(host.network(&id).await?))
+}
+
+async fn delete_network(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    host.delete_network(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_port(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+    json: Bytes,
+) -> Result<Json<Port>, ApiError> {
+    let spec: PortSpec = body(&json)?;
+    Ok(Json(host.ensure_port(&id, spec).await?))
+}
+
+async fn get_port(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+) -> Result<Json<Port>, ApiError> {
+    Ok(Json(host.port(&id).await?))
+}
+
+async fn delete_port(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    host.delete_port(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn state(State(host): State<Arc<Host>>) -> Result<Json<NetState>, ApiError> {
+    Ok(Json(host.state().await?))
+}
