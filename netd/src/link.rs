@@ -274,7 +274,13 @@ impl Netlink {
                             mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(Mac);
                         }
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
-                            dst = Some(*ip)
+                            dst = Some(*ip);
+                        }
+                        // In the bridge family the address comes unparsed.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                            dst = <[u8; 4]>::try_from(bytes.as_slice())
+                                .ok()
+                                .map(Ipv4Addr::from);
                         }
                         _ => {}
                     }
