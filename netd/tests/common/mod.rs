@@ -278,3 +278,179 @@ impl Drop for Netd {
         let _ = self.child.wait();
     }
 }
+
+/// A VM stand-in for tests about the network alone: namespace `vm` whose `eth0` (with the
+/// port's MAC) is joined to the port's TAP on `host` by a relay thread copying Ethernet frames
+/// both ways, as a VMM would. Everything the namespace sends leaves through the TAP, so what
+/// netd does to the port (filtering, DHCP, metadata) applies to it.
+pub struct VmEndpoint {
+    pub ns: Ns,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relay: Option<std::thread::JoinHandle<()>>,
+}
+
+impl VmEndpoint {
+    pub fn behind(host: &Ns, tap: &str, mac: &str, name: &str) -> Self {
+        let vm = Ns::new(name);
+        // Named after the TAP so that two endpoints on one host do not clash.
+        let wire = format!("w{}", &tap[3..]);
+        host.ip(&[
+            "link", "add", &wire, "type", "veth", "peer", "name", "eth0", "netns", &vm.name,
+        ]);
+        host.ip(&["link", "set", &wire, "up"]);
+        vm.ip(&["link", "set", "eth0", "address", mac]);
+        vm.ip(&["link", "set", "eth0", "up"]);
+        // Whole frames with their checksums, as a guest sends them.
+        for (ns, dev) in [(&vm.name, "eth0"), (&host.name, wire.as_str())] {
+            run(
+                "ip",
+                &[
+                    "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso",
+                    "off", "gro", "off",
+                ],
+            );
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let relay = {
+            let (host, tap, stop) = (host.name.clone(), tap.to_owned(), stop.clone());
+            std::thread::spawn(move || relay(&host, &tap, &wire, &stop))
+        };
+        Self {
+            ns: vm,
+            stop,
+            relay: Some(relay),
+        }
+    }
+
+    /// `program ARGS` in the VM's namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Command {
+        self.ns.exec(program, args)
+    }
+}
+
+impl Drop for VmEndpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(relay) = self.relay.take() {
+            let _ = relay.join();
+        }
+    }
+}
+
+/// Enters namespace `ns` on this thread only.
+fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    // SAFETY: setns on a namespace file this thread opened; it changes only this thread.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// Copies frames between TAP `tap` and veth `wire` (both in namespace `host`) until `stop`.
+fn relay(host: &str, tap: &str, wire: &str, stop: &std::sync::atomic::AtomicBool) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    enter(host);
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(tap.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // Plain frames: no virtio-net header, no packet information.
+    req.ifr_ifru.ifru_flags = libc::c_short::try_from(libc::IFF_TAP | libc::IFF_NO_PI).unwrap();
+    // SAFETY: TUNSETIFF reads and writes one `ifreq` on this frame.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    assert!(
+        rc >= 0,
+        "attaching to {tap}: {}",
+        std::io::Error::last_os_error()
+    );
+    let proto = u16::try_from(libc::ETH_P_ALL).unwrap().to_be();
+    // SAFETY: plain socket(2) call; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    assert!(
+        raw >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `raw` is a fresh descriptor this function owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let index = std::ffi::CString::new(wire).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(index.as_ptr()) };
+    assert!(ifindex > 0, "no {wire}");
+    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = i32::try_from(ifindex).unwrap();
+    // SAFETY: binds to an address that lives on this frame, with its size.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "binding to {wire}: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut fds = [
+            libc::pollfd {
+                fd: tun.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two pollfds on this frame.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+        if n < 0 {
+            break;
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            break; // the TAP is gone
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            // SAFETY: reads into `buf`, within its length.
+            let len = unsafe { libc::read(tun.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if len > 0 {
+                // SAFETY: sends `len` bytes of `buf`.
+                unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), len as usize, 0) };
+            }
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            // SAFETY: sockaddr_ll is plain old data.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap();
+            // SAFETY: receives into `buf` and `from`, within their sizes.
+            let len = unsafe {
+                libc::recvfrom(
+                    sock.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut from_len,
+                )
+            };
+            // Frames this socket itself sent come back as outgoing: not the VM's.
+            if len > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
+                // SAFETY: writes `len` bytes of `buf`.
+                unsafe { libc::write(tun.as_raw_fd(), buf.as_ptr().cast(), len as usize) };
+            }
+        }
+    }
+}
