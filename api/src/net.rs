@@ -191,6 +191,21 @@ pub struct L3 {
     pub ranges: Vec<IpRange>,
     #[serde(default)]
     pub routes: Vec<StaticRoute>,
+    /// The address each host's DHCP server answers as (the same on every host: each answers
+    /// only its own VMs); the network's last host address when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_server: Option<Ipv4Addr>,
+    /// How long a DHCP lease lasts; a day when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u32>,
+}
+
+impl L3 {
+    /// The address the DHCP server answers as.
+    pub fn dhcp_server(&self) -> Ipv4Addr {
+        self.dhcp_server
+            .unwrap_or_else(|| Ipv4Addr::from(u32::from(self.cidr.broadcast()).wrapping_sub(1)))
+    }
 }
 
 /// `PUT /networks/{id}`: the network as this host must have it. Idempotent: the same spec again
@@ -281,6 +296,22 @@ pub struct NetState {
     /// Triad's interfaces on the host, and the uplinks they use.
     pub links: Vec<LinkState>,
     pub fdb: Vec<FdbEntry>,
+    /// Addresses this host's DHCP servers have handed out.
+    pub leases: Vec<Lease>,
+}
+
+/// An address a VM took from this host's DHCP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    pub network: String,
+    pub port: String,
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    /// When the last ACK went out, in seconds since the Unix epoch.
+    pub acked_at: u64,
+    /// When the lease runs out unless renewed, in seconds since the Unix epoch.
+    pub expires_at: u64,
 }
 
 /// `triad-netd --config FILE`.

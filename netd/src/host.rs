@@ -8,8 +8,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use triad_api::net::{FdbEntry, LinkState, NetState, Network, NetworkSpec, Port, PortSpec, L2};
+use triad_api::net::{
+    FdbEntry, Lease, LinkState, NetState, Network, NetworkSpec, Port, PortSpec, L2,
+};
 
+use crate::dhcp;
 use crate::link::{Fdb, Link, Netlink, NetlinkError, VxlanParams, FLOOD};
 use crate::tap;
 use crate::Error;
@@ -28,11 +31,23 @@ pub struct Desired {
 
 /// A short, stable tag for an id that fits an interface name.
 fn tag(id: &str) -> String {
-    // FNV-1a: stable across releases, unlike std's hasher.
-    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+    format!("{:08x}", fnv(id))
+}
+
+/// FNV-1a: stable across releases, unlike std's hasher.
+fn fnv(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    format!("{hash:08x}")
+    })
+}
+
+/// The bridge's own MAC, set rather than left to the kernel: a bridge takes on its ports'
+/// lowest MAC as they come and go, and DHCP answers and renewals need one that stays. Unique
+/// per host and network (locally administered), as the bridges of one network share an L2.
+pub fn bridge_mac(node: &str, network: &str) -> triad_api::net::Mac {
+    let [a, b, c, d] = fnv(&format!("{node}/{network}")).to_be_bytes();
+    let e = fnv(network).to_be_bytes()[3];
+    triad_api::net::Mac([0x02, a, b, c, d, e])
 }
 
 pub fn bridge_name(network: &str) -> String {
@@ -193,6 +208,29 @@ pub fn check_network(desired: &Desired, id: &str, spec: &NetworkSpec) -> Result<
                 }
             }
         }
+        let server = l3.dhcp_server();
+        if !cidr.is_host(server) || Some(server) == l3.gateway {
+            return Err(bad(format!(
+                "network {id}: DHCP server address {server} is not a free host address of {cidr}"
+            )));
+        }
+        if let Some(r) = l3
+            .ranges
+            .iter()
+            .find(|r| (u32::from(r.start)..=u32::from(r.end)).contains(&u32::from(server)))
+        {
+            return Err(bad(format!(
+                "network {id}: the DHCP server address {server} lies in range {}-{}; set \"dhcp_server\" outside the ranges",
+                r.start, r.end
+            )));
+        }
+        if let Some(lease) = l3.lease_secs {
+            if lease < 60 {
+                return Err(bad(format!(
+                    "network {id}: a lease of {lease} s is under a minute"
+                )));
+            }
+        }
         for route in &l3.routes {
             if !cidr.is_host(route.via) {
                 return Err(bad(format!(
@@ -214,7 +252,7 @@ pub fn check_network(desired: &Desired, id: &str, spec: &NetworkSpec) -> Result<
         // A changed network must still hold the addresses its ports have.
         for (port, p) in desired.ports.iter().filter(|(_, p)| p.network == id) {
             if let Some(ip) = p.ip {
-                if !cidr.is_host(ip) || Some(ip) == l3.gateway {
+                if !cidr.is_host(ip) || Some(ip) == l3.gateway || ip == server {
                     return Err(Error::Conflict(format!(
                         "network {id}: port {port} has {ip}, which {cidr} would not hold"
                     )));
@@ -283,6 +321,11 @@ pub fn check_port(desired: &Desired, id: &str, spec: &PortSpec) -> Result<(), Er
             if Some(ip) == l3.gateway {
                 return Err(Error::Conflict(format!("port {id}: {ip} is the gateway's")));
             }
+            if ip == l3.dhcp_server() {
+                return Err(Error::Conflict(format!(
+                    "port {id}: {ip} is the DHCP server's"
+                )));
+            }
             for (other, o) in others() {
                 if o.network == spec.network && o.ip == Some(ip) {
                     return Err(Error::Conflict(format!(
@@ -315,6 +358,8 @@ pub struct Host {
     netlink: Netlink,
     state_file: PathBuf,
     desired: Mutex<Desired>,
+    /// A DHCP server per network with addresses, by network id.
+    dhcp: std::sync::Mutex<BTreeMap<String, dhcp::Server>>,
 }
 
 fn system(e: NetlinkError) -> Error {
@@ -346,6 +391,7 @@ impl Host {
             netlink,
             state_file,
             desired: Mutex::new(desired),
+            dhcp: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -376,7 +422,64 @@ impl Host {
                 tracing::warn!("port {id}: {e}");
             }
         }
-        self.remove_strays(&desired).await
+        self.remove_strays(&desired).await?;
+        self.refresh_dhcp(&desired).await
+    }
+
+    /// Runs a DHCP server on every network with addresses, answering its ports as they are
+    /// now; stops the others.
+    async fn refresh_dhcp(&self, desired: &Desired) -> Result<(), Error> {
+        let mut wanted = BTreeMap::new();
+        for (id, spec) in &desired.networks {
+            let Some(l3) = &spec.l3 else { continue };
+            let bindings = desired
+                .ports
+                .iter()
+                .filter(|(_, p)| &p.network == id)
+                .filter_map(|(pid, p)| {
+                    let binding = dhcp::Binding {
+                        port: pid.clone(),
+                        ip: p.ip?,
+                        hostname: p.hostname.clone(),
+                    };
+                    Some((p.mac, binding))
+                })
+                .collect();
+            let scope = dhcp::Scope {
+                network: id.clone(),
+                server: l3.dhcp_server(),
+                cidr: l3.cidr,
+                gateway: l3.gateway,
+                dns: l3.dns.clone(),
+                routes: l3.routes.iter().map(|r| (r.destination, r.via)).collect(),
+                mtu: mtu_of(spec),
+                lease_secs: l3.lease_secs.unwrap_or(dhcp::DEFAULT_LEASE_SECS),
+                bindings,
+            };
+            // A network whose bridge could not be made has no server until it can.
+            if let Some(bridge) = self.netlink.link(&bridge_name(id)).await.map_err(system)? {
+                wanted.insert(id.clone(), (bridge, scope));
+            }
+        }
+        let mut servers = self.dhcp.lock().unwrap_or_else(|p| p.into_inner());
+        // A server whose bridge was made again, or changed its MAC, starts afresh.
+        servers.retain(|id, server| {
+            wanted.get(id).is_some_and(|(bridge, _)| {
+                bridge.index == server.bridge && bridge.mac == Some(server.mac)
+            })
+        });
+        for (id, (bridge, scope)) in wanted {
+            match servers.get(&id) {
+                Some(server) => *server.scope.lock().unwrap_or_else(|p| p.into_inner()) = scope,
+                None => {
+                    let mac = bridge.mac.unwrap_or(triad_api::net::Mac([0; 6]));
+                    let server = dhcp::spawn(bridge.index, mac, scope)
+                        .map_err(|e| Error::System(format!("network {id}: starting DHCP: {e}")))?;
+                    servers.insert(id, server);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes Triad's interfaces that belong to no network or port netd holds (a crash
@@ -420,6 +523,7 @@ impl Host {
         for (pid, p) in desired.ports.iter().filter(|(_, p)| p.network == id) {
             self.apply_port(&desired, pid, p).await?;
         }
+        self.refresh_dhcp(&desired).await?;
         Ok(network_view(id, &spec))
     }
 
@@ -439,7 +543,7 @@ impl Host {
         next.networks.remove(id);
         self.save(&next)?;
         *desired = next;
-        Ok(())
+        self.refresh_dhcp(&desired).await
     }
 
     /// `PUT /ports/{id}`.
@@ -457,6 +561,7 @@ impl Host {
         next.ports.insert(id.to_owned(), spec.clone());
         self.save(&next)?;
         *desired = next;
+        self.refresh_dhcp(&desired).await?;
         Ok(port_view(id, spec))
     }
 
@@ -471,7 +576,7 @@ impl Host {
         next.ports.remove(id);
         self.save(&next)?;
         *desired = next;
-        Ok(())
+        self.refresh_dhcp(&desired).await
     }
 
     pub async fn network(&self, id: &str) -> Result<Network, Error> {
@@ -534,7 +639,31 @@ impl Host {
                 dst: e.dst,
             })
             .collect();
+        let mut leases = Vec::new();
+        for (network, server) in self.dhcp.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let scope = server.scope.lock().unwrap_or_else(|p| p.into_inner());
+            for (mac, acked) in server
+                .acked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                let Some(binding) = scope.bindings.get(mac) else {
+                    continue;
+                };
+                leases.push(Lease {
+                    network: network.clone(),
+                    port: binding.port.clone(),
+                    mac: *mac,
+                    ip: acked.ip,
+                    acked_at: acked.at,
+                    expires_at: acked.expires,
+                });
+            }
+        }
+        leases.sort_by(|a, b| (&a.network, &a.port).cmp(&(&b.network, &b.port)));
         Ok(NetState {
+            leases,
             node: self.node.clone(),
             networks: desired
                 .networks
@@ -645,6 +774,13 @@ impl Host {
             .configure(&bridge, None, Some(mtu), Some(&owner))
             .await
             .map_err(system)?;
+        let mac = bridge_mac(&self.node, id);
+        if bridge.mac != Some(mac) {
+            self.netlink
+                .set_address(&bridge, mac)
+                .await
+                .map_err(system)?;
+        }
         let mut members = BTreeSet::new();
         if let Some(up) = &uplink {
             self.netlink
@@ -839,6 +975,8 @@ mod tests {
                 dns: vec![],
                 ranges: vec![],
                 routes: vec![],
+                dhcp_server: None,
+                lease_secs: None,
             }),
         }
     }

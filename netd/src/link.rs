@@ -68,6 +68,7 @@ pub struct Link {
     pub mtu: u32,
     pub master: Option<u32>,
     pub alias: Option<String>,
+    pub mac: Option<Mac>,
     pub vxlan: Option<VxlanParams>,
 }
 
@@ -81,6 +82,7 @@ impl Link {
             mtu: 0,
             master: None,
             alias: None,
+            mac: None,
             vxlan: None,
         };
         for attr in m.attributes {
@@ -89,6 +91,9 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = mtu,
                 LinkAttribute::Controller(index) => link.master = Some(index),
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
+                LinkAttribute::Address(bytes) => {
+                    link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(Mac);
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -182,6 +187,15 @@ impl Netlink {
         let message = LinkBridge::new(name).mtu(mtu).build();
         context(self.handle.link().add(message).execute().await, || {
             format!("creating bridge {name}")
+        })
+    }
+
+    pub async fn set_address(&self, link: &Link, mac: Mac) -> Result<()> {
+        let message = LinkUnspec::new_with_index(link.index)
+            .address(mac.0.to_vec())
+            .build();
+        context(self.handle.link().set(message).execute().await, || {
+            format!("setting the address of {}", link.name)
         })
     }
 

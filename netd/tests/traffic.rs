@@ -130,8 +130,8 @@ fn a_vm_reaches_the_gateway_beyond_the_uplink() {
     assert!(ping(&vm, "10.40.0.1"));
 }
 
-/// The VMM attaches to the TAP netd made, and the test guest on one host answers a VM on the
-/// other.
+/// The VMM attaches to the TAP netd made, the test guest leases its address from netd's DHCP,
+/// and answers a VM on the other host.
 #[test]
 fn the_test_guest_on_a_netd_port_answers_across_hosts() {
     let test = "the_test_guest_on_a_netd_port_answers_across_hosts";
@@ -170,7 +170,7 @@ fn the_test_guest_on_a_netd_port_answers_across_hosts() {
     let serial = dir.path().join("serial.log");
     let config = dir.path().join("vm.json");
     let vm = json!({
-        "boot": {"kernel": guest, "cmdline": "triad.ip=10.30.0.20/24,gw=10.30.0.1"},
+        "boot": {"kernel": guest, "cmdline": "triad.net=dhcp"},
         "machine": {"vcpus": 1, "memory_mib": 64},
         "serial": {"mode": "file", "path": serial},
         "nets": [{"id": "eth0", "tap": tap, "mac": mac}],
@@ -199,6 +199,11 @@ fn the_test_guest_on_a_netd_port_answers_across_hosts() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let serial_out = std::fs::read_to_string(&serial).unwrap();
+    assert!(
+        serial_out.contains("TRIAD-NET-IP 10.30.0.20/24\n"),
+        "the guest leased another address: {serial_out}"
+    );
     let reached = ping(&b, "10.30.0.20");
     let _ = child.kill();
     let _ = child.wait();

@@ -326,6 +326,56 @@ impl VmEndpoint {
     pub fn exec(&self, program: &str, args: &[&str]) -> Command {
         self.ns.exec(program, args)
     }
+
+    /// Runs busybox's DHCP client on eth0 (a few quick tries) and, when it gets a lease,
+    /// configures the address and returns what the server said, as udhcpc names it (`ip`,
+    /// `subnet`, `router`, `dns`, `mtu`, `hostname`, `staticroutes`, `lease`, `serverid`).
+    pub fn dhcp(&self, dir: &Path) -> Option<std::collections::BTreeMap<String, String>> {
+        let script = dir.join(format!("udhcpc-{}.sh", self.ns.name));
+        let out = dir.join(format!("lease-{}.env", self.ns.name));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nenv > {}\nip addr add \"$ip/$subnet\" dev \"$interface\"\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let status = self
+            .exec(
+                "busybox",
+                &[
+                    "udhcpc",
+                    "-i",
+                    "eth0",
+                    "-n",
+                    "-q",
+                    "-f",
+                    "-t",
+                    "4",
+                    "-T",
+                    "1",
+                    "-s",
+                    script.to_str().unwrap(),
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running busybox udhcpc");
+        if !status.success() {
+            return None;
+        }
+        let env = std::fs::read_to_string(&out).unwrap();
+        Some(
+            env.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
 }
 
 impl Drop for VmEndpoint {
