@@ -236,6 +236,27 @@ pub struct PortSpec {
     /// The VM's host name (DHCP option 12, metadata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// What the VM reads from 169.254.169.254 (EC2-style), besides its name, MAC and address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+/// A VM's instance metadata and user-data, served to it alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// `instance-id`; the port's id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// `public-keys/N/openssh-key`.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// `public-ipv4`, when the VM has an EIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// `/latest/user-data`, as given (cloud-config, a script, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
 }
 
 /// A network as this host has it.

@@ -40,6 +40,8 @@ pub struct Scope {
     pub routes: Vec<(Ipv4Cidr, Ipv4Addr)>,
     pub mtu: u32,
     pub lease_secs: u32,
+    /// Whether the network has a metadata service (reached on-link at 169.254.169.254).
+    pub metadata: bool,
     pub bindings: HashMap<Mac, Binding>,
 }
 
@@ -110,16 +112,22 @@ pub fn answer(scope: &Scope, req: &Message) -> Option<Message> {
     if let Some(name) = &binding.hostname {
         opts.insert(DhcpOption::Hostname(name.clone()));
     }
-    if !scope.routes.is_empty() {
+    let mut routes: Vec<(ipnet::Ipv4Net, Ipv4Addr)> = scope
+        .routes
+        .iter()
+        .filter_map(|(dst, via)| Some((ipnet::Ipv4Net::new(dst.network(), dst.prefix).ok()?, *via)))
+        .collect();
+    if scope.metadata {
+        // On-link (router 0.0.0.0, RFC 3442): the VM asks its own host's service.
+        routes.extend(
+            ipnet::Ipv4Net::new(crate::metadata::ADDRESS, 32)
+                .ok()
+                .map(|n| (n, Ipv4Addr::UNSPECIFIED)),
+        );
+    }
+    if !routes.is_empty() {
         // A client given option 121 ignores option 3 (RFC 3442), so the default route is
         // repeated in it.
-        let mut routes: Vec<(ipnet::Ipv4Net, Ipv4Addr)> = scope
-            .routes
-            .iter()
-            .filter_map(|(dst, via)| {
-                Some((ipnet::Ipv4Net::new(dst.network(), dst.prefix).ok()?, *via))
-            })
-            .collect();
         if let Some(gw) = scope.gateway {
             routes.push((ipnet::Ipv4Net::default(), gw));
         }
@@ -534,6 +542,7 @@ mod tests {
             )],
             mtu: 1450,
             lease_secs: 3600,
+            metadata: true,
             bindings,
         }
     }
@@ -585,8 +594,8 @@ mod tests {
         };
         assert_eq!(
             routes.len(),
-            2,
-            "the static route and the default route: {routes:?}"
+            3,
+            "the static route, the metadata service and the default route: {routes:?}"
         );
         let req = request(
             MessageType::Request,

@@ -2,7 +2,7 @@
 //! before anything changes, and carried out on the kernel idempotently, so that the same
 //! request again, or a restart at any moment, converges on the same host.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -12,10 +12,10 @@ use triad_api::net::{
     FdbEntry, Lease, LinkState, NetState, Network, NetworkSpec, Port, PortSpec, L2,
 };
 
-use crate::dhcp;
 use crate::link::{Fdb, Link, Netlink, NetlinkError, VxlanParams, FLOOD};
 use crate::tap;
 use crate::Error;
+use crate::{dhcp, metadata};
 
 /// What VXLAN adds to every frame on an IPv4 underlay: outer IPv4, UDP, VXLAN and Ethernet.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -41,6 +41,11 @@ fn fnv(text: &str) -> u32 {
     })
 }
 
+/// The metadata service's MAC on a network, fixed like the bridge's.
+pub fn service_mac(node: &str, network: &str) -> triad_api::net::Mac {
+    bridge_mac(&format!("{node}/metadata"), network)
+}
+
 /// The bridge's own MAC, set rather than left to the kernel: a bridge takes on its ports'
 /// lowest MAC as they come and go, and DHCP answers and renewals need one that stays. Unique
 /// per host and network (locally administered), as the bridges of one network share an L2.
@@ -56,6 +61,14 @@ pub fn bridge_name(network: &str) -> String {
 
 pub fn vxlan_name(network: &str) -> String {
     format!("tvx{}", tag(network))
+}
+
+pub fn metadata_veth(network: &str) -> String {
+    format!("tmh{}", tag(network))
+}
+
+pub fn metadata_peer(network: &str) -> String {
+    format!("tmp{}", tag(network))
 }
 
 pub fn tap_name(port: &str) -> String {
@@ -360,6 +373,8 @@ pub struct Host {
     desired: Mutex<Desired>,
     /// A DHCP server per network with addresses, by network id.
     dhcp: std::sync::Mutex<BTreeMap<String, dhcp::Server>>,
+    /// A metadata service per network with addresses, by network id.
+    metadata: Mutex<BTreeMap<String, metadata::Service>>,
 }
 
 fn system(e: NetlinkError) -> Error {
@@ -392,6 +407,7 @@ impl Host {
             state_file,
             desired: Mutex::new(desired),
             dhcp: std::sync::Mutex::new(BTreeMap::new()),
+            metadata: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -423,13 +439,14 @@ impl Host {
             }
         }
         self.remove_strays(&desired).await?;
-        self.refresh_dhcp(&desired).await
+        self.refresh_services(&desired).await
     }
 
-    /// Runs a DHCP server on every network with addresses, answering its ports as they are
-    /// now; stops the others.
-    async fn refresh_dhcp(&self, desired: &Desired) -> Result<(), Error> {
+    /// Runs DHCP and metadata on every network with addresses, answering its ports as they
+    /// are now, and stops the others; fences both services in to this host.
+    async fn refresh_services(&self, desired: &Desired) -> Result<(), Error> {
         let mut wanted = BTreeMap::new();
+        let mut documents = BTreeMap::new();
         for (id, spec) in &desired.networks {
             let Some(l3) = &spec.l3 else { continue };
             let bindings = desired
@@ -454,13 +471,32 @@ impl Host {
                 routes: l3.routes.iter().map(|r| (r.destination, r.via)).collect(),
                 mtu: mtu_of(spec),
                 lease_secs: l3.lease_secs.unwrap_or(dhcp::DEFAULT_LEASE_SECS),
+                metadata: true,
                 bindings,
             };
+            let docs: HashMap<Ipv4Addr, metadata::Document> = desired
+                .ports
+                .iter()
+                .filter(|(_, p)| &p.network == id)
+                .filter_map(|(pid, p)| {
+                    let doc = metadata::Document {
+                        port: pid.clone(),
+                        mac: p.mac,
+                        ip: p.ip?,
+                        hostname: p.hostname.clone(),
+                        metadata: p.metadata.clone().unwrap_or_default(),
+                    };
+                    Some((doc.ip, doc))
+                })
+                .collect();
+            documents.insert(id.clone(), (l3.cidr, docs));
             // A network whose bridge could not be made has no server until it can.
             if let Some(bridge) = self.netlink.link(&bridge_name(id)).await.map_err(system)? {
                 wanted.insert(id.clone(), (bridge, scope));
             }
         }
+        self.fence_edges(desired).await?;
+        self.refresh_metadata(&wanted, documents).await?;
         let mut servers = self.dhcp.lock().unwrap_or_else(|p| p.into_inner());
         // A server whose bridge was made again, or changed its MAC, starts afresh.
         servers.retain(|id, server| {
@@ -480,6 +516,85 @@ impl Host {
             }
         }
         Ok(())
+    }
+
+    /// Starts, updates or stops each network's metadata service.
+    async fn refresh_metadata(
+        &self,
+        bridges: &BTreeMap<String, (Link, dhcp::Scope)>,
+        mut documents: BTreeMap<
+            String,
+            (
+                triad_api::net::Ipv4Cidr,
+                HashMap<Ipv4Addr, metadata::Document>,
+            ),
+        >,
+    ) -> Result<(), Error> {
+        let mut services = self.metadata.lock().await;
+        services.retain(|id, service| {
+            bridges
+                .get(id)
+                .is_some_and(|(bridge, _)| bridge.index == service.bridge)
+        });
+        for (id, (bridge, _)) in bridges {
+            let Some((cidr, docs)) = documents.remove(id) else {
+                continue;
+            };
+            if let Some(service) = services.get(id) {
+                *service.documents.lock().unwrap_or_else(|p| p.into_inner()) = docs;
+                continue;
+            }
+            let names = (metadata_veth(id), metadata_peer(id));
+            let service = metadata::start(
+                &self.netlink,
+                bridge,
+                (&names.0, &names.1),
+                service_mac(&self.node, id),
+                &network_owner(id),
+                cidr,
+                std::sync::Arc::new(std::sync::Mutex::new(docs)),
+            )
+            .await
+            .map_err(|e| Error::System(format!("network {id}: starting metadata: {e}")))?;
+            services.insert(id.clone(), service);
+        }
+        Ok(())
+    }
+
+    /// Keeps each host's DHCP and metadata to itself: requests to them and ARP for the
+    /// metadata address never cross an uplink or a VXLAN device, in or out. One nftables table
+    /// of the bridge family, replaced whole.
+    async fn fence_edges(&self, desired: &Desired) -> Result<(), Error> {
+        let mut edges: Vec<String> = Vec::new();
+        for (id, spec) in &desired.networks {
+            match &spec.l2 {
+                L2::Novlan { uplink: Some(up) } => edges.push(up.clone()),
+                L2::Novlan { uplink: None } => {}
+                L2::Vxlan { .. } => edges.push(vxlan_name(id)),
+            }
+        }
+        let md = metadata::ADDRESS;
+        let mut rules = String::from("table bridge triad\ndelete table bridge triad\n");
+        if !edges.is_empty() {
+            let set = edges
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            rules += &format!(
+                "table bridge triad {{\n\
+                 \tchain forward {{\n\
+                 \t\ttype filter hook forward priority -200; policy accept;\n\
+                 \t\tiifname {{ {set} }} arp daddr ip {md} drop\n\
+                 \t\toifname {{ {set} }} arp daddr ip {md} drop\n\
+                 \t\tiifname {{ {set} }} ip daddr {md} drop\n\
+                 \t\toifname {{ {set} }} ip daddr {md} drop\n\
+                 \t\tiifname {{ {set} }} udp dport 67 drop\n\
+                 \t\toifname {{ {set} }} udp dport 67 drop\n\
+                 \t}}\n}}\n"
+            );
+        }
+        crate::nft::apply(&rules).await
     }
 
     /// Deletes Triad's interfaces that belong to no network or port netd holds (a crash
@@ -523,7 +638,7 @@ impl Host {
         for (pid, p) in desired.ports.iter().filter(|(_, p)| p.network == id) {
             self.apply_port(&desired, pid, p).await?;
         }
-        self.refresh_dhcp(&desired).await?;
+        self.refresh_services(&desired).await?;
         Ok(network_view(id, &spec))
     }
 
@@ -543,7 +658,7 @@ impl Host {
         next.networks.remove(id);
         self.save(&next)?;
         *desired = next;
-        self.refresh_dhcp(&desired).await
+        self.refresh_services(&desired).await
     }
 
     /// `PUT /ports/{id}`.
@@ -561,7 +676,7 @@ impl Host {
         next.ports.insert(id.to_owned(), spec.clone());
         self.save(&next)?;
         *desired = next;
-        self.refresh_dhcp(&desired).await?;
+        self.refresh_services(&desired).await?;
         Ok(port_view(id, spec))
     }
 
@@ -576,7 +691,7 @@ impl Host {
         next.ports.remove(id);
         self.save(&next)?;
         *desired = next;
-        self.refresh_dhcp(&desired).await
+        self.refresh_services(&desired).await
     }
 
     pub async fn network(&self, id: &str) -> Result<Network, Error> {
@@ -885,7 +1000,8 @@ impl Host {
                 }
             }
         }
-        for name in [vxlan_name(id), bridge_name(id)] {
+        self.metadata.lock().await.remove(id);
+        for name in [metadata_veth(id), vxlan_name(id), bridge_name(id)] {
             if let Some(link) = self.netlink.link(&name).await.map_err(system)? {
                 if link.alias.as_deref() == Some(owner.as_str()) {
                     self.netlink.delete(&link).await.map_err(system)?;
@@ -987,6 +1103,7 @@ mod tests {
             mac: mac.parse().unwrap(),
             ip: ip.map(|i| i.parse().unwrap()),
             hostname: None,
+            metadata: None,
         }
     }
 

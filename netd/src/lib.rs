@@ -6,6 +6,8 @@
 pub mod dhcp;
 pub mod host;
 pub mod link;
+pub mod metadata;
+pub mod nft;
 pub mod server;
 pub mod tap;
 

@@ -15,7 +15,7 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
 use triad_api::net::Mac;
 
 /// A netlink call that failed, with what was being done.
@@ -152,6 +152,45 @@ impl Netlink {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
         Ok(Self { handle })
+    }
+
+    /// The connection, for the requests this module does not wrap.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<()> {
+        let message = LinkVeth::new(name, peer).build();
+        context(self.handle.link().add(message).execute().await, || {
+            format!("creating veth {name}")
+        })
+    }
+
+    /// Moves `link` into the network namespace open at `ns`.
+    pub async fn move_to(&self, link: &Link, ns: std::os::fd::RawFd) -> Result<()> {
+        let message = LinkUnspec::new_with_index(link.index)
+            .setns_by_fd(ns)
+            .build();
+        context(self.handle.link().set(message).execute().await, || {
+            format!("moving {} to another namespace", link.name)
+        })
+    }
+
+    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        let request = self.handle.address().add(index, IpAddr::V4(ip), prefix);
+        context(request.execute().await, || format!("adding {ip}/{prefix}"))
+    }
+
+    /// A route to `cidr` straight out of interface `index` (no gateway).
+    pub async fn add_onlink_route(&self, index: u32, cidr: triad_api::net::Ipv4Cidr) -> Result<()> {
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(cidr.network(), cidr.prefix)
+            .output_interface(index)
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .build();
+        context(self.handle.route().add(route).execute().await, || {
+            format!("routing {cidr}")
+        })
     }
 
     pub async fn links(&self) -> Result<Vec<Link>> {

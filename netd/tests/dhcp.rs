@@ -52,7 +52,7 @@ fn a_vm_leases_its_address_and_options() {
     );
     assert_eq!(
         lease["staticroutes"],
-        "192.168.100.0/24 10.50.0.5 0.0.0.0/0 10.50.0.1"
+        "192.168.100.0/24 10.50.0.5 169.254.169.254/32 0.0.0.0 0.0.0.0/0 10.50.0.1"
     );
 
     let state = netd.ok("GET", "/state", None);

@@ -1,0 +1,401 @@
+//! EC2-style instance metadata and user-data on 169.254.169.254:80, per network and per host,
+//! for the host's own VMs: stock cloud-init works unchanged.
+//!
+//! Each network with addresses gets a network namespace of netd's own, joined to its bridge by
+//! a veth, holding 169.254.169.254 and a route to the network's addresses. VMs reach it on-link
+//! (DHCP hands out the route). A request is answered with the document of the port whose
+//! address it comes from, and only when the namespace's neighbour entry for that address is the
+//! port's MAC: a VM that takes another's address gets nothing. The namespace lives as long as
+//! netd holds it (no name, nothing to leak): after a crash, the next start makes it again.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+use rtnetlink::packet_route::AddressFamily;
+use triad_api::net::{Ipv4Cidr, Mac, Metadata};
+
+/// The address every cloud's metadata service answers on.
+pub const ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// What one VM may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub port: String,
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+    pub metadata: Metadata,
+}
+
+/// The VMs a network's service answers, by address; replaced in place as ports change.
+pub type Documents = Arc<Mutex<HashMap<Ipv4Addr, Document>>>;
+
+/// A running service: its namespace, and the tasks serving in it.
+#[derive(Debug)]
+pub struct Service {
+    /// The bridge's end of the veth.
+    pub veth: String,
+    pub bridge: u32,
+    pub documents: Documents,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _ns: File,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // The namespace goes with its last reference: this file, the listener and the netlink
+        // socket that the tasks hold, and with it the veth.
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn io_error(what: &str, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {e}"))
+}
+
+/// Runs `work` on a thread of its own inside namespace `ns` (other threads are not moved).
+fn in_namespace<T: Send + 'static>(
+    ns: Option<&File>,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let fd = match ns {
+        Some(f) => Some(f.try_clone()?),
+        None => None,
+    };
+    std::thread::spawn(move || {
+        match fd {
+            Some(f) => {
+                // SAFETY: setns on a namespace file this thread owns; it moves only this thread.
+                if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            None => {
+                // SAFETY: unshare of the network namespace; it moves only this thread.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        work()
+    })
+    .join()
+    .map_err(|_| io_error("namespace thread", "panicked"))?
+}
+
+/// Starts the service for a network whose bridge is `bridge`, answering `documents`; its veth
+/// (named `veth` and `peer`, owned by `owner`) joins the bridge. `mac` is the service's: the
+/// same across restarts, so that VMs' ARP caches stay right.
+pub async fn start(
+    host: &crate::link::Netlink,
+    bridge: &crate::link::Link,
+    names: (&str, &str),
+    mac: Mac,
+    owner: &str,
+    cidr: Ipv4Cidr,
+    documents: Documents,
+) -> std::io::Result<Service> {
+    let (veth, peer) = names;
+    let ns = in_namespace(None, || File::open("/proc/thread-self/ns/net"))?;
+    let failed = |what: &str, e: crate::link::NetlinkError| io_error(what, e);
+    if let Some(stale) = host.link(veth).await.map_err(|e| failed("looking up", e))? {
+        host.delete(&stale)
+            .await
+            .map_err(|e| failed("deleting", e))?;
+    }
+    host.create_veth(veth, peer)
+        .await
+        .map_err(|e| failed("creating the veth", e))?;
+    let (Some(outer), Some(inner)) = (
+        host.link(veth).await.map_err(|e| failed("looking up", e))?,
+        host.link(peer).await.map_err(|e| failed("looking up", e))?,
+    ) else {
+        return Err(io_error("veth", "vanished right after it was made"));
+    };
+    host.set_address(&inner, mac)
+        .await
+        .map_err(|e| failed("setting the MAC", e))?;
+    host.move_to(&inner, ns.as_raw_fd())
+        .await
+        .map_err(|e| failed("moving the veth", e))?;
+    host.configure(&outer, Some(bridge.index), Some(bridge.mtu), Some(owner))
+        .await
+        .map_err(|e| failed("attaching the veth", e))?;
+
+    // Sockets belong to the namespace of the thread that makes them, whatever runs them later.
+    let runtime = tokio::runtime::Handle::current();
+    let (inside, listener) = in_namespace(Some(&ns), move || {
+        let _entered = runtime.enter();
+        let inside = crate::link::Netlink::connect()?;
+        // Bound before the address exists: the namespace has nothing else on port 80.
+        let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 80))?;
+        listener.set_nonblocking(true)?;
+        Ok((inside, listener))
+    })?;
+    let inner = inside
+        .link(peer)
+        .await
+        .map_err(|e| failed("looking up", e))?
+        .ok_or_else(|| io_error("veth", "not in the namespace"))?;
+    let lo = inside
+        .link("lo")
+        .await
+        .map_err(|e| failed("looking up", e))?
+        .ok_or_else(|| io_error("lo", "missing"))?;
+    inside
+        .configure(&lo, None, None, None)
+        .await
+        .map_err(|e| failed("lo", e))?;
+    inside
+        .configure(&inner, None, Some(bridge.mtu), None)
+        .await
+        .map_err(|e| failed("bringing the veth up", e))?;
+    inside
+        .add_address(inner.index, ADDRESS, 32)
+        .await
+        .map_err(|e| failed("adding 169.254.169.254", e))?;
+    inside
+        .add_onlink_route(inner.index, cidr)
+        .await
+        .map_err(|e| failed("routing the network", e))?;
+
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = Router::new()
+        .route("/", get(|| async { "latest\n" }))
+        .route("/latest/api/token", put(token))
+        .route("/{version}/", get(|| async { "meta-data/\nuser-data\n" }))
+        .route("/{version}/user-data", get(user_data))
+        .route("/{version}/meta-data", get(index))
+        .route("/{version}/meta-data/", get(index))
+        .route("/{version}/meta-data/{*key}", get(item))
+        .with_state(Lookup {
+            documents: documents.clone(),
+            netlink: inside,
+            veth: inner.index,
+        });
+    let server = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metadata service stopped: {e}");
+        }
+    });
+    Ok(Service {
+        veth: veth.to_owned(),
+        bridge: bridge.index,
+        documents,
+        tasks: vec![server],
+        _ns: ns,
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Lookup {
+    documents: Documents,
+    netlink: crate::link::Netlink,
+    veth: u32,
+}
+
+impl Lookup {
+    /// The document of the VM at `peer`, if the neighbour entry for that address is its MAC.
+    async fn document(&self, peer: SocketAddr) -> Result<Document, Response> {
+        let refused = |why: &str| (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+        let std::net::IpAddr::V4(ip) = peer.ip() else {
+            return Err(refused("not an IPv4 client"));
+        };
+        let doc = self
+            .documents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            .cloned()
+            .ok_or_else(|| refused("no VM of this host has this address"))?;
+        let seen = self
+            .netlink
+            .neighbour_mac(self.veth, ip)
+            .await
+            .map_err(|_| refused("cannot tell who is asking"))?;
+        if seen != Some(doc.mac) {
+            tracing::warn!(
+                "metadata: {ip} asked from {seen:?}, not port {}'s MAC {}",
+                doc.port,
+                doc.mac
+            );
+            return Err(refused("this address is not yours"));
+        }
+        Ok(doc)
+    }
+}
+
+async fn token() -> &'static str {
+    // IMDSv2 clients ask for a session token first; any token is accepted after.
+    "triad-metadata-token"
+}
+
+async fn user_data(
+    State(lookup): State<Lookup>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    match lookup.document(peer).await {
+        Ok(doc) => match doc.metadata.user_data {
+            Some(data) => data.into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        },
+        Err(refused) => refused,
+    }
+}
+
+/// The keys of `meta-data/` this VM has.
+fn keys(doc: &Document) -> Vec<&'static str> {
+    let mut keys = vec![
+        "hostname",
+        "instance-id",
+        "local-hostname",
+        "local-ipv4",
+        "mac",
+    ];
+    if doc.metadata.public_ipv4.is_some() {
+        keys.push("public-ipv4");
+    }
+    if !doc.metadata.ssh_keys.is_empty() {
+        keys.push("public-keys/");
+    }
+    keys
+}
+
+async fn index(
+    State(lookup): State<Lookup>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    match lookup.document(peer).await {
+        Ok(doc) => (keys(&doc).join("\n") + "\n").into_response(),
+        Err(refused) => refused,
+    }
+}
+
+async fn item(
+    State(lookup): State<Lookup>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((_version, key)): Path<(String, String)>,
+) -> Response {
+    let doc = match lookup.document(peer).await {
+        Ok(doc) => doc,
+        Err(refused) => return refused,
+    };
+    match value(&doc, key.trim_end_matches('/')) {
+        Some(text) => text.into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// One metadata value, as EC2 spells its keys.
+fn value(doc: &Document, key: &str) -> Option<String> {
+    let name = || doc.hostname.clone().unwrap_or_else(|| doc.port.clone());
+    Some(match key {
+        "instance-id" => doc
+            .metadata
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| doc.port.clone()),
+        "hostname" | "local-hostname" => name(),
+        "local-ipv4" => doc.ip.to_string(),
+        "mac" => doc.mac.to_string(),
+        "public-ipv4" => doc.metadata.public_ipv4?.to_string(),
+        "public-keys" => doc
+            .metadata
+            .ssh_keys
+            .iter()
+            .enumerate()
+            .map(|(i, _)| format!("{i}=key-{i}\n"))
+            .collect(),
+        _ => {
+            let rest = key.strip_prefix("public-keys/")?;
+            let (index, field) = rest.split_once('/').unwrap_or((rest, ""));
+            let key = doc.metadata.ssh_keys.get(index.parse::<usize>().ok()?)?;
+            match field {
+                "" => "openssh-key\n".to_owned(),
+                "openssh-key" => format!("{key}\n"),
+                _ => return None,
+            }
+        }
+    })
+}
+
+impl crate::link::Netlink {
+    /// The MAC the neighbour table has for `ip` on interface `index`.
+    pub async fn neighbour_mac(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+    ) -> Result<Option<Mac>, rtnetlink::Error> {
+        let entries: Vec<_> = self
+            .handle()
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter(|m| m.header.ifindex == index)
+            .find_map(|m| {
+                let mut mac = None;
+                let mut dst = None;
+                for a in m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(d),
+                        NeighbourAttribute::LinkLayerAddress(l) => {
+                            mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(Mac);
+                        }
+                        _ => {}
+                    }
+                }
+                (dst == Some(ip)).then_some(mac).flatten()
+            }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_follow_ec2_names() {
+        let doc = Document {
+            port: "p1".into(),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+            ip: Ipv4Addr::new(10, 0, 0, 5),
+            hostname: Some("web-1".into()),
+            metadata: Metadata {
+                instance_id: Some("i-123".into()),
+                ssh_keys: vec!["ssh-ed25519 AAAA a@b".into()],
+                public_ipv4: None,
+                user_data: None,
+            },
+        };
+        assert_eq!(value(&doc, "instance-id").unwrap(), "i-123");
+        assert_eq!(value(&doc, "local-hostname").unwrap(), "web-1");
+        assert_eq!(value(&doc, "mac").unwrap(), "52:54:00:00:00:01");
+        assert_eq!(value(&doc, "public-keys").unwrap(), "0=key-0\n");
+        assert_eq!(
+            value(&doc, "public-keys/0/openssh-key").unwrap(),
+            "ssh-ed25519 AAAA a@b\n"
+        );
+        assert!(value(&doc, "public-keys/1/openssh-key").is_none());
+        assert!(value(&doc, "public-ipv4").is_none());
+        assert!(value(&doc, "nonsense").is_none());
+        assert!(!keys(&doc).contains(&"public-ipv4"));
+    }
+}

@@ -1,0 +1,28 @@
+//! nftables rulesets, loaded whole and atomically with `nft -f -`.
+
+use tokio::io::AsyncWriteExt;
+
+use crate::Error;
+
+/// Loads `rules` in one transaction: all of it takes effect, or none.
+pub async fn apply(rules: &str) -> Result<(), Error> {
+    let failed = |e: std::io::Error| Error::System(format!("running nft: {e}"));
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(rules.as_bytes()).await.map_err(failed)?;
+    }
+    let out = child.wait_with_output().await.map_err(failed)?;
+    if !out.status.success() {
+        return Err(Error::System(format!(
+            "nft refused the rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
