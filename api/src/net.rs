@@ -239,6 +239,96 @@ pub struct PortSpec {
     /// What the VM reads from 169.254.169.254 (EC2-style), besides its name, MAC and address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// Security groups (ids): with any, the port passes only what their rules allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+}
+
+/// Which way a security group rule looks: at connections into the VM or out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Gre,
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    #[default]
+    Accept,
+    Drop,
+}
+
+/// TCP or UDP ports, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    pub from: u16,
+    pub to: u16,
+}
+
+/// The other end of a connection a rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Remote {
+    Cidr(Ipv4Cidr),
+    /// The VMs of a security group (its `members`, and this host's ports in it).
+    Group(String),
+}
+
+/// One rule of a security group. Rules are stateful: the answers of a connection a rule lets
+/// through pass too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub direction: Direction,
+    pub protocol: Protocol,
+    /// Only for TCP and UDP; every port when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+    /// Anywhere when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<Remote>,
+    #[serde(default)]
+    pub action: Action,
+    /// Lower first; the first rule that matches decides. Equal priorities keep their order.
+    #[serde(default = "default_priority")]
+    pub priority: u16,
+}
+
+fn default_priority() -> u16 {
+    100
+}
+
+/// `PUT /security-groups/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupSpec {
+    pub name: String,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// The addresses of the group's VMs on other hosts, for rules elsewhere that name this
+    /// group as their remote (the controller keeps it current).
+    #[serde(default)]
+    pub members: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: SecurityGroupSpec,
 }
 
 /// A VM's instance metadata and user-data, served to it alone.
@@ -319,6 +409,9 @@ pub struct NetState {
     pub fdb: Vec<FdbEntry>,
     /// Addresses this host's DHCP servers have handed out.
     pub leases: Vec<Lease>,
+    pub security_groups: Vec<SecurityGroup>,
+    /// The packet filter as loaded (`nft list` of Triad's tables).
+    pub firewall: String,
 }
 
 /// An address a VM took from this host's DHCP server.

@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use triad_api::net::{
-    FdbEntry, Lease, LinkState, NetState, Network, NetworkSpec, Port, PortSpec, L2,
+    FdbEntry, Lease, LinkState, NetState, Network, NetworkSpec, Port, PortSpec, Protocol, Remote,
+    SecurityGroup, SecurityGroupSpec, L2,
 };
 
 use crate::link::{Fdb, Link, Netlink, NetlinkError, VxlanParams, FLOOD};
 use crate::tap;
 use crate::Error;
-use crate::{dhcp, metadata};
+use crate::{dhcp, firewall, metadata};
 
 /// What VXLAN adds to every frame on an IPv4 underlay: outer IPv4, UDP, VXLAN and Ethernet.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -27,6 +28,8 @@ const DEFAULT_MTU: u32 = 1500;
 pub struct Desired {
     pub networks: BTreeMap<String, NetworkSpec>,
     pub ports: BTreeMap<String, PortSpec>,
+    #[serde(default)]
+    pub security_groups: BTreeMap<String, SecurityGroupSpec>,
 }
 
 /// A short, stable tag for an id that fits an interface name.
@@ -35,7 +38,7 @@ fn tag(id: &str) -> String {
 }
 
 /// FNV-1a: stable across releases, unlike std's hasher.
-fn fnv(text: &str) -> u32 {
+pub fn fnv(text: &str) -> u32 {
     text.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
@@ -288,9 +291,61 @@ fn check_ifname(id: &str, what: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The most rules a group may have.
+pub const MAX_RULES: usize = 10_000;
+
+/// Checks a security group on its own and against the groups it names.
+pub fn check_group(desired: &Desired, id: &str, spec: &SecurityGroupSpec) -> Result<(), Error> {
+    check_id("security group", id)?;
+    if spec.name.trim().is_empty() {
+        return Err(bad(format!("security group {id}: the name is empty")));
+    }
+    if spec.rules.len() > MAX_RULES {
+        return Err(bad(format!(
+            "security group {id}: {} rules, at most {MAX_RULES}",
+            spec.rules.len()
+        )));
+    }
+    for (i, rule) in spec.rules.iter().enumerate() {
+        if let Some(range) = rule.ports {
+            if !matches!(rule.protocol, Protocol::Tcp | Protocol::Udp) {
+                return Err(bad(format!(
+                    "security group {id}: rule {i} has ports, which only TCP and UDP have"
+                )));
+            }
+            if range.from == 0 || range.from > range.to {
+                return Err(bad(format!(
+                    "security group {id}: rule {i}: ports {}-{} are not a range within 1-65535",
+                    range.from, range.to
+                )));
+            }
+        }
+        if let Some(Remote::Group(g)) = &rule.remote {
+            if g != id && !desired.security_groups.contains_key(g) {
+                return Err(Error::Unprocessable(format!(
+                    "security group {id}: rule {i} names group {g}, which this host does not have"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks `spec` against its network and the host's other ports.
 pub fn check_port(desired: &Desired, id: &str, spec: &PortSpec) -> Result<(), Error> {
     check_id("port", id)?;
+    for (i, g) in spec.security_groups.iter().enumerate() {
+        if !desired.security_groups.contains_key(g) {
+            return Err(Error::Unprocessable(format!(
+                "port {id}: there is no security group {g} on this host"
+            )));
+        }
+        if spec.security_groups[..i].contains(g) {
+            return Err(bad(format!(
+                "port {id}: security group {g} is listed twice"
+            )));
+        }
+    }
     let Some(network) = desired.networks.get(&spec.network) else {
         return Err(Error::Unprocessable(format!(
             "port {id}: there is no network {} on this host",
@@ -375,6 +430,8 @@ pub struct Host {
     dhcp: std::sync::Mutex<BTreeMap<String, dhcp::Server>>,
     /// A metadata service per network with addresses, by network id.
     metadata: Mutex<BTreeMap<String, metadata::Service>>,
+    /// The generation of the loaded firewall rules (conntrack marks of admitted connections).
+    generation: std::sync::atomic::AtomicU32,
 }
 
 fn system(e: NetlinkError) -> Error {
@@ -408,6 +465,7 @@ impl Host {
             desired: Mutex::new(desired),
             dhcp: std::sync::Mutex::new(BTreeMap::new()),
             metadata: Mutex::new(BTreeMap::new()),
+            generation: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -496,6 +554,7 @@ impl Host {
             }
         }
         self.fence_edges(desired).await?;
+        self.apply_firewall(desired).await?;
         self.refresh_metadata(&wanted, documents).await?;
         let mut servers = self.dhcp.lock().unwrap_or_else(|p| p.into_inner());
         // A server whose bridge was made again, or changed its MAC, starts afresh.
@@ -559,6 +618,95 @@ impl Host {
             services.insert(id.clone(), service);
         }
         Ok(())
+    }
+
+    /// Loads the security groups and anti-spoofing of every port.
+    async fn apply_firewall(&self, desired: &Desired) -> Result<(), Error> {
+        let ports: Vec<firewall::FwPort<'_>> = desired
+            .ports
+            .iter()
+            .map(|(id, p)| firewall::FwPort {
+                tap: tap_name(id),
+                mac: p.mac,
+                ip: p.ip,
+                groups: p.security_groups.iter().map(String::as_str).collect(),
+            })
+            .collect();
+        // Never 0: that is the mark of a connection nothing admitted.
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(1)
+            .max(1);
+        let rules = firewall::ruleset(&ports, &desired.security_groups, generation);
+        crate::nft::apply(&rules).await
+    }
+
+    /// `PUT /security-groups/{id}`: applies at once to the ports in it, running VMs included.
+    pub async fn ensure_group(
+        &self,
+        id: &str,
+        spec: SecurityGroupSpec,
+    ) -> Result<SecurityGroup, Error> {
+        let mut desired = self.desired.lock().await;
+        check_group(&desired, id, &spec)?;
+        let mut next = desired.clone();
+        next.security_groups.insert(id.to_owned(), spec.clone());
+        // Loaded before it is saved: rules nft refuses are not kept.
+        self.apply_firewall(&next).await?;
+        self.save(&next)?;
+        *desired = next;
+        Ok(SecurityGroup {
+            id: id.to_owned(),
+            spec,
+        })
+    }
+
+    /// `DELETE /security-groups/{id}`: refused while a port is in it or a rule names it.
+    pub async fn delete_group(&self, id: &str) -> Result<(), Error> {
+        let mut desired = self.desired.lock().await;
+        if !desired.security_groups.contains_key(id) {
+            return Err(Error::NotFound(format!(
+                "no security group {id} on this host"
+            )));
+        }
+        if let Some((port, _)) = desired
+            .ports
+            .iter()
+            .find(|(_, p)| p.security_groups.iter().any(|g| g == id))
+        {
+            return Err(Error::Conflict(format!(
+                "security group {id} still has port {port}"
+            )));
+        }
+        if let Some((other, _)) = desired.security_groups.iter().find(|(other, g)| {
+            other.as_str() != id
+                && g.rules
+                    .iter()
+                    .any(|r| matches!(&r.remote, Some(Remote::Group(n)) if n == id))
+        }) {
+            return Err(Error::Conflict(format!(
+                "security group {id} is named by a rule of group {other}"
+            )));
+        }
+        let mut next = desired.clone();
+        next.security_groups.remove(id);
+        self.apply_firewall(&next).await?;
+        self.save(&next)?;
+        *desired = next;
+        Ok(())
+    }
+
+    pub async fn group(&self, id: &str) -> Result<SecurityGroup, Error> {
+        let desired = self.desired.lock().await;
+        desired
+            .security_groups
+            .get(id)
+            .map(|spec| SecurityGroup {
+                id: id.to_owned(),
+                spec: spec.clone(),
+            })
+            .ok_or_else(|| Error::NotFound(format!("no security group {id} on this host")))
     }
 
     /// Keeps each host's DHCP and metadata to itself: requests to them and ARP for the
@@ -777,8 +925,18 @@ impl Host {
             }
         }
         leases.sort_by(|a, b| (&a.network, &a.port).cmp(&(&b.network, &b.port)));
+        let firewall = crate::nft::list(&["bridge triad_ports", "inet triad_sg"]).await;
         Ok(NetState {
             leases,
+            firewall,
+            security_groups: desired
+                .security_groups
+                .iter()
+                .map(|(id, spec)| SecurityGroup {
+                    id: id.clone(),
+                    spec: spec.clone(),
+                })
+                .collect(),
             node: self.node.clone(),
             networks: desired
                 .networks
@@ -1104,6 +1262,7 @@ mod tests {
             ip: ip.map(|i| i.parse().unwrap()),
             hostname: None,
             metadata: None,
+            security_groups: vec![],
         }
     }
 

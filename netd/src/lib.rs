@@ -4,6 +4,7 @@
 //! start brings the kernel back to them. Served as HTTP/JSON on a Unix socket (`server`).
 
 pub mod dhcp;
+pub mod firewall;
 pub mod host;
 pub mod link;
 pub mod metadata;

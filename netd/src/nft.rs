@@ -26,3 +26,22 @@ pub async fn apply(rules: &str) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// The listing of `tables` ("FAMILY NAME"), for diagnostics; what nft says when it cannot.
+pub async fn list(tables: &[&str]) -> String {
+    let mut text = String::new();
+    for table in tables {
+        let mut args = vec!["list", "table"];
+        args.extend(table.split_whitespace());
+        match tokio::process::Command::new("nft")
+            .args(&args)
+            .output()
+            .await
+        {
+            Ok(out) if out.status.success() => text += &String::from_utf8_lossy(&out.stdout),
+            Ok(out) => text += &String::from_utf8_lossy(&out.stderr),
+            Err(e) => text += &format!("running nft: {e}\n"),
+        }
+    }
+    text
+}

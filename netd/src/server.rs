@@ -8,6 +8,9 @@
 //! | `PUT /ports/{id}` | make or change a VM port and its TAP (idempotent) |
 //! | `GET /ports/{id}` | one port |
 //! | `DELETE /ports/{id}` | remove it and its TAP |
+//! | `PUT /security-groups/{id}` | make or change a security group (applies to running VMs) |
+//! | `GET /security-groups/{id}` | one group |
+//! | `DELETE /security-groups/{id}` | remove it (refused while ports or rules use it) |
 //! | `GET /state` | networks, ports, and what the kernel has for them |
 //!
 //! Errors are `{"error": "..."}` with 400 (a bad request), 404, 409 (a clash with what the
@@ -21,7 +24,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use triad_api::net::{NetState, Network, NetworkSpec, Port, PortSpec};
+use triad_api::net::{
+    NetState, Network, NetworkSpec, Port, PortSpec, SecurityGroup, SecurityGroupSpec,
+};
 use triad_api::ErrorBody;
 
 use crate::host::Host;
@@ -36,6 +41,10 @@ pub fn router(host: Arc<Host>) -> Router {
         .route(
             "/ports/{id}",
             get(get_port).put(put_port).delete(delete_port),
+        )
+        .route(
+            "/security-groups/{id}",
+            get(get_group).put(put_group).delete(delete_group),
         )
         .route("/state", get(state))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".into()) })
@@ -120,6 +129,30 @@ async fn delete_port(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     host.delete_port(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_group(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+    json: Bytes,
+) -> Result<Json<SecurityGroup>, ApiError> {
+    let spec: SecurityGroupSpec = body(&json)?;
+    Ok(Json(host.ensure_group(&id, spec).await?))
+}
+
+async fn get_group(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+) -> Result<Json<SecurityGroup>, ApiError> {
+    Ok(Json(host.group(&id).await?))
+}
+
+async fn delete_group(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    host.delete_group(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,327 @@
+//! Security groups and anti-spoofing as one nftables ruleset, generated whole from the host's
+//! ports and groups and loaded in one transaction.
+//!
+//! VM traffic is bridged, and this kernel has no connection tracking in the bridge family, so
+//! the work is split. A bridge-family table knows the ports: it drops frames a VM sends from
+//! a MAC or IP that is not its port's, and marks each packet with the port it came from (low
+//! 16 bits) and the port it goes to (high 16 bits). The bridge hands IPv4 to the inet hooks
+//! (br_netfilter), where conntrack runs and an inet table applies the groups by those marks.
+//!
+//! Rules are matched against the connection's original direction (`ct original ...`), so one
+//! rule covers a connection's packets both ways. A connection admitted under the current rules
+//! carries their generation in its conntrack mark and takes a fast path; when the rules change,
+//! every connection is checked again on its next packet, so a removed rule cuts the flows it
+//! allowed while allowed flows go on.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use triad_api::net::{Action, Direction, Mac, Protocol, Remote, Rule, SecurityGroupSpec};
+
+/// One VM port of this host, as the firewall sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FwPort<'a> {
+    pub tap: String,
+    pub mac: Mac,
+    pub ip: Option<Ipv4Addr>,
+    /// Its groups' rules; none: the port is not filtered (anti-spoofing still applies).
+    pub groups: Vec<&'a str>,
+}
+
+/// The addresses in each group: its members elsewhere and this host's ports in it.
+pub fn group_addresses(
+    groups: &BTreeMap<String, SecurityGroupSpec>,
+    ports: &[FwPort<'_>],
+) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    groups
+        .iter()
+        .map(|(id, spec)| {
+            let mut ips: Vec<Ipv4Addr> = spec.members.clone();
+            ips.extend(
+                ports
+                    .iter()
+                    .filter(|p| p.groups.contains(&id.as_str()))
+                    .filter_map(|p| p.ip),
+            );
+            ips.sort();
+            ips.dedup();
+            (id.clone(), ips)
+        })
+        .collect()
+}
+
+fn set_name(group: &str) -> String {
+    // Set names are identifiers: the group id's letters, digits and '_' only.
+    let safe: String = group
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("group_{safe}_{:08x}", crate::host::fnv(group))
+}
+
+/// One rule as an nft statement on the connection's original tuple, from the point of view
+/// of the port (`egress`: the port opened it; `ingress`: it was opened to the port).
+fn statement(rule: &Rule, verdict: &str) -> String {
+    let mut s = String::new();
+    let proto = match rule.protocol {
+        Protocol::Tcp => Some(6),
+        Protocol::Udp => Some(17),
+        Protocol::Icmp => Some(1),
+        Protocol::Gre => Some(47),
+        Protocol::Any => None,
+    };
+    if let Some(p) = proto {
+        let _ = write!(s, "ct original protocol {p} ");
+    }
+    if let Some(range) = rule.ports {
+        if range.from == range.to {
+            let _ = write!(s, "ct original proto-dst {} ", range.from);
+        } else {
+            let _ = write!(s, "ct original proto-dst {}-{} ", range.from, range.to);
+        }
+    }
+    // The remote end: where an egress connection goes, where an ingress one comes from.
+    let field = match rule.direction {
+        Direction::Egress => "daddr",
+        Direction::Ingress => "saddr",
+    };
+    match &rule.remote {
+        Some(Remote::Cidr(c)) if c.prefix > 0 => {
+            let _ = write!(s, "ct original ip {field} {}/{} ", c.network(), c.prefix);
+        }
+        Some(Remote::Cidr(_)) | None => {}
+        Some(Remote::Group(g)) => {
+            let _ = write!(s, "ct original ip {field} @{} ", set_name(g));
+        }
+    }
+    s + verdict
+}
+
+/// The ruleset for `ports` under `groups`, its admitted connections marked with `generation`
+/// (non-zero). Replaces Triad's two tables whole.
+pub fn ruleset(
+    ports: &[FwPort<'_>],
+    groups: &BTreeMap<String, SecurityGroupSpec>,
+    generation: u32,
+) -> String {
+    let mut out = String::new();
+    // Declared, then deleted and made again: one transaction whatever existed before.
+    out += "table bridge triad_ports\ndelete table bridge triad_ports\n";
+    out += "table inet triad_sg\ndelete table inet triad_sg\n";
+
+    // Port numbers for the marks: 1.. in the order given (the caller sorts).
+    let numbered: Vec<(u32, &FwPort<'_>)> = (1u32..).zip(ports).collect();
+    out += "table bridge triad_ports {\n";
+    for (n, p) in &numbered {
+        let _ = writeln!(out, "\tchain port_{n} {{");
+        let _ = writeln!(out, "\t\tether saddr != {} drop", p.mac);
+        let _ = writeln!(out, "\t\tether type arp arp saddr ether != {} drop", p.mac);
+        if let Some(ip) = p.ip {
+            let _ = writeln!(
+                out,
+                "\t\tether type arp arp saddr ip != {{ {ip}, 0.0.0.0 }} drop"
+            );
+            // A client without an address yet may only ask for one.
+            let _ = writeln!(
+                out,
+                "\t\tether type ip ip saddr 0.0.0.0 udp dport 67 meta mark set {n} return"
+            );
+            let _ = writeln!(out, "\t\tether type ip ip saddr != {ip} drop");
+        }
+        // No VM answers for the network's DHCP.
+        let _ = writeln!(out, "\t\tether type ip udp sport 67 drop");
+        let _ = writeln!(out, "\t\tmeta mark set {n}");
+        out += "\t}\n";
+    }
+    out += "\tchain prerouting {\n\t\ttype filter hook prerouting priority -300; policy accept;\n";
+    if !numbered.is_empty() {
+        let map: Vec<String> = numbered
+            .iter()
+            .map(|(n, p)| format!("\"{}\" : jump port_{n}", p.tap))
+            .collect();
+        let _ = writeln!(out, "\t\tiifname vmap {{ {} }}", map.join(", "));
+    }
+    out += "\t}\n";
+    // Before the bridge hands the packet to the inet hooks (at priority -1).
+    out += "\tchain forward {\n\t\ttype filter hook forward priority -300; policy accept;\n";
+    let filtered: Vec<&(u32, &FwPort<'_>)> = numbered
+        .iter()
+        .filter(|(_, p)| !p.groups.is_empty())
+        .collect();
+    for (n, p) in &filtered {
+        let _ = writeln!(
+            out,
+            "\t\toifname \"{}\" meta mark set meta mark or 0x{:x}",
+            p.tap,
+            n << 16
+        );
+    }
+    out += "\t}\n}\n";
+
+    out += "table inet triad_sg {\n";
+    let addresses = group_addresses(groups, ports);
+    for (id, ips) in &addresses {
+        let _ = writeln!(out, "\tset {} {{\n\t\ttype ipv4_addr;", set_name(id));
+        if !ips.is_empty() {
+            let list: Vec<String> = ips.iter().map(Ipv4Addr::to_string).collect();
+            let _ = writeln!(out, "\t\telements = {{ {} }}", list.join(", "));
+        }
+        out += "\t}\n";
+    }
+    for (n, p) in &filtered {
+        for direction in [Direction::Egress, Direction::Ingress] {
+            let chain = match direction {
+                Direction::Egress => "out",
+                Direction::Ingress => "in",
+            };
+            let _ = writeln!(out, "\tchain {chain}_{n} {{");
+            if direction == Direction::Egress {
+                // Every VM may reach its host's metadata service.
+                let _ = writeln!(
+                    out,
+                    "\t\tct original ip daddr {} ct original protocol 6 ct original proto-dst 80 return",
+                    crate::metadata::ADDRESS
+                );
+            }
+            let mut rules: Vec<&Rule> = p
+                .groups
+                .iter()
+                .filter_map(|g| groups.get(*g))
+                .flat_map(|g| &g.rules)
+                .filter(|r| r.direction == direction)
+                .collect();
+            // Stable: equal priorities keep the groups' order.
+            rules.sort_by_key(|r| r.priority);
+            for r in rules {
+                let verdict = match r.action {
+                    Action::Accept => "return",
+                    Action::Drop => "drop",
+                };
+                let _ = writeln!(out, "\t\t{}", statement(r, verdict));
+            }
+            out += "\t\tdrop\n\t}\n";
+        }
+    }
+    out += "\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n";
+    out += "\t\tmeta mark 0 return\n";
+    let _ = writeln!(
+        out,
+        "\t\tct state established,related ct mark {generation} accept"
+    );
+    out += "\t\tct state invalid drop\n";
+    if !filtered.is_empty() {
+        let vmap = |shift: u32, chain: &str| -> String {
+            let entries: Vec<String> = filtered
+                .iter()
+                .map(|(n, _)| format!("0x{:x} : jump {chain}_{n}", n << shift))
+                .collect();
+            entries.join(", ")
+        };
+        // The originator's egress rules and the destination's ingress rules, whichever way
+        // this packet goes.
+        let _ = writeln!(
+            out,
+            "\t\tct direction original meta mark & 0xffff vmap {{ {} }}",
+            vmap(0, "out")
+        );
+        let _ = writeln!(
+            out,
+            "\t\tct direction original meta mark & 0xffff0000 vmap {{ {} }}",
+            vmap(16, "in")
+        );
+        let _ = writeln!(
+            out,
+            "\t\tct direction reply meta mark & 0xffff0000 vmap {{ {} }}",
+            vmap(16, "out")
+        );
+        let _ = writeln!(
+            out,
+            "\t\tct direction reply meta mark & 0xffff vmap {{ {} }}",
+            vmap(0, "in")
+        );
+    }
+    let _ = writeln!(out, "\t\tct mark set {generation}");
+    out += "\t}\n}\n";
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triad_api::net::PortRange;
+
+    fn web() -> SecurityGroupSpec {
+        SecurityGroupSpec {
+            name: "web".into(),
+            rules: vec![
+                Rule {
+                    direction: Direction::Ingress,
+                    protocol: Protocol::Tcp,
+                    ports: Some(PortRange { from: 80, to: 80 }),
+                    remote: None,
+                    action: Action::Accept,
+                    priority: 100,
+                },
+                Rule {
+                    direction: Direction::Ingress,
+                    protocol: Protocol::Tcp,
+                    ports: Some(PortRange { from: 22, to: 22 }),
+                    remote: Some(Remote::Group("admins".into())),
+                    action: Action::Accept,
+                    priority: 10,
+                },
+            ],
+            members: vec![Ipv4Addr::new(10, 0, 0, 99)],
+        }
+    }
+
+    #[test]
+    fn rules_land_in_priority_order_on_the_original_tuple() {
+        let mut groups = BTreeMap::new();
+        groups.insert("web".to_owned(), web());
+        groups.insert(
+            "admins".to_owned(),
+            SecurityGroupSpec {
+                name: "admins".into(),
+                rules: vec![],
+                members: vec![Ipv4Addr::new(10, 0, 9, 1)],
+            },
+        );
+        let ports = [
+            FwPort {
+                tap: "ttpa".into(),
+                mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+                ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+                groups: vec!["web"],
+            },
+            FwPort {
+                tap: "ttpb".into(),
+                mac: Mac([0x52, 0x54, 0, 0, 0, 2]),
+                ip: None,
+                groups: vec![],
+            },
+        ];
+        let text = ruleset(&ports, &groups, 7);
+        let ssh = text
+            .find("proto-dst 22 ct original ip saddr @group_admins")
+            .unwrap();
+        let http = text.find("\tct original protocol 6 ct original proto-dst 80 return").unwrap();
+        assert!(ssh < http, "priority 10 before 100:\n{text}");
+        assert!(text.contains("ether type ip ip saddr != 10.0.0.5 drop"));
+        assert!(
+            text.contains("\"ttpb\" : jump port_2"),
+            "every port is anti-spoofed"
+        );
+        assert!(
+            !text.contains("chain in_2"),
+            "a port without groups is not filtered"
+        );
+        assert!(text.contains("ct mark 7 accept"));
+        // The group's own ports join its address set.
+        assert!(
+            text.contains("elements = { 10.0.0.5, 10.0.0.99 }"),
+            "{text}"
+        );
+    }
+}
