@@ -64,15 +64,16 @@ fn set_name(group: &str) -> String {
 /// of the port (`egress`: the port opened it; `ingress`: it was opened to the port).
 fn statement(rule: &Rule, verdict: &str) -> String {
     let mut s = String::new();
+    // A connection's protocol is the same both ways; nft needs it stated to read ports.
     let proto = match rule.protocol {
-        Protocol::Tcp => Some(6),
-        Protocol::Udp => Some(17),
-        Protocol::Icmp => Some(1),
-        Protocol::Gre => Some(47),
+        Protocol::Tcp => Some("tcp"),
+        Protocol::Udp => Some("udp"),
+        Protocol::Icmp => Some("icmp"),
+        Protocol::Gre => Some("gre"),
         Protocol::Any => None,
     };
     if let Some(p) = proto {
-        let _ = write!(s, "ct original protocol {p} ");
+        let _ = write!(s, "meta l4proto {p} ");
     }
     if let Some(range) = rule.ports {
         if range.from == range.to {
@@ -180,7 +181,7 @@ pub fn ruleset(
                 // Every VM may reach its host's metadata service.
                 let _ = writeln!(
                     out,
-                    "\t\tct original ip daddr {} ct original protocol 6 ct original proto-dst 80 return",
+                    "\t\tct original ip daddr {} meta l4proto tcp ct original proto-dst 80 return",
                     crate::metadata::ADDRESS
                 );
             }
@@ -306,7 +307,9 @@ mod tests {
         let ssh = text
             .find("proto-dst 22 ct original ip saddr @group_admins")
             .unwrap();
-        let http = text.find("\tct original protocol 6 ct original proto-dst 80 return").unwrap();
+        let http = text
+            .find("\tmeta l4proto tcp ct original proto-dst 80 return")
+            .unwrap();
         assert!(ssh < http, "priority 10 before 100:\n{text}");
         assert!(text.contains("ether type ip ip saddr != 10.0.0.5 drop"));
         assert!(
