@@ -331,6 +331,25 @@ pub struct SecurityGroup {
     pub spec: SecurityGroupSpec,
 }
 
+/// `PUT /eips/{id}`: public address `ip` of network `network` mapped 1:1 to port `port`'s
+/// address, on the port's own host (no gateway node). The VM's traffic to the world leaves
+/// from the public address; what comes to the public address reaches the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EipSpec {
+    pub ip: Ipv4Addr,
+    /// The public network (one of this host's, with an uplink and addresses).
+    pub network: String,
+    pub port: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eip {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: EipSpec,
+}
+
 /// A VM's instance metadata and user-data, served to it alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -410,6 +429,7 @@ pub struct NetState {
     /// Addresses this host's DHCP servers have handed out.
     pub leases: Vec<Lease>,
     pub security_groups: Vec<SecurityGroup>,
+    pub eips: Vec<Eip>,
     /// The packet filter as loaded (`nft list` of Triad's tables).
     pub firewall: String,
 }

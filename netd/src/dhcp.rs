@@ -27,6 +27,9 @@ pub struct Binding {
     pub port: String,
     pub ip: Ipv4Addr,
     pub hostname: Option<String>,
+    /// The VM has an EIP: its default route goes through its host's metadata namespace,
+    /// which maps it.
+    pub eip: bool,
 }
 
 /// What a network's DHCP server hands out.
@@ -128,7 +131,12 @@ pub fn answer(scope: &Scope, req: &Message) -> Option<Message> {
     if !routes.is_empty() {
         // A client given option 121 ignores option 3 (RFC 3442), so the default route is
         // repeated in it.
-        if let Some(gw) = scope.gateway {
+        let via = if binding.eip && scope.metadata {
+            Some(crate::metadata::ADDRESS)
+        } else {
+            scope.gateway
+        };
+        if let Some(gw) = via {
             routes.push((ipnet::Ipv4Net::default(), gw));
         }
         opts.insert(DhcpOption::ClasslessStaticRoute(routes));
@@ -528,6 +536,7 @@ mod tests {
                 port: "p1".into(),
                 ip: Ipv4Addr::new(10, 0, 0, 10),
                 hostname: Some("web-1".into()),
+                eip: false,
             },
         );
         Scope {

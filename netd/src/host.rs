@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use triad_api::net::{
-    FdbEntry, Lease, LinkState, NetState, Network, NetworkSpec, Port, PortSpec, Protocol, Remote,
-    SecurityGroup, SecurityGroupSpec, L2,
+    Eip, EipSpec, FdbEntry, Lease, LinkState, NetState, Network, NetworkSpec, Port, PortSpec,
+    Protocol, Remote, SecurityGroup, SecurityGroupSpec, L2,
 };
 
 use crate::link::{Fdb, Link, Netlink, NetlinkError, VxlanParams, FLOOD};
@@ -30,6 +30,8 @@ pub struct Desired {
     pub ports: BTreeMap<String, PortSpec>,
     #[serde(default)]
     pub security_groups: BTreeMap<String, SecurityGroupSpec>,
+    #[serde(default)]
+    pub eips: BTreeMap<String, EipSpec>,
 }
 
 /// A short, stable tag for an id that fits an interface name.
@@ -291,6 +293,71 @@ fn check_ifname(id: &str, what: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks an EIP against its public network, its port and the other EIPs.
+pub fn check_eip(desired: &Desired, id: &str, spec: &EipSpec) -> Result<(), Error> {
+    check_id("EIP", id)?;
+    let ip = spec.ip;
+    let Some(public) = desired.networks.get(&spec.network) else {
+        return Err(Error::Unprocessable(format!(
+            "EIP {id}: there is no network {} on this host",
+            spec.network
+        )));
+    };
+    let Some(l3) = &public.l3 else {
+        return Err(bad(format!(
+            "EIP {id}: network {} has no addresses to take {ip} from",
+            spec.network
+        )));
+    };
+    if !l3.cidr.is_host(ip) || Some(ip) == l3.gateway || ip == l3.dhcp_server() {
+        return Err(bad(format!(
+            "EIP {id}: {ip} is not a free host address of {} ({})",
+            spec.network, l3.cidr
+        )));
+    }
+    let Some(port) = desired.ports.get(&spec.port) else {
+        return Err(Error::Unprocessable(format!(
+            "EIP {id}: there is no port {} on this host",
+            spec.port
+        )));
+    };
+    if port.network == spec.network {
+        return Err(bad(format!(
+            "EIP {id}: port {} is on the public network itself",
+            spec.port
+        )));
+    }
+    if port.ip.is_none() {
+        return Err(bad(format!(
+            "EIP {id}: port {} has no address to map",
+            spec.port
+        )));
+    }
+    for (other, e) in desired
+        .eips
+        .iter()
+        .filter(|(other, _)| other.as_str() != id)
+    {
+        if e.ip == ip {
+            return Err(Error::Conflict(format!("EIP {id}: {ip} is EIP {other}'s")));
+        }
+        if e.port == spec.port {
+            return Err(Error::Conflict(format!(
+                "EIP {id}: port {} already has EIP {other}",
+                spec.port
+            )));
+        }
+    }
+    if let Some((other, _)) = desired
+        .ports
+        .iter()
+        .find(|(_, p)| p.network == spec.network && p.ip == Some(ip))
+    {
+        return Err(Error::Conflict(format!("EIP {id}: {ip} is port {other}'s")));
+    }
+    Ok(())
+}
+
 /// The most rules a group may have.
 pub const MAX_RULES: usize = 10_000;
 
@@ -516,6 +583,7 @@ impl Host {
                         port: pid.clone(),
                         ip: p.ip?,
                         hostname: p.hostname.clone(),
+                        eip: desired.eips.values().any(|e| &e.port == pid),
                     };
                     Some((p.mac, binding))
                 })
@@ -537,12 +605,17 @@ impl Host {
                 .iter()
                 .filter(|(_, p)| &p.network == id)
                 .filter_map(|(pid, p)| {
+                    let mut metadata = p.metadata.clone().unwrap_or_default();
+                    if metadata.public_ipv4.is_none() {
+                        metadata.public_ipv4 =
+                            desired.eips.values().find(|e| &e.port == pid).map(|e| e.ip);
+                    }
                     let doc = metadata::Document {
                         port: pid.clone(),
                         mac: p.mac,
                         ip: p.ip?,
                         hostname: p.hostname.clone(),
-                        metadata: p.metadata.clone().unwrap_or_default(),
+                        metadata,
                     };
                     Some((doc.ip, doc))
                 })
@@ -556,6 +629,7 @@ impl Host {
         self.fence_edges(desired).await?;
         self.apply_firewall(desired).await?;
         self.refresh_metadata(&wanted, documents).await?;
+        self.refresh_eips(desired).await?;
         let mut servers = self.dhcp.lock().unwrap_or_else(|p| p.into_inner());
         // A server whose bridge was made again, or changed its MAC, starts afresh.
         servers.retain(|id, server| {
@@ -618,6 +692,96 @@ impl Host {
             services.insert(id.clone(), service);
         }
         Ok(())
+    }
+
+    /// Gives each network's metadata namespace the EIPs of its VMs.
+    async fn refresh_eips(&self, desired: &Desired) -> Result<(), Error> {
+        let services = self.metadata.lock().await;
+        for (network, service) in services.iter() {
+            let mut routes = Vec::new();
+            for (id, e) in &desired.eips {
+                let Some(port) = desired.ports.get(&e.port) else {
+                    continue;
+                };
+                let (Some(private), Some(public)) = (port.ip, desired.networks.get(&e.network))
+                else {
+                    continue;
+                };
+                if &port.network != network {
+                    continue;
+                }
+                let Some(l3) = &public.l3 else { continue };
+                let Some(bridge) = self
+                    .netlink
+                    .link(&bridge_name(&e.network))
+                    .await
+                    .map_err(system)?
+                else {
+                    tracing::warn!("EIP {id}: network {} has no bridge yet", e.network);
+                    continue;
+                };
+                let pair = format!("{network}/{}", e.network);
+                routes.push(metadata::EipRoute {
+                    public: e.ip,
+                    private,
+                    bridge,
+                    cidr: l3.cidr,
+                    gateway: l3.gateway,
+                    names: (format!("tph{}", tag(&pair)), format!("tpp{}", tag(&pair))),
+                    owner: network_owner(network),
+                    mac: bridge_mac(&format!("{}/eip", self.node), &pair),
+                });
+            }
+            service
+                .set_eips(&self.netlink, &routes)
+                .await
+                .map_err(|e| Error::System(format!("network {network}: EIPs: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// `PUT /eips/{id}`.
+    pub async fn ensure_eip(&self, id: &str, spec: EipSpec) -> Result<Eip, Error> {
+        let mut desired = self.desired.lock().await;
+        check_eip(&desired, id, &spec)?;
+        let mut next = desired.clone();
+        next.eips.insert(id.to_owned(), spec.clone());
+        if let Err(e) = self.refresh_services(&next).await {
+            // Back to what was: nothing of a refused EIP stays.
+            let _ = self.refresh_services(&desired).await;
+            return Err(e);
+        }
+        self.save(&next)?;
+        *desired = next;
+        Ok(Eip {
+            id: id.to_owned(),
+            spec,
+        })
+    }
+
+    /// `DELETE /eips/{id}`.
+    pub async fn delete_eip(&self, id: &str) -> Result<(), Error> {
+        let mut desired = self.desired.lock().await;
+        if !desired.eips.contains_key(id) {
+            return Err(Error::NotFound(format!("no EIP {id} on this host")));
+        }
+        let mut next = desired.clone();
+        next.eips.remove(id);
+        self.save(&next)?;
+        *desired = next;
+        self.refresh_services(&desired).await
+    }
+
+    pub async fn eip(&self, id: &str) -> Result<Eip, Error> {
+        let desired = self.desired.lock().await;
+        desired
+            .eips
+            .get(id)
+            .map(|spec| Eip {
+                id: id.to_owned(),
+                spec: spec.clone(),
+            })
+            .ok_or_else(|| Error::NotFound(format!("no EIP {id} on this host")))
     }
 
     /// Loads the security groups and anti-spoofing of every port.
@@ -801,6 +965,9 @@ impl Host {
                 "network {id} still has port {port}"
             )));
         }
+        if let Some((eip, _)) = desired.eips.iter().find(|(_, e)| e.network == id) {
+            return Err(Error::Conflict(format!("network {id} still has EIP {eip}")));
+        }
         self.remove_network(id, &spec).await?;
         let mut next = desired.clone();
         next.networks.remove(id);
@@ -833,6 +1000,9 @@ impl Host {
         let mut desired = self.desired.lock().await;
         if !desired.ports.contains_key(id) {
             return Err(Error::NotFound(format!("no port {id} on this host")));
+        }
+        if let Some((eip, _)) = desired.eips.iter().find(|(_, e)| e.port == id) {
+            return Err(Error::Conflict(format!("port {id} still has EIP {eip}")));
         }
         self.remove_port(id).await?;
         let mut next = desired.clone();
@@ -929,6 +1099,14 @@ impl Host {
         Ok(NetState {
             leases,
             firewall,
+            eips: desired
+                .eips
+                .iter()
+                .map(|(id, spec)| Eip {
+                    id: id.clone(),
+                    spec: spec.clone(),
+                })
+                .collect(),
             security_groups: desired
                 .security_groups
                 .iter()

@@ -181,6 +181,65 @@ impl Netlink {
         context(request.execute().await, || format!("adding {ip}/{prefix}"))
     }
 
+    /// The IPv4 addresses on interface `index`, with their prefix lengths.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let messages: Vec<_> = context(stream.try_collect().await, || "listing addresses".into())?;
+        Ok(messages
+            .into_iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                let prefix = m.header.prefix_len;
+                m.attributes.into_iter().find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some((ip, prefix)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn del_address(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        let stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let messages: Vec<_> = context(stream.try_collect().await, || "listing addresses".into())?;
+        for m in messages.into_iter().filter(|m| m.header.index == index) {
+            let here = m
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(a)) if *a == ip));
+            if here {
+                context(self.handle.address().del(m).execute().await, || {
+                    format!("removing {ip}")
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The default route, via `gateway`; one already there is left as it is.
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        match self.handle.route().add(route).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.map(|c| -c.get()) == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            other => context(other, || format!("routing by default via {gateway}")),
+        }
+    }
+
     /// A route to `cidr` straight out of interface `index` (no gateway).
     pub async fn add_onlink_route(&self, index: u32, cidr: triad_api::net::Ipv4Cidr) -> Result<()> {
         let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()

@@ -47,8 +47,26 @@ pub struct Service {
     pub veth: String,
     pub bridge: u32,
     pub documents: Documents,
+    /// A connection into the namespace.
+    inside: crate::link::Netlink,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _ns: File,
+    ns: File,
+}
+
+/// An EIP as the service's namespace carries it: NAT between `public` and `private`, on a veth
+/// into the public network's bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EipRoute {
+    pub public: Ipv4Addr,
+    pub private: Ipv4Addr,
+    /// The public network: its bridge, addresses and gateway.
+    pub bridge: crate::link::Link,
+    pub cidr: Ipv4Cidr,
+    pub gateway: Option<Ipv4Addr>,
+    /// The veth's names (bridge end, namespace end), its owner tag and its fixed MAC.
+    pub names: (String, String),
+    pub owner: String,
+    pub mac: Mac,
 }
 
 impl Drop for Service {
@@ -182,7 +200,7 @@ pub async fn start(
         .route("/{version}/meta-data/{*key}", get(item))
         .with_state(Lookup {
             documents: documents.clone(),
-            netlink: inside,
+            netlink: inside.clone(),
             veth: inner.index,
         });
     let server = tokio::spawn(async move {
@@ -195,9 +213,163 @@ pub async fn start(
         veth: veth.to_owned(),
         bridge: bridge.index,
         documents,
+        inside,
         tasks: vec![server],
-        _ns: ns,
+        ns,
     })
+}
+
+impl Service {
+    /// Makes the namespace the router of `eips`: a veth into each public network they use,
+    /// their public addresses on it, and 1:1 NAT (loaded whole). VMs with an EIP route by
+    /// default through this namespace (DHCP says so), so the mapping lives on their own host.
+    pub async fn set_eips(
+        &self,
+        host: &crate::link::Netlink,
+        eips: &[EipRoute],
+    ) -> std::io::Result<()> {
+        let failed = |what: &str, e: crate::link::NetlinkError| io_error(what, e);
+        let forwarding = if eips.is_empty() { "0" } else { "1" };
+        in_namespace(Some(&self.ns), move || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", forwarding)
+        })?;
+        // Public veths: made where missing, dropped where no EIP uses them any more.
+        let mut wanted: HashMap<String, Vec<&EipRoute>> = HashMap::new();
+        for e in eips {
+            wanted.entry(e.names.1.clone()).or_default().push(e);
+        }
+        for link in self
+            .inside
+            .links()
+            .await
+            .map_err(|e| failed("listing", e))?
+        {
+            if link.name.starts_with("tpp") && !wanted.contains_key(&link.name) {
+                // Its other end goes with it.
+                self.inside
+                    .delete(&link)
+                    .await
+                    .map_err(|e| failed("removing a public veth", e))?;
+            }
+        }
+        let mut snat = Vec::new();
+        let mut dnat = Vec::new();
+        for (peer, routes) in &wanted {
+            let first = routes[0];
+            let inner = match self
+                .inside
+                .link(peer)
+                .await
+                .map_err(|e| failed("looking up", e))?
+            {
+                Some(link) => link,
+                None => {
+                    let veth = &first.names.0;
+                    if let Some(stale) =
+                        host.link(veth).await.map_err(|e| failed("looking up", e))?
+                    {
+                        host.delete(&stale)
+                            .await
+                            .map_err(|e| failed("deleting", e))?;
+                    }
+                    host.create_veth(veth, peer)
+                        .await
+                        .map_err(|e| failed("creating the public veth", e))?;
+                    let (Some(outer), Some(inner)) = (
+                        host.link(veth).await.map_err(|e| failed("looking up", e))?,
+                        host.link(peer).await.map_err(|e| failed("looking up", e))?,
+                    ) else {
+                        return Err(io_error("public veth", "vanished right after it was made"));
+                    };
+                    host.set_address(&inner, first.mac)
+                        .await
+                        .map_err(|e| failed("setting the MAC", e))?;
+                    host.move_to(&inner, self.ns.as_raw_fd())
+                        .await
+                        .map_err(|e| failed("moving the public veth", e))?;
+                    host.configure(
+                        &outer,
+                        Some(first.bridge.index),
+                        Some(first.bridge.mtu),
+                        Some(&first.owner),
+                    )
+                    .await
+                    .map_err(|e| failed("attaching the public veth", e))?;
+                    self.inside
+                        .link(peer)
+                        .await
+                        .map_err(|e| failed("looking up", e))?
+                        .ok_or_else(|| io_error("public veth", "not in the namespace"))?
+                }
+            };
+            self.inside
+                .configure(&inner, None, Some(first.bridge.mtu), None)
+                .await
+                .map_err(|e| failed("bringing the public veth up", e))?;
+            let have = self
+                .inside
+                .ipv4_addresses(inner.index)
+                .await
+                .map_err(|e| failed("listing addresses", e))?;
+            for r in routes {
+                if !have.iter().any(|(ip, _)| *ip == r.public) {
+                    self.inside
+                        .add_address(inner.index, r.public, r.cidr.prefix)
+                        .await
+                        .map_err(|e| failed("adding a public address", e))?;
+                }
+                snat.push(format!(
+                    "\t\tip saddr {} oifname \"{peer}\" snat to {}\n",
+                    r.private, r.public
+                ));
+                dnat.push(format!("\t\tip daddr {} dnat to {}\n", r.public, r.private));
+            }
+            for (ip, _) in have
+                .iter()
+                .filter(|(ip, _)| !routes.iter().any(|r| r.public == *ip))
+            {
+                self.inside
+                    .del_address(inner.index, *ip)
+                    .await
+                    .map_err(|e| failed("removing a public address", e))?;
+            }
+            if let Some(gw) = first.gateway {
+                self.inside
+                    .add_default_route(gw)
+                    .await
+                    .map_err(|e| failed("routing", e))?;
+            }
+        }
+        let mut rules = String::from("table ip triad_eip\ndelete table ip triad_eip\n");
+        if !eips.is_empty() {
+            rules += "table ip triad_eip {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat;\n";
+            rules += &dnat.concat();
+            rules += "\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat;\n";
+            rules += &snat.concat();
+            rules += "\t}\n}\n";
+        }
+        let ns = self.ns.try_clone()?;
+        in_namespace(Some(&ns), move || {
+            use std::io::Write;
+            let mut child = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(rules.as_bytes())?;
+            }
+            let out = child.wait_with_output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(io_error(
+                    "nft refused the NAT rules",
+                    String::from_utf8_lossy(&out.stderr),
+                ))
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

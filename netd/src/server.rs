@@ -11,6 +11,9 @@
 //! | `PUT /security-groups/{id}` | make or change a security group (applies to running VMs) |
 //! | `GET /security-groups/{id}` | one group |
 //! | `DELETE /security-groups/{id}` | remove it (refused while ports or rules use it) |
+//! | `PUT /eips/{id}` | map a public address to a port, on this host (idempotent) |
+//! | `GET /eips/{id}` | one EIP |
+//! | `DELETE /eips/{id}` | remove it |
 //! | `GET /state` | networks, ports, and what the kernel has for them |
 //!
 //! Errors are `{"error": "..."}` with 400 (a bad request), 404, 409 (a clash with what the
@@ -25,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use triad_api::net::{
-    NetState, Network, NetworkSpec, Port, PortSpec, SecurityGroup, SecurityGroupSpec,
+    Eip, EipSpec, NetState, Network, NetworkSpec, Port, PortSpec, SecurityGroup, SecurityGroupSpec,
 };
 use triad_api::ErrorBody;
 
@@ -46,6 +49,7 @@ pub fn router(host: Arc<Host>) -> Router {
             "/security-groups/{id}",
             get(get_group).put(put_group).delete(delete_group),
         )
+        .route("/eips/{id}", get(get_eip).put(put_eip).delete(delete_eip))
         .route("/state", get(state))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".into()) })
         .with_state(host)
@@ -153,6 +157,30 @@ async fn delete_group(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     host.delete_group(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_eip(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+    json: Bytes,
+) -> Result<Json<Eip>, ApiError> {
+    let spec: EipSpec = body(&json)?;
+    Ok(Json(host.ensure_eip(&id, spec).await?))
+}
+
+async fn get_eip(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+) -> Result<Json<Eip>, ApiError> {
+    Ok(Json(host.eip(&id).await?))
+}
+
+async fn delete_eip(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    host.delete_eip(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

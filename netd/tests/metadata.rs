@@ -75,7 +75,7 @@ fn each_vm_reads_its_own_document_from_its_own_host() {
             "DHCP routes the metadata address on-link: {lease:?}"
         );
         vm.ns
-            .ip(&["route", "add", "169.254.169.254/32", "dev", "eth0"]);
+            .ip(&["route", "replace", "169.254.169.254/32", "dev", "eth0"]);
     }
 
     assert_eq!(
@@ -128,7 +128,7 @@ fn each_vm_reads_its_own_document_from_its_own_host() {
     // security groups stops it, such a VM also keeps A's answers from reaching A.)
     c.ns.ip(&["addr", "flush", "dev", "eth0"]);
     c.ns.ip(&["addr", "add", "10.60.0.10/24", "dev", "eth0"]);
-    c.ns.ip(&["route", "add", "169.254.169.254/32", "dev", "eth0"]);
+    c.ns.ip(&["route", "replace", "169.254.169.254/32", "dev", "eth0"]);
     let (status, body) = get(&c, "/latest/meta-data/instance-id");
     assert_ne!(
         body, "i-0a2",

@@ -328,7 +328,7 @@ impl VmEndpoint {
     }
 
     /// Runs busybox's DHCP client on eth0 (a few quick tries) and, when it gets a lease,
-    /// configures the address and returns what the server said, as udhcpc names it (`ip`,
+    /// configures the address and the classless routes and returns what the server said, as udhcpc names it (`ip`,
     /// `subnet`, `router`, `dns`, `mtu`, `hostname`, `staticroutes`, `lease`, `serverid`).
     pub fn dhcp(&self, dir: &Path) -> Option<std::collections::BTreeMap<String, String>> {
         let script = dir.join(format!("udhcpc-{}.sh", self.ns.name));
@@ -336,7 +336,12 @@ impl VmEndpoint {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nenv > {}\nip addr add \"$ip/$subnet\" dev \"$interface\"\n",
+                "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nenv > {}\nip addr add \"$ip/$subnet\" dev \"$interface\"\n\
+                 set -- $staticroutes\n\
+                 while [ $# -ge 2 ]; do\n\
+                 if [ \"$2\" = 0.0.0.0 ]; then ip route add \"$1\" dev \"$interface\"; \
+                 else ip route add \"$1\" via \"$2\" dev \"$interface\"; fi\n\
+                 shift 2\ndone\n",
                 out.display()
             ),
         )
