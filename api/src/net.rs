@@ -376,8 +376,8 @@ pub struct Network {
     pub spec: NetworkSpec,
     /// The Linux bridge VM taps are attached to.
     pub bridge: String,
-    /// The MTU in force.
-    pub mtu: u32,
+    /// The MTU in force (the spec's, or the default for its kind).
+    pub effective_mtu: u32,
 }
 
 /// A port as this host has it.
@@ -504,6 +504,20 @@ mod tests {
         ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_network_with_an_mtu_round_trips() {
+        let spec: NetworkSpec =
+            serde_json::from_str(r#"{"name":"n","l2":{"kind":"novlan"},"mtu":1400}"#).unwrap();
+        let net = Network {
+            id: "n".into(),
+            spec,
+            bridge: "br".into(),
+            effective_mtu: 1400,
+        };
+        let text = serde_json::to_string(&net).unwrap();
+        assert_eq!(serde_json::from_str::<Network>(&text).unwrap(), net);
     }
 
     #[test]

@@ -322,6 +322,13 @@ pub struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Server {
+    /// Whether its task still serves (it ends on a socket error it cannot get past).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
@@ -468,6 +475,15 @@ async fn serve(
         });
         let (n, kind) = match got {
             Ok(Ok(got)) => got,
+            // The bridge went down and up, or the socket overflowed: carry on.
+            Ok(Err(e))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENETDOWN | libc::EINTR | libc::ENOBUFS | libc::EAGAIN)
+                ) =>
+            {
+                continue
+            }
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
         };
@@ -481,6 +497,13 @@ async fn serve(
         let out = {
             let scope = scope.lock().unwrap_or_else(|p| p.into_inner());
             match incoming {
+                // A request for another MAC than the sender's is not answered: a reply goes to
+                // the sender, so it would hand one VM's lease to another.
+                Incoming::Dhcp { src_mac, message }
+                    if message.hlen() != 6 || message.chaddr().get(..6) != Some(&src_mac.0[..]) =>
+                {
+                    None
+                }
                 Incoming::Dhcp { src_mac, message } => answer(&scope, &message).and_then(|reply| {
                     if reply.opts().msg_type() == Some(MessageType::Ack)
                         && !reply.yiaddr().is_unspecified()

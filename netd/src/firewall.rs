@@ -243,7 +243,10 @@ pub fn ruleset(
         );
     }
     let _ = writeln!(out, "\t\tct mark set {generation}");
-    out += "\t}\n}\n";
+    out += "\t}\n";
+    // VMs do not reach the host through Triad's bridges.
+    out += "\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n";
+    out += "\t\tiifname \"tbr*\" drop\n\t}\n}\n";
     out
 }
 

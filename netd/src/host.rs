@@ -88,6 +88,37 @@ fn port_owner(id: &str) -> String {
     format!("triad:port:{id}")
 }
 
+/// Keeps the host itself out of a bridge's reach: no ARP answers for the host's addresses
+/// and no IPv6 on it (the firewall drops IPv4 to the host from Triad's bridges). VMs talk to
+/// DHCP by packet socket and to metadata in its own namespace, so they lose nothing.
+fn seal_off(bridge: &str) {
+    for (path, value) in [
+        (format!("/proc/sys/net/ipv4/conf/{bridge}/arp_ignore"), "8"),
+        (
+            format!("/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"),
+            "1",
+        ),
+    ] {
+        // A kernel without IPv6 has no such file: nothing to turn off.
+        if let Err(e) = std::fs::write(&path, value) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("writing {path}: {e}");
+            }
+        }
+    }
+}
+
+/// Whether `name` is one netd gives its interfaces (a prefix and a tag of eight hex digits):
+/// such an interface without a tag is one netd made and had no time to tag.
+pub fn is_ours(name: &str) -> bool {
+    const PREFIXES: &[&str] = &["tbr", "tvx", "ttp", "tmh", "tph"];
+    name.len() == 11
+        && PREFIXES.iter().any(|p| name.starts_with(p))
+        && name[3..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
 /// Ids become part of aliases and URLs: kept to a plain alphabet.
 pub fn check_id(what: &str, id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()
@@ -284,7 +315,9 @@ pub fn check_network(desired: &Desired, id: &str, spec: &NetworkSpec) -> Result<
 fn check_ifname(id: &str, what: &str, name: &str) -> Result<(), Error> {
     if name.is_empty()
         || name.len() > crate::link::MAX_NAME
-        || name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace())
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
     {
         return Err(bad(format!(
             "network {id}: {what} {name:?} is not an interface name"
@@ -543,7 +576,12 @@ impl Host {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&serde_json::to_vec_pretty(desired).map_err(std::io::Error::other)?)?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &self.state_file)
+            std::fs::rename(&tmp, &self.state_file)?;
+            // The rename itself survives a power cut only once the directory is synced.
+            if let Some(dir) = self.state_file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         };
         write().map_err(|e| Error::System(format!("writing {}: {e}", self.state_file.display())))
     }
@@ -628,27 +666,38 @@ impl Host {
         }
         self.fence_edges(desired).await?;
         self.apply_firewall(desired).await?;
-        self.refresh_metadata(&wanted, documents).await?;
-        self.refresh_eips(desired).await?;
+        // One network's failure does not hold the others back; the first is reported.
+        let mut first = self.refresh_metadata(&wanted, documents).await.err();
+        if let Err(e) = self.refresh_eips(desired).await {
+            first.get_or_insert(e);
+        }
         let mut servers = self.dhcp.lock().unwrap_or_else(|p| p.into_inner());
         // A server whose bridge was made again, or changed its MAC, starts afresh.
         servers.retain(|id, server| {
-            wanted.get(id).is_some_and(|(bridge, _)| {
-                bridge.index == server.bridge && bridge.mac == Some(server.mac)
-            })
+            server.is_running()
+                && wanted.get(id).is_some_and(|(bridge, _)| {
+                    bridge.index == server.bridge && bridge.mac == Some(server.mac)
+                })
         });
         for (id, (bridge, scope)) in wanted {
             match servers.get(&id) {
                 Some(server) => *server.scope.lock().unwrap_or_else(|p| p.into_inner()) = scope,
                 None => {
                     let mac = bridge.mac.unwrap_or(triad_api::net::Mac([0; 6]));
-                    let server = dhcp::spawn(bridge.index, mac, scope)
-                        .map_err(|e| Error::System(format!("network {id}: starting DHCP: {e}")))?;
-                    servers.insert(id, server);
+                    match dhcp::spawn(bridge.index, mac, scope) {
+                        Ok(server) => {
+                            servers.insert(id, server);
+                        }
+                        Err(e) => {
+                            let e = Error::System(format!("network {id}: starting DHCP: {e}"));
+                            tracing::warn!("{e}");
+                            first.get_or_insert(e);
+                        }
+                    }
                 }
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Starts, updates or stops each network's metadata service.
@@ -664,11 +713,15 @@ impl Host {
         >,
     ) -> Result<(), Error> {
         let mut services = self.metadata.lock().await;
+        // Made again for a new bridge, or when the network's addresses or MTU changed.
         services.retain(|id, service| {
-            bridges
-                .get(id)
-                .is_some_and(|(bridge, _)| bridge.index == service.bridge)
+            bridges.get(id).is_some_and(|(bridge, _)| {
+                bridge.index == service.bridge
+                    && bridge.mtu == service.mtu
+                    && documents.get(id).map(|(cidr, _)| *cidr) == Some(service.cidr)
+            })
         });
+        let mut first = None;
         for (id, (bridge, _)) in bridges {
             let Some((cidr, docs)) = documents.remove(id) else {
                 continue;
@@ -687,16 +740,25 @@ impl Host {
                 cidr,
                 std::sync::Arc::new(std::sync::Mutex::new(docs)),
             )
-            .await
-            .map_err(|e| Error::System(format!("network {id}: starting metadata: {e}")))?;
-            services.insert(id.clone(), service);
+            .await;
+            match service {
+                Ok(service) => {
+                    services.insert(id.clone(), service);
+                }
+                Err(e) => {
+                    let e = Error::System(format!("network {id}: starting metadata: {e}"));
+                    tracing::warn!("{e}");
+                    first.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Gives each network's metadata namespace the EIPs of its VMs.
     async fn refresh_eips(&self, desired: &Desired) -> Result<(), Error> {
         let services = self.metadata.lock().await;
+        let mut first = None;
         for (network, service) in services.iter() {
             let mut routes = Vec::new();
             for (id, e) in &desired.eips {
@@ -732,12 +794,13 @@ impl Host {
                     mac: bridge_mac(&format!("{}/eip", self.node), &pair),
                 });
             }
-            service
-                .set_eips(&self.netlink, &routes)
-                .await
-                .map_err(|e| Error::System(format!("network {network}: EIPs: {e}")))?;
+            if let Err(e) = service.set_eips(&self.netlink, &routes).await {
+                let e = Error::System(format!("network {network}: EIPs: {e}"));
+                tracing::warn!("{e}");
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// `PUT /eips/{id}`.
@@ -877,8 +940,10 @@ impl Host {
     /// metadata address never cross an uplink or a VXLAN device, in or out. One nftables table
     /// of the bridge family, replaced whole.
     async fn fence_edges(&self, desired: &Desired) -> Result<(), Error> {
+        // Only networks with addresses have Triad's DHCP and metadata; on the others DHCP
+        // from elsewhere must pass.
         let mut edges: Vec<String> = Vec::new();
-        for (id, spec) in &desired.networks {
+        for (id, spec) in desired.networks.iter().filter(|(_, s)| s.l3.is_some()) {
             match &spec.l2 {
                 L2::Novlan { uplink: Some(up) } => edges.push(up.clone()),
                 L2::Novlan { uplink: None } => {}
@@ -893,6 +958,8 @@ impl Host {
                 .map(|e| format!("\"{e}\""))
                 .collect::<Vec<_>>()
                 .join(", ");
+            // Forwarded between ports, delivered to the bridge itself (this host's DHCP
+            // socket), and sent by it.
             rules += &format!(
                 "table bridge triad {{\n\
                  \tchain forward {{\n\
@@ -903,6 +970,16 @@ impl Host {
                  \t\toifname {{ {set} }} ip daddr {md} drop\n\
                  \t\tiifname {{ {set} }} udp dport 67 drop\n\
                  \t\toifname {{ {set} }} udp dport 67 drop\n\
+                 \t\toifname {{ {set} }} udp sport 67 drop\n\
+                 \t}}\n\
+                 \tchain input {{\n\
+                 \t\ttype filter hook input priority -200; policy accept;\n\
+                 \t\tiifname {{ {set} }} udp dport 67 drop\n\
+                 \t\tiifname {{ {set} }} arp daddr ip {md} drop\n\
+                 \t}}\n\
+                 \tchain output {{\n\
+                 \t\ttype filter hook output priority -200; policy accept;\n\
+                 \t\toifname {{ {set} }} udp sport 67 drop\n\
                  \t}}\n}}\n"
             );
         }
@@ -918,10 +995,20 @@ impl Host {
             .map(|id| network_owner(id))
             .chain(desired.ports.keys().map(|id| port_owner(id)))
             .collect();
+        let names: BTreeSet<String> = desired
+            .networks
+            .keys()
+            .flat_map(|id| [bridge_name(id), vxlan_name(id), metadata_veth(id)])
+            .chain(desired.ports.keys().map(|id| tap_name(id)))
+            .collect();
         for link in self.netlink.links().await.map_err(system)? {
-            let Some(owner) = &link.alias else { continue };
-            if owner.starts_with("triad:") && !wanted.contains(owner) {
-                tracing::info!("removing {} ({owner}): nothing asks for it", link.name);
+            let stray = match &link.alias {
+                Some(owner) => owner.starts_with("triad:") && !wanted.contains(owner),
+                // Made, then netd died before it tagged it.
+                None => is_ours(&link.name) && !names.contains(&link.name),
+            };
+            if stray {
+                tracing::info!("removing {}: nothing asks for it", link.name);
                 self.netlink.delete(&link).await.map_err(system)?;
             }
         }
@@ -1135,6 +1222,8 @@ impl Host {
     async fn owned(&self, name: &str, owner: &str) -> Result<Option<Link>, Error> {
         let link = self.netlink.link(name).await.map_err(system)?;
         match &link {
+            // Made by netd, which died before it could tag it: adopted.
+            Some(l) if l.alias.is_none() && is_ours(&l.name) => Ok(link),
             Some(l) if l.alias.as_deref() != Some(owner) => Err(Error::Conflict(format!(
                 "interface {name} exists and is not Triad's ({owner}); remove it or rename it"
             ))),
@@ -1225,6 +1314,7 @@ impl Host {
             .configure(&bridge, None, Some(mtu), Some(&owner))
             .await
             .map_err(system)?;
+        seal_off(&bridge_name);
         let mac = bridge_mac(&self.node, id);
         if bridge.mac != Some(mac) {
             self.netlink
@@ -1390,7 +1480,7 @@ fn network_view(id: &str, spec: &NetworkSpec) -> Network {
         id: id.to_owned(),
         spec: spec.clone(),
         bridge: bridge_name(id),
-        mtu: mtu_of(spec),
+        effective_mtu: mtu_of(spec),
     }
 }
 

@@ -39,7 +39,11 @@ fn main() -> anyhow::Result<()> {
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let host = Arc::new(Host::open(node, config.state_dir.clone())?);
-        host.reconcile().await.context("reconciling the host")?;
+        // What could not be brought back is logged; the API serves either way, so that an
+        // operator can see and fix it.
+        if let Err(e) = host.reconcile().await {
+            tracing::error!("reconciling the host: {e}");
+        }
         serve(config.socket, host).await
     })
 }

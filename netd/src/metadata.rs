@@ -46,6 +46,9 @@ pub struct Service {
     /// The bridge's end of the veth.
     pub veth: String,
     pub bridge: u32,
+    /// The network's addresses and MTU it was made for.
+    pub cidr: Ipv4Cidr,
+    pub mtu: u32,
     pub documents: Documents,
     /// A connection into the namespace.
     inside: crate::link::Netlink,
@@ -212,6 +215,8 @@ pub async fn start(
     Ok(Service {
         veth: veth.to_owned(),
         bridge: bridge.index,
+        cidr,
+        mtu: bridge.mtu,
         documents,
         inside,
         tasks: vec![server],

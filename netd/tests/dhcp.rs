@@ -127,7 +127,7 @@ fn only_the_ports_host_answers() {
     let b = VmEndpoint::behind(&h2, &tap_b, "52:54:00:50:01:0b", "dhcpb");
     assert_eq!(a.dhcp(dir1.path()).expect("a's lease")["ip"], "10.50.0.20");
     assert_eq!(b.dhcp(dir2.path()).expect("b's lease")["ip"], "10.50.0.21");
-    // Each host acknowledged its own VM only, though every DISCOVER reached both.
+    // Each host acknowledged its own VM only.
     for (netd, port) in [(&d1, "a"), (&d2, "b")] {
         let state = netd.ok("GET", "/state", None);
         let ports: Vec<&str> = state["leases"]
@@ -163,5 +163,12 @@ fn only_the_ports_host_answers() {
     assert!(
         stranger.dhcp(dir1.path()).is_none(),
         "a MAC that is no port's gets no lease"
+    );
+    drop(stranger);
+    // The same TAP with the port's own MAC does get its lease.
+    let owner = VmEndpoint::behind(&h1, &tap_c, "52:54:00:50:01:0c", "dhcpc");
+    assert_eq!(
+        owner.dhcp(dir1.path()).expect("c's lease")["ip"],
+        "10.50.0.22"
     );
 }

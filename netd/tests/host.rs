@@ -53,7 +53,7 @@ fn networks_and_ports_are_made_and_removed() {
 
     let net = netd.ok("PUT", "/networks/flat", Some(flat("uplink0")));
     let bridge = net["bridge"].as_str().unwrap().to_owned();
-    assert_eq!(net["mtu"], 1500);
+    assert_eq!(net["effective_mtu"], 1500);
     let br = h.link(&bridge).expect("the bridge exists");
     assert_eq!(br["linkinfo"]["info_kind"], "bridge");
     assert!(br["flags"].as_array().unwrap().contains(&json!("UP")));
@@ -65,7 +65,10 @@ fn networks_and_ports_are_made_and_removed() {
         Some(overlay(&["192.0.2.2", "192.0.2.3"])),
     );
     let vx_bridge = vx["bridge"].as_str().unwrap().to_owned();
-    assert_eq!(vx["mtu"], 1450, "VXLAN's 50 bytes come off the default MTU");
+    assert_eq!(
+        vx["effective_mtu"], 1450,
+        "VXLAN's 50 bytes come off the default MTU"
+    );
     let dev = h
         .links()
         .into_iter()
@@ -103,7 +106,21 @@ fn networks_and_ports_are_made_and_removed() {
     assert_eq!(h.link(&tap2).unwrap()["mtu"], 1450);
 
     // The same requests again change nothing.
-    let before = h.links().len();
+    let indexes = |h: &Ns| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = h
+            .links()
+            .iter()
+            .map(|l| {
+                (
+                    l["ifname"].as_str().unwrap().to_owned(),
+                    l["ifindex"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = indexes(&h);
     netd.ok(
         "PUT",
         "/networks/overlay",
@@ -114,7 +131,7 @@ fn networks_and_ports_are_made_and_removed() {
         "/ports/vm1",
         Some(port("flat", "52:54:00:00:20:01", Some("10.20.0.10"))),
     );
-    assert_eq!(h.links().len(), before);
+    assert_eq!(indexes(&h), before, "nothing was made again");
     assert_eq!(h.flood_list(&dev_name), ["192.0.2.2", "192.0.2.3"]);
 
     // A peer leaves and another joins; a port moves to the other network.
@@ -205,6 +222,8 @@ fn a_restart_reconciles_the_host() {
         h.ip(&["link", "set", &dev, "down"]);
         h.ip(&["tuntap", "add", "ttpstray", "mode", "tap"]);
         h.ip(&["link", "set", "ttpstray", "alias", "triad:port:ghost"]);
+        // One made by a netd that died before it could tag it.
+        h.ip(&["tuntap", "add", "ttpdeadbeef", "mode", "tap"]);
         // Not Triad's: must survive.
         h.ip(&["tuntap", "add", "othertap", "mode", "tap"]);
     });
@@ -217,6 +236,7 @@ fn a_restart_reconciles_the_host() {
     let d = h.link(&dev).unwrap();
     assert!(d["flags"].as_array().unwrap().contains(&json!("UP")), "{d}");
     assert!(h.link("ttpstray").is_none(), "the stray TAP is removed");
+    assert!(h.link("ttpdeadbeef").is_none(), "so is the untagged one");
     assert!(
         h.link("othertap").is_some(),
         "an interface that is not Triad's stays"
@@ -343,6 +363,7 @@ fn bad_requests_are_refused_and_leave_nothing() {
         .to_owned();
     netd.ok("DELETE", "/ports/p3", None);
     h.ip(&["tuntap", "add", &taken, "mode", "tap"]);
+    h.ip(&["link", "set", &taken, "alias", "someone-else"]);
     let err = netd.error(
         "PUT",
         "/ports/p3",

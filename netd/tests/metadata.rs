@@ -124,8 +124,9 @@ fn each_vm_reads_its_own_document_from_its_own_host() {
         get(&a, "/latest/meta-data/instance-id"),
         (200, "i-0a2".into())
     );
-    // C takes A's address: it gets nothing of A's. (Last: until the anti-spoofing of
-    // security groups stops it, such a VM also keeps A's answers from reaching A.)
+    // C takes A's address: it gets nothing of A's. Anti-spoofing drops its packets before
+    // they reach the service (no answer); the service's own check of the MAC behind an address
+    // would refuse it (403) otherwise.
     c.ns.ip(&["addr", "flush", "dev", "eth0"]);
     c.ns.ip(&["addr", "add", "10.60.0.10/24", "dev", "eth0"]);
     c.ns.ip(&["route", "replace", "169.254.169.254/32", "dev", "eth0"]);
