@@ -170,13 +170,27 @@ pub fn ruleset(
         }
         out += "\t}\n";
     }
+    // Ports with the same groups share one pair of chains: a rule change then reloads each
+    // rule once, however many VMs use the group.
+    let mut sets: Vec<&Vec<&str>> = Vec::new();
+    let mut chain_of: BTreeMap<u32, usize> = BTreeMap::new();
     for (n, p) in &filtered {
+        let k = match sets.iter().position(|s| **s == p.groups) {
+            Some(k) => k,
+            None => {
+                sets.push(&p.groups);
+                sets.len() - 1
+            }
+        };
+        chain_of.insert(*n, k);
+    }
+    for (k, set) in sets.iter().enumerate() {
         for direction in [Direction::Egress, Direction::Ingress] {
             let chain = match direction {
                 Direction::Egress => "out",
                 Direction::Ingress => "in",
             };
-            let _ = writeln!(out, "\tchain {chain}_{n} {{");
+            let _ = writeln!(out, "\tchain {chain}_{k} {{");
             if direction == Direction::Egress {
                 // Every VM may reach its host's metadata service.
                 let _ = writeln!(
@@ -185,8 +199,7 @@ pub fn ruleset(
                     crate::metadata::ADDRESS
                 );
             }
-            let mut rules: Vec<&Rule> = p
-                .groups
+            let mut rules: Vec<&Rule> = set
                 .iter()
                 .filter_map(|g| groups.get(*g))
                 .flat_map(|g| &g.rules)
@@ -215,7 +228,7 @@ pub fn ruleset(
         let vmap = |shift: u32, chain: &str| -> String {
             let entries: Vec<String> = filtered
                 .iter()
-                .map(|(n, _)| format!("0x{:x} : jump {chain}_{n}", n << shift))
+                .map(|(n, _)| format!("0x{:x} : jump {chain}_{}", n << shift, chain_of[n]))
                 .collect();
             entries.join(", ")
         };
@@ -305,6 +318,12 @@ mod tests {
                 ip: None,
                 groups: vec![],
             },
+            FwPort {
+                tap: "ttpc".into(),
+                mac: Mac([0x52, 0x54, 0, 0, 0, 3]),
+                ip: Some(Ipv4Addr::new(10, 0, 0, 6)),
+                groups: vec!["web"],
+            },
         ];
         let text = ruleset(&ports, &groups, 7);
         let ssh = text
@@ -320,13 +339,18 @@ mod tests {
             "every port is anti-spoofed"
         );
         assert!(
-            !text.contains("chain in_2"),
+            !text.contains("chain in_1"),
             "a port without groups is not filtered"
         );
         assert!(text.contains("ct mark 7 accept"));
+        // Ports with the same groups share their chains.
+        assert!(
+            text.contains("0x10000 : jump in_0, 0x30000 : jump in_0"),
+            "{text}"
+        );
         // The group's own ports join its address set.
         assert!(
-            text.contains("elements = { 10.0.0.5, 10.0.0.99 }"),
+            text.contains("elements = { 10.0.0.5, 10.0.0.6, 10.0.0.99 }"),
             "{text}"
         );
     }

@@ -268,7 +268,7 @@ fn groups_filter_statefully_and_changes_reach_running_flows() {
     assert!(pings(b, "10.70.0.12"));
     let state = netd.ok("GET", "/state", None);
     assert!(
-        state["firewall"].as_str().unwrap().contains("chain in_1"),
+        state["firewall"].as_str().unwrap().contains("chain in_0"),
         "{state}"
     );
 }
