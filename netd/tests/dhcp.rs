@@ -89,18 +89,14 @@ fn a_vm_leases_its_address_and_options() {
 
 #[test]
 fn only_the_ports_host_answers() {
-    let h1 = Ns::new("dhcp1");
-    let h2 = Ns::new("dhcp2");
-    h1.wire(
-        "under0",
-        Some("192.0.2.1/24"),
-        &h2,
-        "under0",
-        Some("192.0.2.2/24"),
-    );
-    let (dir1, dir2) = (TempDir::new("dhcp1"), TempDir::new("dhcp2"));
-    let d1 = Netd::start(&h1, dir1.path());
-    let d2 = Netd::start(&h2, dir2.path());
+    let TwoHosts {
+        d1,
+        d2,
+        h1,
+        h2,
+        dir1,
+        dir2,
+    } = two_hosts("dhcp");
     let vx =
         |peer: &str| json!({"kind": "vxlan", "vni": 5050, "underlay": "under0", "peers": [peer]});
     d1.ok("PUT", "/networks/lan", Some(network(vx("192.0.2.2"))));
@@ -139,15 +135,7 @@ fn only_the_ports_host_answers() {
         assert_eq!(ports, [port]);
     }
     // The two VMs reach each other on their leased addresses.
-    let ping = a
-        .exec("ping", &["-c", "2", "-W", "2", "10.50.0.21"])
-        .output()
-        .unwrap();
-    assert!(
-        ping.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ping.stdout)
-    );
+    assert!(ping(&a.ns, "10.50.0.21", 2));
 
     // A MAC no host has a port for gets nothing.
     d1.ok("DELETE", "/ports/a", None);

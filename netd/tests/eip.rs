@@ -70,15 +70,7 @@ fn an_eip_maps_a_vm_to_the_world_on_its_own_host() {
     );
 
     // The world reaches the VM at its public address (the VM answers ping itself).
-    let ping = world
-        .exec("ping", &["-c", "2", "-W", "2", "203.0.113.10"])
-        .output()
-        .unwrap();
-    assert!(
-        ping.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ping.stdout)
-    );
+    assert!(ping(&world, "203.0.113.10", 2));
 
     // The VM's traffic to the world comes from the public address.
     let _server = Killed(
@@ -141,17 +133,15 @@ fn an_eip_maps_a_vm_to_the_world_on_its_own_host() {
 
     // A crash of netd: the mapping comes back.
     let netd = netd.crash_and_restart();
-    let ping = world
-        .exec("ping", &["-c", "2", "-W", "2", "203.0.113.10"])
-        .output()
-        .unwrap();
-    assert!(ping.status.success(), "the EIP is back after a restart");
+    assert!(
+        ping(&world, "203.0.113.10", 2),
+        "the EIP is back after a restart"
+    );
 
     // The EIP goes: the public address answers no more.
     netd.ok("DELETE", "/eips/e1", None);
-    let ping = world
-        .exec("ping", &["-c", "1", "-W", "1", "203.0.113.10"])
-        .output()
-        .unwrap();
-    assert!(!ping.status.success(), "a removed EIP is not reachable");
+    assert!(
+        !ping(&world, "203.0.113.10", 1),
+        "a removed EIP is not reachable"
+    );
 }

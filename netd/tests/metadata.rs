@@ -30,18 +30,14 @@ fn get(vm: &VmEndpoint, path: &str) -> (u16, String) {
 
 #[test]
 fn each_vm_reads_its_own_document_from_its_own_host() {
-    let h1 = Ns::new("md1");
-    let h2 = Ns::new("md2");
-    h1.wire(
-        "under0",
-        Some("192.0.2.1/24"),
-        &h2,
-        "under0",
-        Some("192.0.2.2/24"),
-    );
-    let (dir1, dir2) = (TempDir::new("md1"), TempDir::new("md2"));
-    let d1 = Netd::start(&h1, dir1.path());
-    let d2 = Netd::start(&h2, dir2.path());
+    let TwoHosts {
+        d1,
+        d2,
+        h1,
+        h2,
+        dir1,
+        dir2,
+    } = two_hosts("md");
     d1.ok("PUT", "/networks/lan", Some(network("192.0.2.2")));
     d2.ok("PUT", "/networks/lan", Some(network("192.0.2.1")));
 

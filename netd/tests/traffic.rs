@@ -19,57 +19,12 @@ fn overlay(peer: &str) -> serde_json::Value {
     })
 }
 
-/// Whether `vm` gets an answer to ping from `ip`; panics when ping itself cannot run, so that
-/// a missing tool never reads as an unreachable address.
-fn ping(vm: &VmEndpoint, ip: &str) -> bool {
-    let out = vm
-        .exec("ping", &["-c", "2", "-W", "2", ip])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("packets transmitted"),
-        "ping did not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.status.success()
-}
-
-/// Two hosts with netd each, joined by an underlay (192.0.2.1 and .2), each with the overlay
-/// network on it.
-struct Pair {
-    h1: Ns,
-    h2: Ns,
-    d1: Netd,
-    d2: Netd,
-    _dirs: (TempDir, TempDir),
-}
-
-fn pair(test: &str) -> Pair {
-    let h1 = Ns::new(&format!("{test}1"));
-    let h2 = Ns::new(&format!("{test}2"));
-    h1.wire(
-        "under0",
-        Some("192.0.2.1/24"),
-        &h2,
-        "under0",
-        Some("192.0.2.2/24"),
-    );
-    let dirs = (
-        TempDir::new(&format!("{test}1")),
-        TempDir::new(&format!("{test}2")),
-    );
-    let d1 = Netd::start(&h1, dirs.0.path());
-    let d2 = Netd::start(&h2, dirs.1.path());
-    d1.ok("PUT", "/networks/overlay", Some(overlay("192.0.2.2")));
-    d2.ok("PUT", "/networks/overlay", Some(overlay("192.0.2.1")));
-    Pair {
-        h1,
-        h2,
-        d1,
-        d2,
-        _dirs: dirs,
-    }
+/// Two hosts with the overlay network on each.
+fn pair(test: &str) -> TwoHosts {
+    let p = two_hosts(test);
+    p.d1.ok("PUT", "/networks/overlay", Some(overlay("192.0.2.2")));
+    p.d2.ok("PUT", "/networks/overlay", Some(overlay("192.0.2.1")));
+    p
 }
 
 fn add_port(netd: &Netd, id: &str, network: &str, mac: &str, ip: &str) -> String {
@@ -91,20 +46,20 @@ fn vms_on_two_hosts_talk_over_vxlan() {
     a.ns.ip(&["addr", "add", "10.30.0.10/24", "dev", "eth0"]);
     b.ns.ip(&["addr", "add", "10.30.0.11/24", "dev", "eth0"]);
     assert!(
-        ping(&a, "10.30.0.11"),
+        ping(&a.ns, "10.30.0.11", 2),
         "VM a reaches VM b across the underlay"
     );
-    assert!(ping(&b, "10.30.0.10"), "and back");
+    assert!(ping(&b.ns, "10.30.0.10", 2), "and back");
 
     // Without the peer in the flood list, nothing crosses (no multicast, no learning).
     p.d1.ok("PUT", "/networks/overlay", Some(overlay("192.0.2.9")));
     a.ns.ip(&["neigh", "flush", "dev", "eth0"]);
     assert!(
-        !ping(&a, "10.30.0.11"),
+        !ping(&a.ns, "10.30.0.11", 2),
         "a VTEP that is not a peer is not reached"
     );
     p.d1.ok("PUT", "/networks/overlay", Some(overlay("192.0.2.2")));
-    assert!(ping(&a, "10.30.0.11"));
+    assert!(ping(&a.ns, "10.30.0.11", 2));
 }
 
 #[test]
@@ -127,7 +82,7 @@ fn a_vm_reaches_the_gateway_beyond_the_uplink() {
     let vm = VmEndpoint::behind(&h, &tap, "52:54:00:40:00:0a", "gwvm");
     vm.ns.ip(&["addr", "add", "10.40.0.10/24", "dev", "eth0"]);
     vm.ns.ip(&["route", "add", "default", "via", "10.40.0.1"]);
-    assert!(ping(&vm, "10.40.0.1"));
+    assert!(ping(&vm.ns, "10.40.0.1", 2));
 }
 
 /// The VMM attaches to the TAP netd made, the test guest leases its address from netd's DHCP,
@@ -204,7 +159,7 @@ fn the_test_guest_on_a_netd_port_answers_across_hosts() {
         serial_out.contains("TRIAD-NET-IP 10.30.0.20/24\n"),
         "the guest leased another address: {serial_out}"
     );
-    let reached = ping(&b, "10.30.0.20");
+    let reached = ping(&b.ns, "10.30.0.20", 2);
     let _ = child.kill();
     let _ = child.wait();
     assert!(reached, "VM b on host 2 pings the guest on host 1");

@@ -509,3 +509,52 @@ fn relay(host: &str, tap: &str, wire: &str, stop: &std::sync::atomic::AtomicBool
         }
     }
 }
+
+/// Two hosts with netd each, joined by an underlay: `under0`, 192.0.2.1 on `h1` and 192.0.2.2
+/// on `h2`.
+pub struct TwoHosts {
+    pub d1: Netd,
+    pub d2: Netd,
+    pub h1: Ns,
+    pub h2: Ns,
+    pub dir1: TempDir,
+    pub dir2: TempDir,
+}
+
+pub fn two_hosts(test: &str) -> TwoHosts {
+    let h1 = Ns::new(&format!("{test}1"));
+    let h2 = Ns::new(&format!("{test}2"));
+    h1.wire(
+        "under0",
+        Some("192.0.2.1/24"),
+        &h2,
+        "under0",
+        Some("192.0.2.2/24"),
+    );
+    let dir1 = TempDir::new(&format!("{test}1"));
+    let dir2 = TempDir::new(&format!("{test}2"));
+    TwoHosts {
+        d1: Netd::start(&h1, dir1.path()),
+        d2: Netd::start(&h2, dir2.path()),
+        h1,
+        h2,
+        dir1,
+        dir2,
+    }
+}
+
+/// Whether ping from namespace `ns` gets an answer from `ip` (`count` tries, a second each);
+/// panics when ping itself cannot run, so that a missing tool never reads as an unreachable
+/// address.
+pub fn ping(ns: &Ns, ip: &str, count: u32) -> bool {
+    let out = ns
+        .exec("ping", &["-c", &count.to_string(), "-W", "1", ip])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("packets transmitted"),
+        "ping did not run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.success()
+}
