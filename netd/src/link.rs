@@ -346,22 +346,7 @@ impl Netlink {
 
     /// The first IPv4 address of interface `index`.
     pub async fn ipv4_of(&self, index: u32) -> Result<Option<Ipv4Addr>> {
-        let stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        let messages: Vec<_> = context(stream.try_collect().await, || "listing addresses".into())?;
-        Ok(messages
-            .into_iter()
-            .filter(|m| m.header.index == index)
-            .flat_map(|m| m.attributes)
-            .find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip))
-                | AddressAttribute::Address(IpAddr::V4(ip)) => Some(ip),
-                _ => None,
-            }))
+        Ok(self.ipv4_addresses(index).await?.first().map(|(ip, _)| *ip))
     }
 
     /// The bridge forwarding entries with a remote VTEP (VXLAN devices').
