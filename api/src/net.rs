@@ -155,6 +155,11 @@ pub enum L2 {
         #[serde(default = "vxlan_port")]
         port: u16,
     },
+    /// An 802.1Q VLAN on a trunk uplink. The kernels Triad runs on may lack 802.1Q devices, so
+    /// the tags are Open vSwitch's: the uplink is the trunk port of an OVS bridge (userspace
+    /// datapath) and the network's Linux bridge, where its VMs' TAPs are, is that bridge's
+    /// access port for `vid`.
+    Vlan { vid: u16, uplink: String },
 }
 
 fn vxlan_port() -> u16 {
@@ -432,6 +437,22 @@ pub struct NetState {
     pub eips: Vec<Eip>,
     /// The packet filter as loaded (`nft list` of Triad's tables).
     pub firewall: String,
+    /// Triad's Open vSwitch ports (VLAN networks' trunks and access ports).
+    #[serde(default)]
+    pub ovs: Vec<OvsPort>,
+}
+
+/// A port of an Open vSwitch bridge that Triad made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OvsPort {
+    pub bridge: String,
+    pub port: String,
+    /// The VLAN of an access port; none on a trunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vid: Option<u16>,
+    /// What Triad made it for (`triad:network:ID` or `triad:uplink:NAME`).
+    pub owner: String,
 }
 
 /// An address a VM took from this host's DHCP server.
@@ -460,6 +481,13 @@ pub struct NetdConfig {
     /// The host's name (the system's host name when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Open vSwitch's database (`ovs-vsctl --db`), for VLAN networks.
+    #[serde(default = "default_ovs_db")]
+    pub ovs_db: String,
+}
+
+fn default_ovs_db() -> String {
+    "unix:/run/openvswitch/db.sock".to_owned()
 }
 
 fn default_socket() -> PathBuf {

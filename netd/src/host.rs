@@ -9,11 +9,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use triad_api::net::{
-    Eip, EipSpec, FdbEntry, Lease, LinkState, NetState, Network, NetworkSpec, Port, PortSpec,
-    Protocol, Remote, SecurityGroup, SecurityGroupSpec, L2,
+    Eip, EipSpec, FdbEntry, Lease, LinkState, NetState, Network, NetworkSpec, OvsPort, Port,
+    PortSpec, Protocol, Remote, SecurityGroup, SecurityGroupSpec, L2,
 };
 
 use crate::link::{Fdb, Link, Netlink, NetlinkError, VxlanParams, FLOOD};
+use crate::ovs::Ovs;
 use crate::tap;
 use crate::Error;
 use crate::{dhcp, firewall, metadata};
@@ -80,6 +81,25 @@ pub fn tap_name(port: &str) -> String {
     format!("ttp{}", tag(port))
 }
 
+/// The Open vSwitch bridge whose trunk port is `uplink`, shared by its VLAN networks.
+pub fn ovs_bridge_name(uplink: &str) -> String {
+    format!("tov{}", tag(uplink))
+}
+
+/// A VLAN network's veth end in its Linux bridge.
+pub fn vlan_veth(network: &str) -> String {
+    format!("tvl{}", tag(network))
+}
+
+/// A VLAN network's veth end in the Open vSwitch bridge: the VLAN's access port.
+pub fn vlan_peer(network: &str) -> String {
+    format!("tvo{}", tag(network))
+}
+
+fn uplink_owner(uplink: &str) -> String {
+    format!("triad:uplink:{uplink}")
+}
+
 fn network_owner(id: &str) -> String {
     format!("triad:network:{id}")
 }
@@ -111,7 +131,7 @@ fn seal_off(bridge: &str) {
 /// Whether `name` is one netd gives its interfaces (a prefix and a tag of eight hex digits):
 /// such an interface without a tag is one netd made and had no time to tag.
 pub fn is_ours(name: &str) -> bool {
-    const PREFIXES: &[&str] = &["tbr", "tvx", "ttp", "tmh", "tph"];
+    const PREFIXES: &[&str] = &["tbr", "tvx", "ttp", "tmh", "tph", "tvl", "tvo"];
     name.len() == 11
         && PREFIXES.iter().any(|p| name.starts_with(p))
         && name[3..]
@@ -143,7 +163,7 @@ fn bad(message: String) -> Error {
 pub fn mtu_of(spec: &NetworkSpec) -> u32 {
     spec.mtu.unwrap_or(match spec.l2 {
         L2::Vxlan { .. } => DEFAULT_MTU - VXLAN_OVERHEAD,
-        L2::Novlan { .. } => DEFAULT_MTU,
+        L2::Novlan { .. } | L2::Vlan { .. } => DEFAULT_MTU,
     })
 }
 
@@ -166,6 +186,14 @@ pub fn check_network(desired: &Desired, id: &str, spec: &NetworkSpec) -> Result<
             .iter()
             .filter(|(other, _)| other.as_str() != id)
     };
+    // An interface that is a VLAN trunk belongs to Open vSwitch, which takes all its traffic:
+    // it can be no Linux bridge's port and no VTEP's underlay.
+    let trunk_of = |name: &str| {
+        others().find_map(|(other, o)| match &o.l2 {
+            L2::Vlan { uplink, .. } if uplink == name => Some(other.clone()),
+            _ => None,
+        })
+    };
     match &spec.l2 {
         L2::Novlan { uplink } => {
             if let Some(uplink) = uplink {
@@ -177,6 +205,32 @@ pub fn check_network(desired: &Desired, id: &str, spec: &NetworkSpec) -> Result<
                         )));
                     }
                 }
+                if let Some(other) = trunk_of(uplink) {
+                    return Err(Error::Conflict(format!(
+                        "network {id}: uplink {uplink} is the VLAN trunk of network {other}"
+                    )));
+                }
+            }
+        }
+        L2::Vlan { vid, uplink } => {
+            if !(1..=4094).contains(vid) {
+                return Err(bad(format!("network {id}: VLAN {vid} is outside 1..=4094")));
+            }
+            check_ifname(id, "uplink", uplink)?;
+            for (other, o) in others() {
+                let clash = match &o.l2 {
+                    L2::Vlan { vid: v, uplink: u } if u == uplink && v == vid => {
+                        format!("VLAN {vid} on uplink {uplink} is in use by network {other}")
+                    }
+                    L2::Novlan { uplink: Some(u) } if u == uplink => {
+                        format!("uplink {uplink} is the bridge port of network {other}")
+                    }
+                    L2::Vxlan { underlay, .. } if underlay == uplink => {
+                        format!("uplink {uplink} is the VXLAN underlay of network {other}")
+                    }
+                    _ => continue,
+                };
+                return Err(Error::Conflict(format!("network {id}: {clash}")));
             }
         }
         L2::Vxlan {
@@ -192,6 +246,11 @@ pub fn check_network(desired: &Desired, id: &str, spec: &NetworkSpec) -> Result<
                 )));
             }
             check_ifname(id, "underlay", underlay)?;
+            if let Some(other) = trunk_of(underlay) {
+                return Err(Error::Conflict(format!(
+                    "network {id}: underlay {underlay} is the VLAN trunk of network {other}"
+                )));
+            }
             if *port == 0 {
                 return Err(bad(format!("network {id}: VXLAN port 0")));
             }
@@ -524,6 +583,7 @@ pub fn check_port(desired: &Desired, id: &str, spec: &PortSpec) -> Result<(), Er
 pub struct Host {
     node: String,
     netlink: Netlink,
+    ovs: Ovs,
     state_file: PathBuf,
     desired: Mutex<Desired>,
     /// A DHCP server per network with addresses, by network id.
@@ -541,7 +601,7 @@ fn system(e: NetlinkError) -> Error {
 impl Host {
     /// Loads the state file in `state_dir` (none yet: an empty host) and connects to the
     /// kernel. Call `reconcile` next.
-    pub fn open(node: String, state_dir: PathBuf) -> Result<Self, Error> {
+    pub fn open(node: String, state_dir: PathBuf, ovs_db: String) -> Result<Self, Error> {
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| Error::System(format!("creating {}: {e}", state_dir.display())))?;
         let state_file = state_dir.join("desired.json");
@@ -561,6 +621,7 @@ impl Host {
         Ok(Self {
             node,
             netlink,
+            ovs: Ovs::new(ovs_db),
             state_file,
             desired: Mutex::new(desired),
             dhcp: std::sync::Mutex::new(BTreeMap::new()),
@@ -602,7 +663,15 @@ impl Host {
             }
         }
         self.remove_strays(&desired).await?;
+        self.tidy_ovs(&desired).await;
         self.refresh_services(&desired).await
+    }
+
+    /// `sync_ovs`, with a failure logged: what it leaves is tidied on the next try.
+    async fn tidy_ovs(&self, desired: &Desired) {
+        if let Err(e) = self.sync_ovs(desired).await {
+            tracing::warn!("tidying Open vSwitch: {e}");
+        }
     }
 
     /// Runs DHCP and metadata on every network with addresses, answering its ports as they
@@ -948,6 +1017,7 @@ impl Host {
                 L2::Novlan { uplink: Some(up) } => edges.push(up.clone()),
                 L2::Novlan { uplink: None } => {}
                 L2::Vxlan { .. } => edges.push(vxlan_name(id)),
+                L2::Vlan { .. } => edges.push(vlan_veth(id)),
             }
         }
         let md = metadata::ADDRESS;
@@ -998,7 +1068,15 @@ impl Host {
         let names: BTreeSet<String> = desired
             .networks
             .keys()
-            .flat_map(|id| [bridge_name(id), vxlan_name(id), metadata_veth(id)])
+            .flat_map(|id| {
+                [
+                    bridge_name(id),
+                    vxlan_name(id),
+                    metadata_veth(id),
+                    vlan_veth(id),
+                    vlan_peer(id),
+                ]
+            })
             .chain(desired.ports.keys().map(|id| tap_name(id)))
             .collect();
         for link in self.netlink.links().await.map_err(system)? {
@@ -1024,6 +1102,7 @@ impl Host {
             if !existed {
                 // Nothing half-made stays behind.
                 let _ = self.remove_network(id, &spec).await;
+                self.tidy_ovs(&desired).await;
             }
             return Err(e);
         }
@@ -1031,6 +1110,8 @@ impl Host {
         next.networks.insert(id.to_owned(), spec.clone());
         self.save(&next)?;
         *desired = next;
+        // A trunk bridge the network's old uplink no longer needs.
+        self.tidy_ovs(&desired).await;
         drop(desired);
         // Ports already on it follow a changed MTU.
         let desired = self.desired.lock().await;
@@ -1060,6 +1141,7 @@ impl Host {
         next.networks.remove(id);
         self.save(&next)?;
         *desired = next;
+        self.tidy_ovs(&desired).await;
         self.refresh_services(&desired).await
     }
 
@@ -1183,7 +1265,32 @@ impl Host {
         }
         leases.sort_by(|a, b| (&a.network, &a.port).cmp(&(&b.network, &b.port)));
         let firewall = crate::nft::list(&["bridge triad_ports", "inet triad_sg"]).await;
+        let vlans = desired
+            .networks
+            .values()
+            .any(|s| matches!(s.l2, L2::Vlan { .. }));
+        let ovs = match self.ovs.ports().await {
+            Ok(records) => records
+                .into_iter()
+                .filter_map(|r| {
+                    let owner = r.owner.filter(|o| o.starts_with("triad:"))?;
+                    Some(OvsPort {
+                        bridge: r.bridge,
+                        port: r.name,
+                        vid: r.vid,
+                        owner,
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                if vlans {
+                    tracing::warn!("reading Open vSwitch: {e}");
+                }
+                Vec::new()
+            }
+        };
         Ok(NetState {
+            ovs,
             leases,
             firewall,
             eips: desired
@@ -1247,10 +1354,30 @@ impl Host {
         let owner = network_owner(id);
         let mtu = mtu_of(spec);
         // Checked before anything is made, so a missing uplink leaves nothing behind.
-        let (uplink, vxlan) = match &spec.l2 {
-            L2::Novlan { uplink: None } => (None, None),
+        let (uplink, vxlan, trunk) = match &spec.l2 {
+            L2::Novlan { uplink: None } => (None, None, None),
             L2::Novlan { uplink: Some(name) } => {
-                (Some(self.must_exist(id, "uplink", name).await?), None)
+                (Some(self.must_exist(id, "uplink", name).await?), None, None)
+            }
+            L2::Vlan { vid, uplink } => {
+                let up = self.must_exist(id, "uplink", uplink).await?;
+                if up.master.is_some() {
+                    return Err(Error::Conflict(format!(
+                        "network {id}: uplink {uplink} is a Linux bridge's port; a VLAN trunk must be free"
+                    )));
+                }
+                let bridge = ovs_bridge_name(uplink);
+                let records = self.ovs.ports().await?;
+                if let Some(r) = records
+                    .iter()
+                    .find(|r| &r.name == uplink && r.bridge != bridge)
+                {
+                    return Err(Error::Conflict(format!(
+                        "network {id}: uplink {uplink} is a port of Open vSwitch bridge {}",
+                        r.bridge
+                    )));
+                }
+                (None, None, Some((*vid, up, bridge, records)))
             }
             L2::Vxlan {
                 vni,
@@ -1285,7 +1412,7 @@ impl Host {
                     local,
                     port: *port,
                 };
-                (None, Some((params, peers.clone())))
+                (None, Some((params, peers.clone())), None)
             }
         };
         if let Some(up) = &uplink {
@@ -1360,6 +1487,48 @@ impl Host {
                 }
             }
         }
+        match trunk {
+            Some((vid, up, ovs_bridge, records)) => {
+                let veth = self.ensure_vlan_veth(id, &owner).await?;
+                self.netlink
+                    .configure(&veth, Some(bridge.index), Some(mtu), Some(&owner))
+                    .await
+                    .map_err(system)?;
+                members.insert(veth.index);
+                let peer = self.link_named(&vlan_peer(id)).await?;
+                self.netlink
+                    .configure(&peer, None, Some(mtu), Some(&owner))
+                    .await
+                    .map_err(system)?;
+                for name in [&veth.name, &peer.name] {
+                    crate::link::disable_tx_checksum(name).map_err(|e| {
+                        Error::System(format!("turning off checksum offload on {name}: {e}"))
+                    })?;
+                }
+                self.netlink
+                    .configure(&up, None, None, None)
+                    .await
+                    .map_err(system)?;
+                self.ovs
+                    .ensure_trunk(&ovs_bridge, &up.name, &uplink_owner(&up.name))
+                    .await?;
+                // The network moved to another uplink: its access port moves with it.
+                if records
+                    .iter()
+                    .any(|r| r.name == peer.name && r.bridge != ovs_bridge)
+                {
+                    self.ovs.delete_port(&peer.name).await?;
+                }
+                self.ovs
+                    .ensure_access(&ovs_bridge, &peer.name, vid, &owner)
+                    .await?;
+            }
+            None => {
+                if let Some(old) = self.owned(&vlan_veth(id), &owner).await? {
+                    self.netlink.delete(&old).await.map_err(system)?;
+                }
+            }
+        }
         // An uplink this network no longer uses is let go; Triad's own TAPs stay (their ports
         // move them).
         for link in self.netlink.links().await.map_err(system)? {
@@ -1372,6 +1541,68 @@ impl Host {
                     .configure(&link, Some(0), None, None)
                     .await
                     .map_err(system)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The veth pair between VLAN network `id`'s Linux bridge and its Open vSwitch bridge, made
+    /// when missing; the end in the Linux bridge is returned.
+    async fn ensure_vlan_veth(&self, id: &str, owner: &str) -> Result<Link, Error> {
+        let (name, peer) = (vlan_veth(id), vlan_peer(id));
+        if let Some(veth) = self.owned(&name, owner).await? {
+            if veth.kind.as_deref() == Some("veth") && self.owned(&peer, owner).await?.is_some() {
+                return Ok(veth);
+            }
+            self.netlink.delete(&veth).await.map_err(system)?;
+        }
+        // A lone end left by a crash goes first.
+        if let Some(stale) = self.owned(&peer, owner).await? {
+            self.netlink.delete(&stale).await.map_err(system)?;
+        }
+        self.netlink
+            .create_veth(&name, &peer)
+            .await
+            .map_err(system)?;
+        self.link_named(&name).await
+    }
+
+    /// Removes the Open vSwitch ports and bridges Triad made that no VLAN network uses any
+    /// more. A host without Open vSwitch has none, unless a VLAN network wants one.
+    async fn sync_ovs(&self, desired: &Desired) -> Result<(), Error> {
+        let wanted: BTreeMap<String, String> = desired
+            .networks
+            .iter()
+            .filter_map(|(id, s)| match &s.l2 {
+                L2::Vlan { uplink, .. } => Some((network_owner(id), ovs_bridge_name(uplink))),
+                _ => None,
+            })
+            .collect();
+        let records = match self.ovs.ports().await {
+            Ok(records) => records,
+            Err(Error::Unprocessable(_)) if wanted.is_empty() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for r in &records {
+            let Some(owner) = &r.owner else { continue };
+            if owner.starts_with("triad:network:") && wanted.get(owner) != Some(&r.bridge) {
+                tracing::info!("removing Open vSwitch port {}: nothing asks for it", r.name);
+                self.ovs.delete_port(&r.name).await?;
+            }
+        }
+        let trunks: BTreeSet<&String> = records
+            .iter()
+            .filter(|r| {
+                r.owner
+                    .as_deref()
+                    .is_some_and(|o| o.starts_with("triad:uplink:"))
+            })
+            .map(|r| &r.bridge)
+            .collect();
+        for bridge in trunks {
+            if !wanted.values().any(|b| b == bridge) {
+                tracing::info!("removing Open vSwitch bridge {bridge}: no VLAN network uses it");
+                self.ovs.delete_bridge(bridge).await?;
             }
         }
         Ok(())
@@ -1427,11 +1658,23 @@ impl Host {
             }
         }
         self.metadata.lock().await.remove(id);
-        for name in [metadata_veth(id), vxlan_name(id), bridge_name(id)] {
+        for name in [
+            metadata_veth(id),
+            vxlan_name(id),
+            vlan_veth(id),
+            bridge_name(id),
+        ] {
             if let Some(link) = self.netlink.link(&name).await.map_err(system)? {
                 if link.alias.as_deref() == Some(owner.as_str()) {
                     self.netlink.delete(&link).await.map_err(system)?;
                 }
+            }
+        }
+        // Open vSwitch out of reach keeps the record of a port whose veth is gone; the next
+        // reconcile removes it.
+        if matches!(spec.l2, L2::Vlan { .. }) {
+            if let Err(e) = self.ovs.delete_port(&vlan_peer(id)).await {
+                tracing::warn!("network {id}: removing its Open vSwitch port: {e}");
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ pub mod host;
 pub mod link;
 pub mod metadata;
 pub mod nft;
+pub mod ovs;
 pub mod server;
 pub mod tap;
 

@@ -437,3 +437,45 @@ impl Netlink {
 
 /// Interface names are at most 15 bytes (IFNAMSIZ less the NUL).
 pub const MAX_NAME: usize = 15;
+
+/// Turns off transmit checksum offload on interface `name` (`ethtool -K NAME tx off`). Open
+/// vSwitch's userspace datapath reads frames with a packet socket and cannot finish a checksum
+/// the sender left to the "hardware", so a veth it reads from must send whole ones.
+pub fn disable_tx_checksum(name: &str) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?} is not an interface name"),
+        ));
+    }
+    // SAFETY: a plain socket call; the descriptor is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid (empty) value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: SIOCETHTOOL reads `req` and the `EthtoolValue` it points to, both on this stack
+    // frame for the whole call.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -16,7 +16,7 @@ use triad_netd::server::router;
     about = "Triad's network daemon: bridges, VXLAN and VM TAPs over HTTP on a Unix socket"
 )]
 struct Args {
-    /// JSON: {"socket": PATH, "state_dir": DIR, "node": NAME}, all optional; see docs/netd.md.
+    /// JSON: {"socket": PATH, "state_dir": DIR, "node": NAME, "ovs_db": DB}, all optional; see docs/netd.md.
     #[arg(long)]
     config: PathBuf,
 }
@@ -38,7 +38,11 @@ fn main() -> anyhow::Result<()> {
             .to_owned(),
     };
     tokio::runtime::Runtime::new()?.block_on(async {
-        let host = Arc::new(Host::open(node, config.state_dir.clone())?);
+        let host = Arc::new(Host::open(
+            node,
+            config.state_dir.clone(),
+            config.ovs_db.clone(),
+        )?);
         // What could not be brought back is logged; the API serves either way, so that an
         // operator can see and fix it.
         if let Err(e) = host.reconcile().await {

@@ -176,13 +176,21 @@ pub struct Netd {
 
 impl Netd {
     pub fn start(ns: &Ns, dir: &Path) -> Self {
+        Self::start_with(ns, dir, serde_json::json!({}))
+    }
+
+    /// As `start`, with the settings of `extra` added to the configuration.
+    pub fn start_with(ns: &Ns, dir: &Path, extra: Value) -> Self {
         let socket = dir.join("netd.sock");
         let config = dir.join("netd.json");
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "socket": socket,
             "state_dir": dir.join("state"),
             "node": ns.name,
         });
+        for (key, value) in extra.as_object().expect("settings as an object") {
+            json[key] = value.clone();
+        }
         std::fs::write(&config, json.to_string()).unwrap();
         Self::spawn(&ns.name, socket, config)
     }
