@@ -61,8 +61,9 @@ fn set_name(group: &str) -> String {
 }
 
 /// One rule as an nft statement on the connection's original tuple, from the point of view
-/// of the port (`egress`: the port opened it; `ingress`: it was opened to the port).
-fn statement(rule: &Rule, verdict: &str) -> String {
+/// of the port (`egress`: the port opened it; `ingress`: it was opened to the port). `ports`,
+/// when given, is a named set of ports that replaces the rule's own range.
+fn statement(rule: &Rule, ports: Option<&str>, verdict: &str) -> String {
     let mut s = String::new();
     // A connection's protocol is the same both ways; nft needs it stated to read ports.
     let proto = match rule.protocol {
@@ -75,7 +76,9 @@ fn statement(rule: &Rule, verdict: &str) -> String {
     if let Some(p) = proto {
         let _ = write!(s, "meta l4proto {p} ");
     }
-    if let Some(range) = rule.ports {
+    if let Some(set) = ports {
+        let _ = write!(s, "ct original proto-dst @{set} ");
+    } else if let Some(range) = rule.ports {
         if range.from == range.to {
             let _ = write!(s, "ct original proto-dst {} ", range.from);
         } else {
@@ -97,6 +100,44 @@ fn statement(rule: &Rule, verdict: &str) -> String {
         }
     }
     s + verdict
+}
+
+/// Splits rules (in the order they are matched) into runs of neighbours that differ only in
+/// their ports: a run matches as one rule would, since nothing comes between its rules.
+fn runs<'r>(rules: &[&'r Rule]) -> Vec<Vec<&'r Rule>> {
+    let mut runs: Vec<Vec<&Rule>> = Vec::new();
+    for rule in rules {
+        let joins = runs.last().is_some_and(|run| {
+            let last = run[run.len() - 1];
+            matches!(rule.protocol, Protocol::Tcp | Protocol::Udp)
+                && last.protocol == rule.protocol
+                && last.remote == rule.remote
+                && last.action == rule.action
+        });
+        match runs.last_mut() {
+            Some(run) if joins => run.push(rule),
+            _ => runs.push(vec![rule]),
+        }
+    }
+    runs
+}
+
+/// The ports a run's rules cover, as sorted ranges with overlaps and neighbours joined (a set
+/// of intervals refuses overlapping elements); None when some rule takes every port.
+fn port_union(run: &[&Rule]) -> Option<Vec<(u16, u16)>> {
+    let mut ranges: Vec<(u16, u16)> = run
+        .iter()
+        .map(|r| r.ports.map(|p| (p.from, p.to)))
+        .collect::<Option<_>>()?;
+    ranges.sort_unstable();
+    let mut union: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+    for (from, to) in ranges {
+        match union.last_mut() {
+            Some(last) if u32::from(from) <= u32::from(last.1) + 1 => last.1 = last.1.max(to),
+            _ => union.push((from, to)),
+        }
+    }
+    Some(union)
 }
 
 /// The ruleset for `ports` under `groups`, its admitted connections marked with `generation`
@@ -184,17 +225,19 @@ pub fn ruleset(
         };
         chain_of.insert(*n, k);
     }
+    // Sets go before the chains that name them.
+    let (mut port_sets, mut chains) = (String::new(), String::new());
     for (k, set) in sets.iter().enumerate() {
         for direction in [Direction::Egress, Direction::Ingress] {
             let chain = match direction {
                 Direction::Egress => "out",
                 Direction::Ingress => "in",
             };
-            let _ = writeln!(out, "\tchain {chain}_{k} {{");
+            let _ = writeln!(chains, "\tchain {chain}_{k} {{");
             if direction == Direction::Egress {
                 // Every VM may reach its host's metadata service.
                 let _ = writeln!(
-                    out,
+                    chains,
                     "\t\tct original ip daddr {} meta l4proto tcp ct original proto-dst 80 return",
                     crate::metadata::ADDRESS
                 );
@@ -207,16 +250,53 @@ pub fn ruleset(
                 .collect();
             // Stable: equal priorities keep the groups' order.
             rules.sort_by_key(|r| r.priority);
-            for r in rules {
-                let verdict = match r.action {
+            for (i, run) in runs(&rules).into_iter().enumerate() {
+                let first = run[0];
+                let verdict = match first.action {
                     Action::Accept => "return",
                     Action::Drop => "drop",
                 };
-                let _ = writeln!(out, "\t\t{}", statement(r, verdict));
+                // A run of rules that differ only in their ports is one rule on a set of
+                // ports: a set loads and matches far faster than the rules one by one.
+                let ranges = port_union(&run);
+                let line = match &ranges {
+                    Some(ranges) if run.len() > 1 => {
+                        let set = format!("ports_{chain}_{k}_{i}");
+                        let elements: Vec<String> = ranges
+                            .iter()
+                            .map(|(from, to)| {
+                                if from == to {
+                                    from.to_string()
+                                } else {
+                                    format!("{from}-{to}")
+                                }
+                            })
+                            .collect();
+                        let _ = writeln!(
+                            port_sets,
+                            "\tset {set} {{\n\t\ttype inet_service; flags interval;\n\t\telements = {{ {} }}\n\t}}",
+                            elements.join(", ")
+                        );
+                        statement(first, Some(&set), verdict)
+                    }
+                    // Some rule of the run takes every port: so does the run.
+                    None if run.len() > 1 => statement(
+                        &Rule {
+                            ports: None,
+                            ..first.clone()
+                        },
+                        None,
+                        verdict,
+                    ),
+                    _ => statement(first, None, verdict),
+                };
+                let _ = writeln!(chains, "\t\t{line}");
             }
-            out += "\t\tdrop\n\t}\n";
+            chains += "\t\tdrop\n\t}\n";
         }
     }
+    out += &port_sets;
+    out += &chains;
     out += "\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n";
     out += "\t\tmeta mark 0 return\n";
     let _ = writeln!(
@@ -352,6 +432,88 @@ mod tests {
         assert!(
             text.contains("elements = { 10.0.0.5, 10.0.0.6, 10.0.0.99 }"),
             "{text}"
+        );
+    }
+
+    fn tcp(from: u16, to: u16, action: Action, priority: u16) -> Rule {
+        Rule {
+            direction: Direction::Ingress,
+            protocol: Protocol::Tcp,
+            ports: Some(PortRange { from, to }),
+            remote: None,
+            action,
+            priority,
+        }
+    }
+
+    #[test]
+    fn neighbouring_rules_that_differ_in_ports_become_one_set() {
+        let rules = vec![
+            tcp(80, 80, Action::Accept, 10),
+            tcp(1000, 2000, Action::Accept, 20),
+            tcp(1500, 2500, Action::Accept, 20),
+            tcp(2501, 2501, Action::Accept, 30),
+            tcp(22, 22, Action::Drop, 40),
+            tcp(443, 443, Action::Accept, 50),
+            Rule {
+                ports: None,
+                ..tcp(0, 0, Action::Accept, 60)
+            },
+            tcp(8080, 8080, Action::Accept, 70),
+        ];
+        let refs: Vec<&Rule> = rules.iter().collect();
+        let runs = runs(&refs);
+        let sizes: Vec<usize> = runs.iter().map(Vec::len).collect();
+        // A drop in between keeps the accepts on either side apart.
+        assert_eq!(sizes, [4, 1, 3]);
+        assert_eq!(
+            port_union(&runs[0]),
+            Some(vec![(80, 80), (1000, 2501)]),
+            "overlaps and neighbours joined"
+        );
+        assert_eq!(port_union(&runs[2]), None, "a rule on every port");
+
+        let mut groups = BTreeMap::new();
+        groups.insert(
+            "g".to_owned(),
+            SecurityGroupSpec {
+                name: "g".into(),
+                rules,
+                members: vec![],
+            },
+        );
+        let port = FwPort {
+            tap: "ttpa".into(),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            groups: vec!["g"],
+        };
+        let text = ruleset(&[port], &groups, 1);
+        let chain = &text[text.find("chain in_0").unwrap()..];
+        let chain = &chain[..chain.find('}').unwrap()];
+        let lines: Vec<&str> = chain
+            .lines()
+            .skip(1)
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "meta l4proto tcp ct original proto-dst @ports_in_0_0 return",
+                "meta l4proto tcp ct original proto-dst 22 drop",
+                "meta l4proto tcp return",
+                "drop",
+            ],
+            "{text}"
+        );
+        assert!(
+            text.contains("set ports_in_0_0 {\n\t\ttype inet_service; flags interval;\n\t\telements = { 80, 1000-2501 }"),
+            "{text}"
+        );
+        assert!(
+            text.find("set ports_in_0_0").unwrap() < text.find("chain in_0").unwrap(),
+            "the set comes before the chain naming it"
         );
     }
 }

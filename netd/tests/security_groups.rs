@@ -110,7 +110,11 @@ fn groups_filter_statefully_and_changes_reach_running_flows() {
         "/networks/lan",
         Some(json!({"name": "lan", "l2": {"kind": "novlan"}, "l3": {"cidr": "10.70.0.0/24"}})),
     );
-    let web = vec![rule("ingress", "tcp", Some(8080))];
+    // Two neighbouring port rules: netd matches them as one set of ports.
+    let web = vec![
+        rule("ingress", "tcp", Some(7070)),
+        rule("ingress", "tcp", Some(8080)),
+    ];
     netd.ok("PUT", "/security-groups/web", Some(group(web)));
     let vms: Vec<VmEndpoint> = [("a", 10, Some("web")), ("b", 11, None), ("c", 12, None)]
         .into_iter()
