@@ -3,6 +3,7 @@
 //! and its VMs' TAPs from specs the controller sends, keeps those specs on disk, and on every
 //! start brings the kernel back to them. Served as HTTP/JSON on a Unix socket (`server`).
 
+pub mod connections;
 pub mod dhcp;
 pub mod firewall;
 pub mod host;

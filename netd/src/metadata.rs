@@ -24,6 +24,8 @@ use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use rtnetlink::packet_route::AddressFamily;
 use triad_api::net::{Ipv4Cidr, Mac, Metadata};
 
+use crate::connections::{self, Client, LimitedListener};
+
 /// The address every cloud's metadata service answers on.
 pub const ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
@@ -192,7 +194,10 @@ pub async fn start(
         .await
         .map_err(|e| failed("routing the network", e))?;
 
-    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let listener = LimitedListener::new(
+        tokio::net::TcpListener::from_std(listener)?,
+        connections::METADATA,
+    );
     let app = Router::new()
         .route("/", get(|| async { "latest\n" }))
         .route("/latest/api/token", put(token))
@@ -207,7 +212,7 @@ pub async fn start(
             veth: inner.index,
         });
     let server = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let app = app.into_make_service_with_connect_info::<Client>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("metadata service stopped: {e}");
         }
@@ -422,7 +427,7 @@ async fn token() -> &'static str {
 
 async fn user_data(
     State(lookup): State<Lookup>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Client(peer)): ConnectInfo<Client>,
 ) -> Response {
     match lookup.document(peer).await {
         Ok(doc) => match doc.metadata.user_data {
@@ -453,7 +458,7 @@ fn keys(doc: &Document) -> Vec<&'static str> {
 
 async fn index(
     State(lookup): State<Lookup>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Client(peer)): ConnectInfo<Client>,
 ) -> Response {
     match lookup.document(peer).await {
         Ok(doc) => (keys(&doc).join("\n") + "\n").into_response(),
@@ -463,7 +468,7 @@ async fn index(
 
 async fn item(
     State(lookup): State<Lookup>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Client(peer)): ConnectInfo<Client>,
     Path((_version, key)): Path<(String, String)>,
 ) -> Response {
     let doc = match lookup.document(peer).await {

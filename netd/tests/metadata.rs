@@ -120,6 +120,45 @@ fn each_vm_reads_its_own_document_from_its_own_host() {
         get(&a, "/latest/meta-data/instance-id"),
         (200, "i-0a2".into())
     );
+    // A holds as many idle connections as a VM may: its next request is turned away, while
+    // C, on the same host, is still served; once A lets go, A is served again.
+    let mut holder = a
+        .exec(
+            "python3",
+            &[
+                "-c",
+                "import socket, sys, time\n\
+                 held = [socket.create_connection(('169.254.169.254', 80), timeout=5) for _ in range(8)]\n\
+                 print('held', flush=True); time.sleep(60)",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    assert_eq!(
+        get(&a, "/latest/meta-data/instance-id").0,
+        0,
+        "A is over its limit"
+    );
+    assert_eq!(get(&c, "/latest/meta-data/instance-id"), (200, "c".into()));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let start = std::time::Instant::now();
+    while get(&a, "/latest/meta-data/instance-id") != (200, "i-0a2".into()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "A is served again once its connections close"
+        );
+    }
+
     // C takes A's address: it gets nothing of A's. Anti-spoofing drops its packets before
     // they reach the service (no answer); the service's own check of the MAC behind an address
     // would refuse it (403) otherwise.
