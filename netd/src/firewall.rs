@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-use triad_api::net::{Action, Direction, Mac, Protocol, Remote, Rule, SecurityGroupSpec};
+use triad_api::net::{Action, Direction, Ipv4Cidr, Mac, Protocol, Remote, Rule, SecurityGroupSpec};
 
 /// One VM port of this host, as the firewall sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,22 +102,74 @@ fn statement(rule: &Rule, ports: Option<&str>, verdict: &str) -> String {
     s + verdict
 }
 
-/// Splits rules (in the order they are matched) into runs of neighbours that differ only in
-/// their ports: a run matches as one rule would, since nothing comes between its rules.
-fn runs<'r>(rules: &[&'r Rule]) -> Vec<Vec<&'r Rule>> {
-    let mut runs: Vec<Vec<&Rule>> = Vec::new();
-    for rule in rules {
-        let joins = runs.last().is_some_and(|run| {
-            let last = run[run.len() - 1];
-            matches!(rule.protocol, Protocol::Tcp | Protocol::Udp)
-                && last.protocol == rule.protocol
-                && last.remote == rule.remote
-                && last.action == rule.action
-        });
-        match runs.last_mut() {
-            Some(run) if joins => run.push(rule),
-            _ => runs.push(vec![rule]),
+/// The ports a rule covers, every port when it names none.
+fn port_span(rule: &Rule) -> (u16, u16) {
+    rule.ports.map_or((0, u16::MAX), |p| (p.from, p.to))
+}
+
+/// The addresses a rule's remote covers, when it is a CIDR (anywhere is 0.0.0.0/0).
+fn cidr_span(rule: &Rule) -> Option<Ipv4Cidr> {
+    match &rule.remote {
+        None => Some(Ipv4Cidr {
+            addr: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+        }),
+        Some(Remote::Cidr(c)) => Some(*c),
+        Some(Remote::Group(_)) => None,
+    }
+}
+
+/// Whether two CIDR rules match some connection in common.
+fn overlap(a: &Rule, b: &Rule) -> bool {
+    let ((a_from, a_to), (b_from, b_to)) = (port_span(a), port_span(b));
+    let ports = a_from <= b_to && b_from <= a_to;
+    match (cidr_span(a), cidr_span(b)) {
+        (Some(x), Some(y)) => ports && x.overlaps(&y),
+        _ => true,
+    }
+}
+
+/// Neighbouring rules (in the order they are matched) with one protocol and action: a run
+/// matches as one rule would, since nothing comes between its rules.
+#[derive(Debug)]
+struct Run<'r> {
+    rules: Vec<&'r Rule>,
+    /// No two rules overlap, which a set of (port, address) pairs requires.
+    disjoint: bool,
+}
+
+impl Run<'_> {
+    /// Whether all its rules have the same remote, so that only their ports differ.
+    fn one_remote(&self) -> bool {
+        self.rules.iter().all(|r| r.remote == self.rules[0].remote)
+    }
+}
+
+/// Splits rules into runs that each load as one rule on a set: of ports, when the rules differ
+/// only in their ports; of (port, address) pairs, when they differ in CIDRs too and no two
+/// overlap (the set's intervals may not).
+fn runs<'r>(rules: &[&'r Rule]) -> Vec<Run<'r>> {
+    let mut runs: Vec<Run<'r>> = Vec::new();
+    for &rule in rules {
+        if let Some(run) = runs.last_mut() {
+            let first = run.rules[0];
+            if first.protocol == rule.protocol && first.action == rule.action {
+                let disjoint = run.disjoint && run.rules.iter().all(|r| !overlap(r, rule));
+                let same_remote = run.one_remote() && first.remote == rule.remote;
+                let pairs = disjoint
+                    && cidr_span(rule).is_some()
+                    && run.rules.iter().all(|r| cidr_span(r).is_some());
+                if same_remote || pairs {
+                    run.rules.push(rule);
+                    run.disjoint = disjoint;
+                    continue;
+                }
+            }
         }
+        runs.push(Run {
+            rules: vec![rule],
+            disjoint: true,
+        });
     }
     runs
 }
@@ -138,6 +190,65 @@ fn port_union(run: &[&Rule]) -> Option<Vec<(u16, u16)>> {
         }
     }
     Some(union)
+}
+
+fn port_text((from, to): (u16, u16)) -> String {
+    if from == to {
+        from.to_string()
+    } else {
+        format!("{from}-{to}")
+    }
+}
+
+/// A run of CIDR rules as one rule on set `set` (declared into `sets`): of (port, address)
+/// pairs for TCP and UDP, of addresses for the other protocols.
+fn pair_statement(
+    rules: &[&Rule],
+    set: &str,
+    direction: Direction,
+    verdict: &str,
+    sets: &mut String,
+) -> String {
+    let field = match direction {
+        Direction::Egress => "daddr",
+        Direction::Ingress => "saddr",
+    };
+    let cidr = |r: &Rule| {
+        let c = cidr_span(r).unwrap_or(Ipv4Cidr {
+            addr: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+        });
+        format!("{}/{}", c.network(), c.prefix)
+    };
+    let protocol = rules[0].protocol;
+    let (kind, key, elements): (&str, String, Vec<String>) = match protocol {
+        Protocol::Tcp | Protocol::Udp => (
+            "inet_service . ipv4_addr",
+            format!("ct original proto-dst . ct original ip {field}"),
+            rules
+                .iter()
+                .map(|r| format!("{} . {}", port_text(port_span(r)), cidr(r)))
+                .collect(),
+        ),
+        _ => (
+            "ipv4_addr",
+            format!("ct original ip {field}"),
+            rules.iter().map(|r| cidr(r)).collect(),
+        ),
+    };
+    let _ = writeln!(
+        sets,
+        "\tset {set} {{\n\t\ttype {kind}; flags interval;\n\t\telements = {{ {} }}\n\t}}",
+        elements.join(", ")
+    );
+    let proto = match protocol {
+        Protocol::Tcp => "meta l4proto tcp ",
+        Protocol::Udp => "meta l4proto udp ",
+        Protocol::Icmp => "meta l4proto icmp ",
+        Protocol::Gre => "meta l4proto gre ",
+        Protocol::Any => "",
+    };
+    format!("{proto}{key} @{set} {verdict}")
 }
 
 /// The ruleset for `ports` under `groups`, its admitted connections marked with `generation`
@@ -251,44 +362,39 @@ pub fn ruleset(
             // Stable: equal priorities keep the groups' order.
             rules.sort_by_key(|r| r.priority);
             for (i, run) in runs(&rules).into_iter().enumerate() {
-                let first = run[0];
+                let first = run.rules[0];
                 let verdict = match first.action {
                     Action::Accept => "return",
                     Action::Drop => "drop",
                 };
-                // A run of rules that differ only in their ports is one rule on a set of
-                // ports: a set loads and matches far faster than the rules one by one.
-                let ranges = port_union(&run);
-                let line = match &ranges {
-                    Some(ranges) if run.len() > 1 => {
-                        let set = format!("ports_{chain}_{k}_{i}");
-                        let elements: Vec<String> = ranges
-                            .iter()
-                            .map(|(from, to)| {
-                                if from == to {
-                                    from.to_string()
-                                } else {
-                                    format!("{from}-{to}")
-                                }
-                            })
-                            .collect();
-                        let _ = writeln!(
-                            port_sets,
-                            "\tset {set} {{\n\t\ttype inet_service; flags interval;\n\t\telements = {{ {} }}\n\t}}",
-                            elements.join(", ")
-                        );
-                        statement(first, Some(&set), verdict)
+                let set = format!("rules_{chain}_{k}_{i}");
+                // A set loads and matches far faster than its rules one by one.
+                let line = if run.rules.len() == 1 {
+                    statement(first, None, verdict)
+                } else if run.one_remote() {
+                    match port_union(&run.rules) {
+                        Some(ranges) => {
+                            let elements: Vec<String> =
+                                ranges.iter().map(|&r| port_text(r)).collect();
+                            let _ = writeln!(
+                                port_sets,
+                                "\tset {set} {{\n\t\ttype inet_service; flags interval;\n\t\telements = {{ {} }}\n\t}}",
+                                elements.join(", ")
+                            );
+                            statement(first, Some(&set), verdict)
+                        }
+                        // Some rule of the run takes every port: so does the run.
+                        None => statement(
+                            &Rule {
+                                ports: None,
+                                ..first.clone()
+                            },
+                            None,
+                            verdict,
+                        ),
                     }
-                    // Some rule of the run takes every port: so does the run.
-                    None if run.len() > 1 => statement(
-                        &Rule {
-                            ports: None,
-                            ..first.clone()
-                        },
-                        None,
-                        verdict,
-                    ),
-                    _ => statement(first, None, verdict),
+                } else {
+                    pair_statement(&run.rules, &set, direction, verdict, &mut port_sets)
                 };
                 let _ = writeln!(chains, "\t\t{line}");
             }
@@ -447,7 +553,7 @@ mod tests {
     }
 
     #[test]
-    fn neighbouring_rules_that_differ_in_ports_become_one_set() {
+    fn neighbouring_rules_that_differ_in_ports_become_one_set_of_ports() {
         let rules = vec![
             tcp(80, 80, Action::Accept, 10),
             tcp(1000, 2000, Action::Accept, 20),
@@ -463,15 +569,15 @@ mod tests {
         ];
         let refs: Vec<&Rule> = rules.iter().collect();
         let runs = runs(&refs);
-        let sizes: Vec<usize> = runs.iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = runs.iter().map(|r| r.rules.len()).collect();
         // A drop in between keeps the accepts on either side apart.
         assert_eq!(sizes, [4, 1, 3]);
         assert_eq!(
-            port_union(&runs[0]),
+            port_union(&runs[0].rules),
             Some(vec![(80, 80), (1000, 2501)]),
             "overlaps and neighbours joined"
         );
-        assert_eq!(port_union(&runs[2]), None, "a rule on every port");
+        assert_eq!(port_union(&runs[2].rules), None, "a rule on every port");
 
         let mut groups = BTreeMap::new();
         groups.insert(
@@ -500,7 +606,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "meta l4proto tcp ct original proto-dst @ports_in_0_0 return",
+                "meta l4proto tcp ct original proto-dst @rules_in_0_0 return",
                 "meta l4proto tcp ct original proto-dst 22 drop",
                 "meta l4proto tcp return",
                 "drop",
@@ -508,12 +614,71 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("set ports_in_0_0 {\n\t\ttype inet_service; flags interval;\n\t\telements = { 80, 1000-2501 }"),
+            text.contains("set rules_in_0_0 {\n\t\ttype inet_service; flags interval;\n\t\telements = { 80, 1000-2501 }"),
             "{text}"
         );
         assert!(
-            text.find("set ports_in_0_0").unwrap() < text.find("chain in_0").unwrap(),
+            text.find("set rules_in_0_0").unwrap() < text.find("chain in_0").unwrap(),
             "the set comes before the chain naming it"
         );
+    }
+
+    fn from(cidr: &str, rule: Rule) -> Rule {
+        Rule {
+            remote: Some(Remote::Cidr(cidr.parse().unwrap())),
+            ..rule
+        }
+    }
+
+    fn icmp_from(cidr: &str) -> Rule {
+        Rule {
+            protocol: Protocol::Icmp,
+            ports: None,
+            ..from(cidr, tcp(0, 0, Action::Accept, 40))
+        }
+    }
+
+    #[test]
+    fn rules_that_differ_in_ports_and_cidrs_become_one_set_of_pairs_unless_they_overlap() {
+        let rules = vec![
+            from("10.0.0.0/24", tcp(1000, 1000, Action::Accept, 10)),
+            from("10.0.1.0/24", tcp(1001, 1001, Action::Accept, 10)),
+            // The same port from another network: no overlap.
+            from("10.0.2.0/24", tcp(1000, 1000, Action::Accept, 10)),
+            // Inside the first rule's network and port: a set of pairs cannot hold both.
+            from("10.0.0.128/25", tcp(1000, 1000, Action::Accept, 20)),
+            tcp(5201, 5201, Action::Accept, 30),
+            icmp_from("192.0.2.0/24"),
+            icmp_from("198.51.100.0/24"),
+        ];
+        let refs: Vec<&Rule> = rules.iter().collect();
+        let sizes: Vec<usize> = runs(&refs).iter().map(|r| r.rules.len()).collect();
+        assert_eq!(sizes, [3, 2, 2]);
+
+        let mut groups = BTreeMap::new();
+        groups.insert(
+            "g".to_owned(),
+            SecurityGroupSpec {
+                name: "g".into(),
+                rules,
+                members: vec![],
+            },
+        );
+        let port = FwPort {
+            tap: "ttpa".into(),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            groups: vec!["g"],
+        };
+        let text = ruleset(&[port], &groups, 1);
+        for expected in [
+            "type inet_service . ipv4_addr; flags interval;\n\t\telements = { 1000 . 10.0.0.0/24, 1001 . 10.0.1.0/24, 1000 . 10.0.2.0/24 }",
+            "meta l4proto tcp ct original proto-dst . ct original ip saddr @rules_in_0_0 return",
+            "elements = { 1000 . 10.0.0.128/25, 5201 . 0.0.0.0/0 }",
+            "type ipv4_addr; flags interval;\n\t\telements = { 192.0.2.0/24, 198.51.100.0/24 }",
+            "meta l4proto icmp ct original ip saddr @rules_in_0_2 return",
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
     }
 }

@@ -240,6 +240,27 @@ fn groups_filter_statefully_and_changes_reach_running_flows() {
     assert!(reaches(c, "10.70.0.10", 8080), "C passes the later accept");
     assert!(!reaches(b, "10.70.0.10", 8080), "B meets the earlier drop");
 
+    // Rules that differ in port and source load as one set of pairs, and match pair by pair.
+    let pair = |port: u16, cidr: &str| {
+        let mut r = rule("ingress", "tcp", Some(port));
+        r["remote"] = json!({ "cidr": cidr });
+        r
+    };
+    let pairs = vec![pair(8080, "10.70.0.11/32"), pair(9090, "10.70.0.12/32")];
+    netd.ok("PUT", "/security-groups/web", Some(group(pairs)));
+    let state = netd.ok("GET", "/state", None);
+    assert!(
+        state["firewall"]
+            .as_str()
+            .unwrap()
+            .contains("ct original proto-dst . ct original ip saddr @rules_in_0_0"),
+        "{state}"
+    );
+    assert!(reaches(b, "10.70.0.10", 8080), "B's pair");
+    assert!(!reaches(b, "10.70.0.10", 9090), "C's port, from B");
+    assert!(reaches(c, "10.70.0.10", 9090), "C's pair");
+    assert!(!reaches(c, "10.70.0.10", 8080), "B's port, from C");
+
     // Anti-spoofing: B may send only from its own address and MAC.
     netd.ok(
         "PUT",
@@ -262,7 +283,8 @@ fn groups_filter_statefully_and_changes_reach_running_flows() {
 
     // The rules survive a crash of netd.
     let netd = netd.crash_and_restart();
-    assert!(!reaches(b, "10.70.0.10", 8080));
+    assert!(reaches(b, "10.70.0.10", 8080));
+    assert!(!reaches(b, "10.70.0.10", 9090));
     assert!(ping(&b.ns, "10.70.0.12", 1));
     let state = netd.ok("GET", "/state", None);
     assert!(
