@@ -327,6 +327,13 @@ impl Service {
                         .add_address(inner.index, r.public, r.cidr.prefix)
                         .await
                         .map_err(|e| failed("adding a public address", e))?;
+                    // The address may have lived on another host until now: the public
+                    // network's routers learn its new home at once, not at their ARP timeout.
+                    let (index, mac, ip) = (inner.index, first.mac, r.public);
+                    let ns = self.ns.try_clone()?;
+                    if let Err(e) = in_namespace(Some(&ns), move || announce(index, mac, ip)) {
+                        tracing::warn!("announcing EIP {ip}: {e}");
+                    }
                 }
                 snat.push(format!(
                     "\t\tip saddr {} oifname \"{peer}\" snat to {}\n",
@@ -380,6 +387,51 @@ impl Service {
             }
         })
     }
+}
+
+/// Sends gratuitous ARP for `ip` at `mac` out of interface `index` of this thread's namespace,
+/// as a request and as a reply (some routers heed only one of them).
+fn announce(index: u32, mac: Mac, ip: Ipv4Addr) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const BROADCAST: [u8; 6] = [0xff; 6];
+    // SAFETY: plain socket(2), send only (protocol 0 receives nothing); checked before use.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or(0);
+    to.sll_ifindex = i32::try_from(index).unwrap_or(0);
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&BROADCAST);
+    for (op, target) in [(1u8, [0u8; 6]), (2, BROADCAST)] {
+        let mut frame = Vec::with_capacity(42);
+        frame.extend_from_slice(&BROADCAST);
+        frame.extend_from_slice(&mac.0);
+        frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, op]);
+        frame.extend_from_slice(&mac.0);
+        frame.extend_from_slice(&ip.octets());
+        frame.extend_from_slice(&target);
+        frame.extend_from_slice(&ip.octets());
+        // SAFETY: sends `frame` to the address on this frame, both alive for the call.
+        let sent = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&to as *const libc::sockaddr_ll).cast(),
+                libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0),
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]

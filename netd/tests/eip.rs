@@ -131,8 +131,40 @@ fn an_eip_maps_a_vm_to_the_world_on_its_own_host() {
         .error("DELETE", "/networks/public", None, 409)
         .contains("e1"));
 
-    // A crash of netd: the mapping comes back.
+    // A crash of netd: the mapping comes back, and netd announces the address (gratuitous
+    // ARP), so the world's stale entry for it is put right without waiting for it to expire.
+    let neighbour = || {
+        let out = world.ip(&["-j", "neigh", "show", "203.0.113.10", "dev", "isp0"]);
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        entries
+            .first()
+            .and_then(|e| e["lladdr"].as_str())
+            .map(str::to_owned)
+    };
+    let eip_mac = neighbour().expect("the world has resolved the EIP");
+    world.ip(&[
+        "neigh",
+        "replace",
+        "203.0.113.10",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "isp0",
+        "nud",
+        "stale",
+    ]);
+    // The kernel takes no new address for an entry changed less than a second ago.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let netd = netd.crash_and_restart();
+    let start = std::time::Instant::now();
+    while neighbour().as_deref() != Some(eip_mac.as_str()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "the world learns the EIP's MAC from netd: {:?}",
+            neighbour()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(
         ping(&world, "203.0.113.10", 2),
         "the EIP is back after a restart"
