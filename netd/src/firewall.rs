@@ -541,6 +541,26 @@ mod tests {
         );
     }
 
+    /// The ruleset of one port in one group of `rules`.
+    fn one_group(rules: Vec<Rule>) -> String {
+        let mut groups = BTreeMap::new();
+        groups.insert(
+            "g".to_owned(),
+            SecurityGroupSpec {
+                name: "g".into(),
+                rules,
+                members: vec![],
+            },
+        );
+        let port = FwPort {
+            tap: "ttpa".into(),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            groups: vec!["g"],
+        };
+        ruleset(&[port], &groups, 1)
+    }
+
     fn tcp(from: u16, to: u16, action: Action, priority: u16) -> Rule {
         Rule {
             direction: Direction::Ingress,
@@ -579,22 +599,7 @@ mod tests {
         );
         assert_eq!(port_union(&runs[2].rules), None, "a rule on every port");
 
-        let mut groups = BTreeMap::new();
-        groups.insert(
-            "g".to_owned(),
-            SecurityGroupSpec {
-                name: "g".into(),
-                rules,
-                members: vec![],
-            },
-        );
-        let port = FwPort {
-            tap: "ttpa".into(),
-            mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
-            ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
-            groups: vec!["g"],
-        };
-        let text = ruleset(&[port], &groups, 1);
+        let text = one_group(rules);
         let chain = &text[text.find("chain in_0").unwrap()..];
         let chain = &chain[..chain.find('}').unwrap()];
         let lines: Vec<&str> = chain
@@ -655,22 +660,7 @@ mod tests {
         let sizes: Vec<usize> = runs(&refs).iter().map(|r| r.rules.len()).collect();
         assert_eq!(sizes, [3, 2, 2]);
 
-        let mut groups = BTreeMap::new();
-        groups.insert(
-            "g".to_owned(),
-            SecurityGroupSpec {
-                name: "g".into(),
-                rules,
-                members: vec![],
-            },
-        );
-        let port = FwPort {
-            tap: "ttpa".into(),
-            mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
-            ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
-            groups: vec!["g"],
-        };
-        let text = ruleset(&[port], &groups, 1);
+        let text = one_group(rules);
         for expected in [
             "type inet_service . ipv4_addr; flags interval;\n\t\telements = { 1000 . 10.0.0.0/24, 1001 . 10.0.1.0/24, 1000 . 10.0.2.0/24 }",
             "meta l4proto tcp ct original proto-dst . ct original ip saddr @rules_in_0_0 return",

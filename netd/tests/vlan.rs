@@ -218,30 +218,14 @@ fn vms_on_a_vlan_meet_across_hosts_and_vlans_stay_apart() {
     }
     let (mac_a, mac_b) = ("52:54:00:61:00:0a", "52:54:00:61:00:0b");
     let (mac_c, mac_d) = ("52:54:00:62:00:0c", "52:54:00:62:00:0d");
-    let a = VmEndpoint::behind(
-        &h1.ns,
-        &add_port(&h1.netd, "a", "blue", mac_a, "10.61.0.10"),
-        mac_a,
-        "vla",
-    );
-    let b = VmEndpoint::behind(
-        &h2.ns,
-        &add_port(&h2.netd, "b", "blue", mac_b, "10.61.0.11"),
-        mac_b,
-        "vlb",
-    );
-    let c = VmEndpoint::behind(
-        &h1.ns,
-        &add_port(&h1.netd, "c", "red", mac_c, "10.62.0.12"),
-        mac_c,
-        "vlc",
-    );
-    let d = VmEndpoint::behind(
-        &h2.ns,
-        &add_port(&h2.netd, "d", "red", mac_d, "10.62.0.13"),
-        mac_d,
-        "vld",
-    );
+    let vm = |h: &VlanHost, id: &str, network: &str, mac: &str, ip: &str| {
+        let tap = add_port(&h.netd, id, network, mac, ip);
+        VmEndpoint::behind(&h.ns, &tap, mac, &format!("vl{id}"))
+    };
+    let a = vm(&h1, "a", "blue", mac_a, "10.61.0.10");
+    let b = vm(&h2, "b", "blue", mac_b, "10.61.0.11");
+    let c = vm(&h1, "c", "red", mac_c, "10.62.0.12");
+    let d = vm(&h2, "d", "red", mac_d, "10.62.0.13");
     // Each VM leases its address from its own host's DHCP on its VLAN.
     for (vm, dir, ip) in [
         (&a, h1.dir.path(), "10.61.0.10"),
