@@ -1,10 +1,11 @@
-//! A small blocking HTTP/1.1 client over a Unix socket, and the typed VMM client built on it.
+//! A small blocking HTTP/1.1 client over a Unix socket, the typed VMM client built on it, and
+//! how a daemon claims its socket.
 //!
-//! Triad's node-local APIs (the VMM's control socket today) speak HTTP/JSON on Unix sockets;
+//! Triad's node-local APIs (the VMM's, netd's and storaged's) speak HTTP/JSON on Unix sockets;
 //! one request per connection keeps both ends simple and stateless.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,6 +33,40 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("malformed response: {0}")]
     Malformed(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("another process is already serving {0}")]
+    InUse(PathBuf),
+    #[error("binding {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds a daemon's socket at `path`, replacing a stale socket file left by a run that died,
+/// but never one a live process still answers on.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(path.to_owned()));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(BindError::InUse(path.to_owned()));
+        }
+        // A stale socket; if removing it fails, bind reports the real problem.
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(|source| BindError::Bind {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The most a response may be; a server that sends more is cut off there.

@@ -100,23 +100,9 @@ async fn serve(socket: PathBuf, daemon: Daemon) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // A socket file left by an earlier run that died; anything else there is an error.
-    if let Ok(meta) = std::fs::symlink_metadata(&socket) {
-        use std::os::unix::fs::FileTypeExt;
-        anyhow::ensure!(
-            meta.file_type().is_socket(),
-            "{} exists and is not a socket",
-            socket.display()
-        );
-        anyhow::ensure!(
-            std::os::unix::net::UnixStream::connect(&socket).is_err(),
-            "another storaged listens on {}",
-            socket.display()
-        );
-        std::fs::remove_file(&socket)?;
-    }
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .with_context(|| format!("listening on {}", socket.display()))?;
+    let listener = triad_api::http::bind_socket(&socket)?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     tracing::info!(
         "serving {} pools on {}",
         daemon.pools.len(),

@@ -4,12 +4,12 @@
 //! the VMM; every failure becomes a JSON `{"error": ...}` with a 4xx or 5xx status.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
+use triad_api::http::{bind_socket, BindError};
 use triad_api::vmm::{DevicePatch, DriveConfig, NetConfig, VmActionRequest, VmConfig};
 use triad_api::ErrorBody;
 
@@ -22,20 +22,6 @@ const MAX_BODY: usize = 1 << 20;
 /// server answers one connection at a time, and hostd must never find the VMM unreachable.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("{0} exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    #[error("another process is already serving {0}")]
-    InUse(PathBuf),
-    #[error("binding {path}")]
-    Bind {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// The bound socket; its file is removed when this is dropped.
 #[derive(Debug)]
 pub struct ApiSocket {
@@ -46,21 +32,8 @@ pub struct ApiSocket {
 impl ApiSocket {
     /// Binds `path`, replacing a stale socket file left by a VMM that died, but never one
     /// that a live process still answers on.
-    pub fn bind(path: &Path) -> Result<Self, ServerError> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(ServerError::NotASocket(path.to_owned()));
-            }
-            if UnixStream::connect(path).is_ok() {
-                return Err(ServerError::InUse(path.to_owned()));
-            }
-            // A stale socket; if removing it fails, bind reports the real problem.
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
-            path: path.to_owned(),
-            source,
-        })?;
+    pub fn bind(path: &Path) -> Result<Self, BindError> {
+        let listener = bind_socket(path)?;
         Ok(Self {
             path: path.to_owned(),
             listener: Some(listener),
