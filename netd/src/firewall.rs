@@ -284,6 +284,12 @@ pub fn ruleset(
         }
         // No VM answers for the network's DHCP.
         let _ = writeln!(out, "\t\tether type ip udp sport 67 drop");
+        // Nor plays an IPv6 router or DHCPv6 server: neighbour discovery itself passes.
+        let _ = writeln!(
+            out,
+            "\t\ticmpv6 type {{ nd-router-advert, nd-redirect }} drop"
+        );
+        let _ = writeln!(out, "\t\tether type ip6 udp sport 547 drop");
         let _ = writeln!(out, "\t\tmeta mark set {n}");
         out += "\t}\n";
     }

@@ -74,6 +74,58 @@ fn reaches(vm: &VmEndpoint, ip: &str, port: u16) -> bool {
     out.status.success()
 }
 
+/// Whether an ICMPv6 message of `kind` that `from` sends to all nodes reaches `to` (frames
+/// built and caught with packet sockets, so that no IPv6 set-up is needed).
+fn v6_arrives(from: &VmEndpoint, to: &VmEndpoint, kind: u8) -> bool {
+    const CATCH: &str = "
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86dd))
+s.bind(('eth0', 0)); s.settimeout(0.2)
+print('ready', flush=True)
+end = time.time() + 2
+while time.time() < end:
+    try:
+        f = s.recv(2048)
+    except socket.timeout:
+        continue
+    if len(f) > 54 and f[20] == 58 and f[54] == int(sys.argv[1]) and f[22:38] == bytes.fromhex('fe800000000000000000000000000bad'):
+        print('caught', flush=True); break
+";
+    const SEND: &str = "
+import socket, sys
+kind = int(sys.argv[1])
+mac = open('/sys/class/net/eth0/address').read().strip()
+src = bytes.fromhex('fe800000000000000000000000000bad')
+dst = bytes.fromhex('ff020000000000000000000000000001')
+body = bytes(4) + bytes.fromhex('fe800000000000000000000000000001')
+pseudo = src + dst + (4 + len(body)).to_bytes(4, 'big') + bytes([0, 0, 0, 58])
+data = pseudo + bytes([kind, 0, 0, 0]) + body
+total = sum(int.from_bytes(data[i:i + 2], 'big') for i in range(0, len(data), 2))
+while total >> 16: total = (total & 0xffff) + (total >> 16)
+icmp = bytes([kind, 0]) + (~total & 0xffff).to_bytes(2, 'big') + body
+ip6 = bytes.fromhex('60000000') + len(icmp).to_bytes(2, 'big') + bytes([58, 255]) + src + dst
+frame = bytes.fromhex('333300000001') + bytes.fromhex(mac.replace(':', '')) + bytes.fromhex('86dd') + ip6 + icmp
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('eth0', 0))
+for _ in range(3): s.send(frame)
+";
+    let mut catcher = to
+        .exec("python3", &["-c", CATCH, &kind.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(catcher.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let sent = from
+        .exec("python3", &["-c", SEND, &kind.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "the frame was not sent");
+    let caught = lines.next().is_some_and(|l| l.is_ok_and(|l| l == "caught"));
+    let _ = catcher.kill();
+    let _ = catcher.wait();
+    caught
+}
+
 fn rule(direction: &str, protocol: &str, port: Option<u16>) -> serde_json::Value {
     let mut r = json!({"direction": direction, "protocol": protocol});
     if let Some(p) = port {
@@ -280,6 +332,11 @@ fn groups_filter_statefully_and_changes_reach_running_flows() {
         ping(&b.ns, "10.70.0.12", 1),
         "its own address and MAC pass again"
     );
+
+    // No VM plays an IPv6 router: B's router advertisement never reaches C (no group now), while its
+    // neighbour solicitation (neighbour discovery, which IPv6 needs) does.
+    assert!(v6_arrives(b, c, 135), "a neighbour solicitation passes");
+    assert!(!v6_arrives(b, c, 134), "a router advertisement is dropped");
 
     // The rules survive a crash of netd.
     let netd = netd.crash_and_restart();
