@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -382,6 +383,11 @@ fn check_ifname(id: &str, what: &str, name: &str) -> Result<(), Error> {
             "network {id}: {what} {name:?} is not an interface name"
         )));
     }
+    if is_ours(name) || (name.len() == 11 && name.starts_with("tov")) {
+        return Err(bad(format!(
+            "network {id}: {what} {name} is one of Triad's own interfaces"
+        )));
+    }
     Ok(())
 }
 
@@ -592,6 +598,8 @@ pub struct Host {
     metadata: Mutex<BTreeMap<String, metadata::Service>>,
     /// The generation of the loaded firewall rules (conntrack marks of admitted connections).
     generation: std::sync::atomic::AtomicU32,
+    /// Something the last reconcile or tidy could not do: `retry_unsettled` tries again.
+    unsettled: AtomicBool,
 }
 
 fn system(e: NetlinkError) -> Error {
@@ -627,6 +635,7 @@ impl Host {
             dhcp: std::sync::Mutex::new(BTreeMap::new()),
             metadata: Mutex::new(BTreeMap::new()),
             generation: std::sync::atomic::AtomicU32::new(0),
+            unsettled: AtomicBool::new(false),
         })
     }
 
@@ -652,25 +661,47 @@ impl Host {
     /// network or port (logged) so one bad uplink does not keep the others down.
     pub async fn reconcile(&self) -> Result<(), Error> {
         let desired = self.desired.lock().await;
+        let mut settled = true;
         for (id, spec) in &desired.networks {
             if let Err(e) = self.apply_network(id, spec).await {
                 tracing::warn!("network {id}: {e}");
+                settled = false;
             }
         }
         for (id, spec) in &desired.ports {
             if let Err(e) = self.apply_port(&desired, id, spec).await {
                 tracing::warn!("port {id}: {e}");
+                settled = false;
             }
         }
-        self.remove_strays(&desired).await?;
-        self.tidy_ovs(&desired).await;
-        self.refresh_services(&desired).await
+        self.unsettled.store(!settled, Ordering::Relaxed);
+        let result = async {
+            self.remove_strays(&desired).await?;
+            self.tidy_ovs(&desired).await;
+            self.refresh_services(&desired).await
+        }
+        .await;
+        if result.is_err() {
+            self.unsettled.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Reconciles again when the last try left something undone (an uplink that was missing,
+    /// Open vSwitch not up yet when netd started): called every few seconds.
+    pub async fn retry_unsettled(&self) {
+        if self.unsettled.load(Ordering::Relaxed) {
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!("reconciling the host again: {e}");
+            }
+        }
     }
 
     /// `sync_ovs`, with a failure logged: what it leaves is tidied on the next try.
     async fn tidy_ovs(&self, desired: &Desired) {
         if let Err(e) = self.sync_ovs(desired).await {
             tracing::warn!("tidying Open vSwitch: {e}");
+            self.unsettled.store(true, Ordering::Relaxed);
         }
     }
 
@@ -1097,13 +1128,20 @@ impl Host {
     pub async fn ensure_network(&self, id: &str, spec: NetworkSpec) -> Result<Network, Error> {
         let mut desired = self.desired.lock().await;
         check_network(&desired, id, &spec)?;
-        let existed = desired.networks.contains_key(id);
         if let Err(e) = self.apply_network(id, &spec).await {
-            if !existed {
-                // Nothing half-made stays behind.
-                let _ = self.remove_network(id, &spec).await;
-                self.tidy_ovs(&desired).await;
+            // Nothing half-made stays behind: a new network goes, a changed one goes back.
+            match desired.networks.get(id) {
+                None => {
+                    let _ = self.remove_network(id, &spec).await;
+                }
+                Some(old) => {
+                    if let Err(e) = self.apply_network(id, old).await {
+                        tracing::warn!("network {id}: restoring it as it was: {e}");
+                        self.unsettled.store(true, Ordering::Relaxed);
+                    }
+                }
             }
+            self.tidy_ovs(&desired).await;
             return Err(e);
         }
         let mut next = desired.clone();
@@ -1357,13 +1395,30 @@ impl Host {
         let (uplink, vxlan, trunk) = match &spec.l2 {
             L2::Novlan { uplink: None } => (None, None, None),
             L2::Novlan { uplink: Some(name) } => {
-                (Some(self.must_exist(id, "uplink", name).await?), None, None)
+                let up = self.must_exist(id, "uplink", name).await?;
+                if mtu > up.mtu {
+                    return Err(Error::Unprocessable(format!(
+                        "network {id}: MTU {mtu} does not fit uplink {name}'s MTU {}",
+                        up.mtu
+                    )));
+                }
+                (Some(up), None, None)
             }
             L2::Vlan { vid, uplink } => {
                 let up = self.must_exist(id, "uplink", uplink).await?;
-                if up.master.is_some() {
-                    return Err(Error::Conflict(format!(
-                        "network {id}: uplink {uplink} is a Linux bridge's port; a VLAN trunk must be free"
+                if let Some(master) = up.master {
+                    // This network's own bridge (it was novlan on this uplink) lets it go below.
+                    let own = self.netlink.link(&bridge_name(id)).await.map_err(system)?;
+                    if own.map(|b| b.index) != Some(master) {
+                        return Err(Error::Conflict(format!(
+                            "network {id}: uplink {uplink} is a Linux bridge's port; a VLAN trunk must be free"
+                        )));
+                    }
+                }
+                if mtu > up.mtu {
+                    return Err(Error::Unprocessable(format!(
+                        "network {id}: MTU {mtu} does not fit uplink {uplink}'s MTU {}",
+                        up.mtu
                     )));
                 }
                 let bridge = ovs_bridge_name(uplink);
@@ -1489,7 +1544,7 @@ impl Host {
         }
         match trunk {
             Some((vid, up, ovs_bridge, records)) => {
-                let veth = self.ensure_vlan_veth(id, &owner).await?;
+                let (veth, made) = self.ensure_vlan_veth(id, &owner).await?;
                 self.netlink
                     .configure(&veth, Some(bridge.index), Some(mtu), Some(&owner))
                     .await
@@ -1509,19 +1564,27 @@ impl Host {
                     .configure(&up, None, None, None)
                     .await
                     .map_err(system)?;
+                crate::link::disable_gro(&up.name).map_err(|e| {
+                    Error::System(format!("turning off GRO on uplink {}: {e}", up.name))
+                })?;
                 self.ovs
                     .ensure_trunk(&ovs_bridge, &up.name, &uplink_owner(&up.name))
                     .await?;
-                // The network moved to another uplink: its access port moves with it.
-                if records
-                    .iter()
-                    .any(|r| r.name == peer.name && r.bridge != ovs_bridge)
-                {
-                    self.ovs.delete_port(&peer.name).await?;
-                }
+                // A new veth, or a network moved to another uplink: the access port is made
+                // afresh, so that the switch opens the interface as it is now.
+                let replace = made
+                    || records
+                        .iter()
+                        .any(|r| r.name == peer.name && r.bridge != ovs_bridge);
                 self.ovs
-                    .ensure_access(&ovs_bridge, &peer.name, vid, &owner)
+                    .ensure_access(&ovs_bridge, &peer.name, vid, &owner, replace)
                     .await?;
+                if let Some(e) = self.ovs.interface_error(&peer.name).await? {
+                    return Err(Error::System(format!(
+                        "network {id}: Open vSwitch cannot use {}: {e}",
+                        peer.name
+                    )));
+                }
             }
             None => {
                 if let Some(old) = self.owned(&vlan_veth(id), &owner).await? {
@@ -1547,12 +1610,12 @@ impl Host {
     }
 
     /// The veth pair between VLAN network `id`'s Linux bridge and its Open vSwitch bridge, made
-    /// when missing; the end in the Linux bridge is returned.
-    async fn ensure_vlan_veth(&self, id: &str, owner: &str) -> Result<Link, Error> {
+    /// when missing; the end in the Linux bridge is returned, and whether it was made now.
+    async fn ensure_vlan_veth(&self, id: &str, owner: &str) -> Result<(Link, bool), Error> {
         let (name, peer) = (vlan_veth(id), vlan_peer(id));
         if let Some(veth) = self.owned(&name, owner).await? {
             if veth.kind.as_deref() == Some("veth") && self.owned(&peer, owner).await?.is_some() {
-                return Ok(veth);
+                return Ok((veth, false));
             }
             self.netlink.delete(&veth).await.map_err(system)?;
         }
@@ -1564,7 +1627,7 @@ impl Host {
             .create_veth(&name, &peer)
             .await
             .map_err(system)?;
-        self.link_named(&name).await
+        Ok((self.link_named(&name).await?, true))
     }
 
     /// Removes the Open vSwitch ports and bridges Triad made that no VLAN network uses any
@@ -1590,6 +1653,8 @@ impl Host {
                 self.ovs.delete_port(&r.name).await?;
             }
         }
+        // Triad's bridges, by their own owner or their trunk port's.
+        let owned = self.ovs.owned_bridges().await?;
         let trunks: BTreeSet<&String> = records
             .iter()
             .filter(|r| {
@@ -1598,6 +1663,12 @@ impl Host {
                     .is_some_and(|o| o.starts_with("triad:uplink:"))
             })
             .map(|r| &r.bridge)
+            .chain(
+                owned
+                    .iter()
+                    .filter(|(_, o)| o.starts_with("triad:uplink:"))
+                    .map(|(b, _)| b),
+            )
             .collect();
         for bridge in trunks {
             if !wanted.values().any(|b| b == bridge) {

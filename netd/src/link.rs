@@ -442,8 +442,21 @@ pub const MAX_NAME: usize = 15;
 /// vSwitch's userspace datapath reads frames with a packet socket and cannot finish a checksum
 /// the sender left to the "hardware", so a veth it reads from must send whole ones.
 pub fn disable_tx_checksum(name: &str) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const ETHTOOL_STXCSUM: u32 = 0x17;
+    ethtool_set(name, ETHTOOL_STXCSUM, 0)
+}
+
+/// Turns off generic receive offload on interface `name` (`ethtool -K NAME gro off`). Open
+/// vSwitch's userspace datapath takes frames up to the MTU from its packet socket and drops
+/// the larger ones GRO would merge.
+pub fn disable_gro(name: &str) -> std::io::Result<()> {
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    ethtool_set(name, ETHTOOL_SGRO, 0)
+}
+
+/// One `SIOCETHTOOL` "set" command taking a 32-bit value.
+fn ethtool_set(name: &str, cmd: u32, data: u32) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     #[repr(C)]
     struct EthtoolValue {
         cmd: u32,
@@ -462,10 +475,7 @@ pub fn disable_tx_checksum(name: &str) -> std::io::Result<()> {
     }
     // SAFETY: `fd` is a fresh descriptor nothing else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
+    let mut value = EthtoolValue { cmd, data };
     // SAFETY: `ifreq` is plain old data; all-zero is a valid (empty) value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {

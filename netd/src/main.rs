@@ -48,6 +48,14 @@ fn main() -> anyhow::Result<()> {
         if let Err(e) = host.reconcile().await {
             tracing::error!("reconciling the host: {e}");
         }
+        let retrying = host.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                retrying.retry_unsettled().await;
+            }
+        });
         serve(config.socket, host).await
     })
 }

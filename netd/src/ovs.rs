@@ -57,6 +57,10 @@ impl Ovs {
                     "VLAN networks need Open vSwitch, and its database {} does not answer: {message}",
                     self.db
                 ))
+            } else if message.contains("timeout") {
+                Error::Unprocessable(format!(
+                    "Open vSwitch took the change but ovs-vswitchd did not apply it within 10 s; is it running? ({message})"
+                ))
             } else {
                 Error::System(format!("ovs-vsctl {}: {message}", args.join(" ")))
             });
@@ -78,6 +82,20 @@ impl Ovs {
             ])
             .await?;
         parse_ports(&bridges, &ports)
+            .ok_or_else(|| Error::System("ovs-vsctl printed tables netd cannot read".into()))
+    }
+
+    /// The bridges Triad made: (name, owner).
+    pub async fn owned_bridges(&self) -> Result<Vec<(String, String)>, Error> {
+        let out = self
+            .vsctl(&[
+                "--format=json",
+                "--columns=name,external_ids",
+                "list",
+                "Bridge",
+            ])
+            .await?;
+        parse_owned_bridges(&out)
             .ok_or_else(|| Error::System("ovs-vsctl printed tables netd cannot read".into()))
     }
 
@@ -109,16 +127,22 @@ impl Ovs {
         .map(drop)
     }
 
-    /// Makes `port` an access port of `bridge` for VLAN `vid`.
+    /// Makes `port` an access port of `bridge` for VLAN `vid`; with `replace`, deletes it first,
+    /// so that the switch opens the interface afresh. (The deletion must be a transaction of its
+    /// own: a port deleted and added in one keeps its stale device in ovs-vswitchd.)
     pub async fn ensure_access(
         &self,
         bridge: &str,
         port: &str,
         vid: u16,
         owner: &str,
+        replace: bool,
     ) -> Result<(), Error> {
         let tag = format!("tag={vid}");
         let owner = format!("external_ids:{OWNER_KEY}={}", quote(owner));
+        if replace {
+            self.vsctl(&["--if-exists", "del-port", port]).await?;
+        }
         self.vsctl(&[
             "--may-exist",
             "add-port",
@@ -133,6 +157,26 @@ impl Ovs {
         ])
         .await
         .map(drop)
+    }
+
+    /// Why the switch cannot use interface `name`, if it cannot.
+    pub async fn interface_error(&self, name: &str) -> Result<Option<String>, Error> {
+        let out = self
+            .vsctl(&[
+                "--format=json",
+                "--columns=error,ofport",
+                "list",
+                "Interface",
+                name,
+            ])
+            .await?;
+        let table: Value = serde_json::from_str(&out)
+            .map_err(|e| Error::System(format!("reading ovs-vsctl's answer: {e}")))?;
+        let row = &table["data"][0];
+        if let Some(error) = row[0].as_str() {
+            return Ok(Some(error.to_owned()));
+        }
+        Ok((row[1].as_i64() == Some(-1)).then(|| "it has no OpenFlow port".to_owned()))
     }
 
     pub async fn delete_port(&self, port: &str) -> Result<(), Error> {
@@ -173,6 +217,29 @@ fn uuid(value: &Value) -> Option<&str> {
     }
 }
 
+/// The value of `triad-owner` in an `external_ids` cell.
+fn owner(cell: &Value) -> Option<String> {
+    cell.as_array()?
+        .get(1)?
+        .as_array()?
+        .iter()
+        .filter_map(|pair| pair.as_array())
+        .find(|pair| pair.first().and_then(Value::as_str) == Some(OWNER_KEY))
+        .and_then(|pair| pair.get(1)?.as_str().map(str::to_owned))
+}
+
+/// `list Bridge` (name, external_ids) in `--format=json`: the bridges with an owner.
+fn parse_owned_bridges(bridges: &str) -> Option<Vec<(String, String)>> {
+    let bridges: Value = serde_json::from_str(bridges).ok()?;
+    let mut owned = Vec::new();
+    for row in bridges["data"].as_array()? {
+        if let Some(owner) = owner(row.get(1)?) {
+            owned.push((row.get(0)?.as_str()?.to_owned(), owner));
+        }
+    }
+    Some(owned)
+}
+
 /// Joins `list Bridge` (name, ports) to `list Port` (_uuid, name, tag, external_ids), both in
 /// `--format=json`.
 fn parse_ports(bridges: &str, ports: &str) -> Option<Vec<PortRecord>> {
@@ -188,15 +255,7 @@ fn parse_ports(bridges: &str, ports: &str) -> Option<Vec<PortRecord>> {
     let mut records = Vec::new();
     for row in ports["data"].as_array()? {
         let id = uuid(row.get(0)?)?;
-        let owner = row
-            .get(3)?
-            .as_array()?
-            .get(1)?
-            .as_array()?
-            .iter()
-            .filter_map(|pair| pair.as_array())
-            .find(|pair| pair.first().and_then(Value::as_str) == Some(OWNER_KEY))
-            .and_then(|pair| pair.get(1)?.as_str().map(str::to_owned));
+        let owner = owner(row.get(3)?);
         records.push(PortRecord {
             // A port no bridge lists is being deleted: not on any bridge.
             bridge: bridge_of.get(id).cloned().unwrap_or_default(),
@@ -245,6 +304,15 @@ mod tests {
             ]
         );
         assert!(parse_ports("{}", ports).is_none());
+    }
+
+    #[test]
+    fn bridges_are_read_with_their_owners() {
+        let bridges = r#"{"data":[["tov1",["map",[["triad-owner","triad:uplink:eth1"]]]],["other",["map",[]]]],"headings":["name","external_ids"]}"#;
+        assert_eq!(
+            parse_owned_bridges(bridges).unwrap(),
+            vec![("tov1".to_owned(), "triad:uplink:eth1".to_owned())]
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ impl OvsDaemons {
             return None;
         }
         let dir = dir.join("ovs");
+        // A fresh database, also where an earlier one was.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         run(
             "ovsdb-tool",
@@ -210,6 +212,15 @@ fn vms_on_a_vlan_meet_across_hosts_and_vlans_stay_apart() {
         return;
     };
     h1.ns.wire("trunk0", None, &h2.ns, "trunk0", None);
+    // As on a real NIC: GRO merges frames past the MTU, which OVS's userspace datapath drops.
+    for h in [&h1, &h2] {
+        run(
+            "ip",
+            &[
+                "netns", "exec", &h.ns.name, "ethtool", "-K", "trunk0", "gro", "on",
+            ],
+        );
+    }
     for h in [&h1, &h2] {
         h.netd
             .ok("PUT", "/networks/blue", Some(vlan(100, "10.61.0.0/24")));
@@ -242,6 +253,22 @@ fn vms_on_a_vlan_meet_across_hosts_and_vlans_stay_apart() {
         4 << 20,
         "TCP crosses the userspace datapath whole"
     );
+    let features = run(
+        "ip",
+        &["netns", "exec", &h1.ns.name, "ethtool", "-k", "trunk0"],
+    );
+    assert!(
+        features.contains("generic-receive-offload: off"),
+        "netd turned GRO off on the trunk: {features}"
+    );
+
+    // A VLAN changed on one host only: the VMs no longer meet; changed back, they do.
+    h1.netd
+        .ok("PUT", "/networks/blue", Some(vlan(101, "10.61.0.0/24")));
+    assert!(!ping(&a.ns, "10.61.0.11", 2), "VLAN 101 does not reach 100");
+    h1.netd
+        .ok("PUT", "/networks/blue", Some(vlan(100, "10.61.0.0/24")));
+    assert!(ping(&a.ns, "10.61.0.11", 3), "back on VLAN 100");
 
     // The trunk carries tagged frames: host 1's switch learned b's MAC on VLAN 100 and d's on
     // VLAN 200, both from the trunk.
@@ -285,24 +312,33 @@ fn vms_on_a_vlan_meet_across_hosts_and_vlans_stay_apart() {
         "d, with no group, still answers"
     );
 
-    // A crash while the access port and the veth vanish: netd puts them back.
+    // A crash while blue's veth vanishes (its switch port stays, on an interface that is
+    // gone) and red's switch port vanishes (its veth stays): netd puts both back.
     let state = h1.netd.ok("GET", "/state", None);
-    let access = state["ovs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["owner"] == "triad:network:blue")
-        .expect("blue's access port")
-        .clone();
-    assert_eq!(access["vid"], 100);
-    let port = access["port"].as_str().unwrap().to_owned();
+    let access = |network: &str| {
+        let port = state["ovs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["owner"] == format!("triad:network:{network}"))
+            .expect("an access port")
+            .clone();
+        (
+            port["port"].as_str().unwrap().to_owned(),
+            port["vid"].clone(),
+        )
+    };
+    let (port, vid) = access("blue");
+    assert_eq!(vid, 100);
+    let (red_port, red_vid) = access("red");
+    assert_eq!(red_vid, 200);
     let h1_netd = h1.netd.crash_and_restart_with(|| {
-        h1.ovs.vsctl(&["del-port", &port]);
         h1.ns.ip(&["link", "del", &port]);
+        h1.ovs.vsctl(&["del-port", &red_port]);
     });
     assert!(
         ping(&c.ns, "10.62.0.13", 3),
-        "red still up after the restart"
+        "red is back after the restart"
     );
     let b_ip = "10.61.0.11";
     h2.netd.ok(
@@ -374,7 +410,7 @@ fn vlan_requests_that_cannot_work_are_refused_and_leave_nothing() {
         );
         return;
     };
-    for (dev, peer) in [("trunk0", "peer0"), ("eth9", "peer9")] {
+    for (dev, peer) in [("trunk0", "peer0"), ("eth9", "peer9"), ("eth8", "peer8")] {
         h.ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
     }
     for (vid, status) in [(0, 400), (4095, 400)] {
@@ -390,6 +426,14 @@ fn vlan_requests_that_cannot_work_are_refused_and_leave_nothing() {
     missing["l2"]["uplink"] = json!("nothere0");
     let e = h.netd.error("PUT", "/networks/x", Some(missing), 422);
     assert!(e.contains("nothere0"), "{e}");
+    let mut jumbo = vlan(100, "10.63.0.0/24");
+    jumbo["mtu"] = json!(9000);
+    let e = h.netd.error("PUT", "/networks/x", Some(jumbo), 422);
+    assert!(e.contains("MTU 9000 does not fit uplink trunk0"), "{e}");
+    let mut ours = vlan(100, "10.63.0.0/24");
+    ours["l2"]["uplink"] = json!("tbr0123abcd");
+    let e = h.netd.error("PUT", "/networks/x", Some(ours), 400);
+    assert!(e.contains("Triad's own"), "{e}");
 
     h.netd
         .ok("PUT", "/networks/blue", Some(vlan(100, "10.63.0.0/24")));
@@ -449,5 +493,66 @@ fn vlan_requests_that_cannot_work_are_refused_and_leave_nothing() {
     for prefix in ["tbr", "tvl", "tvo"] {
         let made: Vec<&String> = names.iter().filter(|n| n.starts_with(prefix)).collect();
         assert_eq!(made.len(), 1, "{prefix}: {made:?}");
+    }
+
+    // blue changes kind and uplink; each time the host holds just what blue is now.
+    let up = |name: &str| {
+        let mut spec = vlan(100, "10.63.0.0/24");
+        spec["l2"]["uplink"] = json!(name);
+        spec
+    };
+    let master = |dev: &str| {
+        h.ns.link(dev).unwrap()["master"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    h.netd.ok("PUT", "/networks/blue", Some(up("eth8")));
+    let bridges = h.ovs.vsctl(&["list-br"]);
+    assert_eq!(bridges.lines().count(), 2, "eth8's and foreign: {bridges}");
+    let trunk = bridges
+        .lines()
+        .find(|b| *b != "foreign")
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.ovs.vsctl(&["port-to-br", "eth8"]).trim(), trunk);
+    let flat = json!({"name": "blue", "l2": {"kind": "novlan", "uplink": "eth8"},
+                      "l3": {"cidr": "10.63.0.0/24"}});
+    h.netd.ok("PUT", "/networks/blue", Some(flat));
+    assert_eq!(h.ovs.vsctl(&["list-br"]).trim(), "foreign");
+    assert!(master("eth8").is_some_and(|m| m.starts_with("tbr")));
+    assert!(!h.ns.links().iter().any(|l| l["ifname"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("tvl") || n.starts_with("tvo"))));
+    // Back to a VLAN on the uplink its own bridge held.
+    h.netd.ok("PUT", "/networks/blue", Some(up("eth8")));
+    assert_eq!(master("eth8"), None, "the trunk left the Linux bridge");
+    assert_eq!(h.ovs.vsctl(&["port-to-br", "eth8"]).trim(), trunk);
+
+    // Open vSwitch down while netd starts: blue comes back once it is up again.
+    let VlanHost { netd, ovs, dir, ns } = h;
+    drop(ovs);
+    let netd = netd.crash_and_restart();
+    assert!(netd.ok("GET", "/state", None)["ovs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let _ovs = OvsDaemons::start(&ns, dir.path()).unwrap();
+    let start = Instant::now();
+    loop {
+        let state = netd.ok("GET", "/state", None);
+        let ports: Vec<&str> = state["ovs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["port"].as_str())
+            .collect();
+        if ports.contains(&"eth8") && ports.iter().any(|p| p.starts_with("tvo")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "blue is not back: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
