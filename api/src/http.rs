@@ -57,11 +57,20 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
         if !meta.file_type().is_socket() {
             return Err(BindError::NotASocket(path.to_owned()));
         }
-        if UnixStream::connect(path).is_ok() {
-            return Err(BindError::InUse(path.to_owned()));
+        match UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::InUse(path.to_owned())),
+            // Nobody listens: a stale socket. If removing it fails, bind reports the problem.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let _ = std::fs::remove_file(path);
+            }
+            // Not allowed to look, say: it may be live, so it stays.
+            Err(source) => {
+                return Err(BindError::Bind {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
         }
-        // A stale socket; if removing it fails, bind reports the real problem.
-        let _ = std::fs::remove_file(path);
     }
     UnixListener::bind(path).map_err(|source| BindError::Bind {
         path: path.to_owned(),

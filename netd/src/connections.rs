@@ -41,6 +41,12 @@ struct Open {
     total: usize,
 }
 
+/// The open connections of every listener that shares it: one per host, so that the total
+/// holds for the host whatever its number of networks. A client is known by its address,
+/// which is unique on a host (networks' CIDRs do not overlap).
+#[derive(Debug, Clone, Default)]
+pub struct Tracker(Arc<Mutex<Open>>);
+
 /// A TCP listener that turns away connections over its limits (closed at once) and hands out
 /// streams that close when idle.
 #[derive(Debug)]
@@ -51,11 +57,11 @@ pub struct LimitedListener {
 }
 
 impl LimitedListener {
-    pub fn new(inner: TcpListener, limits: Limits) -> Self {
+    pub fn new(inner: TcpListener, limits: Limits, tracker: Tracker) -> Self {
         Self {
             inner,
             limits,
-            open: Arc::default(),
+            open: tracker.0,
         }
     }
 
@@ -104,9 +110,9 @@ impl Listener for LimitedListener {
             let (stream, peer) = match self.inner.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of descriptors, say: wait rather than spin.
+                    // Out of descriptors, say: wait rather than spin, or flood the log.
                     tracing::warn!("metadata: accepting a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
@@ -141,7 +147,9 @@ impl Connected<IncomingStream<'_, LimitedListener>> for Client {
     }
 }
 
-/// An admitted connection: fails with `TimedOut` once it has moved no bytes for `idle`.
+/// An admitted connection: fails with `TimedOut` once it has moved no bytes for `idle`. hyper
+/// polls the read side while a handler runs, so a handler must answer within `idle` (the
+/// metadata handlers answer from memory).
 #[derive(Debug)]
 pub struct LimitedStream {
     stream: TcpStream,
@@ -228,7 +236,7 @@ mod tests {
     async fn echo(limits: Limits) -> u16 {
         let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = inner.local_addr().unwrap().port();
-        let mut listener = LimitedListener::new(inner, limits);
+        let mut listener = LimitedListener::new(inner, limits, Tracker::default());
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await;

@@ -136,14 +136,15 @@ struct Run<'r> {
     rules: Vec<&'r Rule>,
     /// No two rules overlap, which a set of (port, address) pairs requires.
     disjoint: bool,
+    /// All rules have the same remote, so that only their ports differ.
+    one_remote: bool,
+    /// All remotes are CIDRs (or anywhere), which a set of pairs can hold.
+    cidrs: bool,
 }
 
-impl Run<'_> {
-    /// Whether all its rules have the same remote, so that only their ports differ.
-    fn one_remote(&self) -> bool {
-        self.rules.iter().all(|r| r.remote == self.rules[0].remote)
-    }
-}
+/// The most rules one set takes: checking a rule against a run costs the run's length, so
+/// this keeps a group of many thousand rules linear.
+const MAX_RUN: usize = 1000;
 
 /// Splits rules into runs that each load as one rule on a set: of ports, when the rules differ
 /// only in their ports; of (port, address) pairs, when they differ in CIDRs too and no two
@@ -153,15 +154,18 @@ fn runs<'r>(rules: &[&'r Rule]) -> Vec<Run<'r>> {
     for &rule in rules {
         if let Some(run) = runs.last_mut() {
             let first = run.rules[0];
-            if first.protocol == rule.protocol && first.action == rule.action {
+            if first.protocol == rule.protocol
+                && first.action == rule.action
+                && run.rules.len() < MAX_RUN
+            {
+                let cidrs = run.cidrs && cidr_span(rule).is_some();
                 let disjoint = run.disjoint && run.rules.iter().all(|r| !overlap(r, rule));
-                let same_remote = run.one_remote() && first.remote == rule.remote;
-                let pairs = disjoint
-                    && cidr_span(rule).is_some()
-                    && run.rules.iter().all(|r| cidr_span(r).is_some());
-                if same_remote || pairs {
+                let one_remote = run.one_remote && first.remote == rule.remote;
+                if one_remote || (cidrs && disjoint) {
                     run.rules.push(rule);
                     run.disjoint = disjoint;
+                    run.one_remote = one_remote;
+                    run.cidrs = cidrs;
                     continue;
                 }
             }
@@ -169,6 +173,8 @@ fn runs<'r>(rules: &[&'r Rule]) -> Vec<Run<'r>> {
         runs.push(Run {
             rules: vec![rule],
             disjoint: true,
+            one_remote: true,
+            cidrs: cidr_span(rule).is_some(),
         });
     }
     runs
@@ -284,6 +290,8 @@ pub fn ruleset(
         }
         // No VM answers for the network's DHCP.
         let _ = writeln!(out, "\t\tether type ip udp sport 67 drop");
+        // Nor sends VLAN-tagged frames, which would slip past the checks below.
+        let _ = writeln!(out, "\t\tether type {{ 8021q, 8021ad }} drop");
         // Nor plays an IPv6 router or DHCPv6 server: neighbour discovery itself passes.
         let _ = writeln!(
             out,
@@ -351,6 +359,8 @@ pub fn ruleset(
                 Direction::Ingress => "in",
             };
             let _ = writeln!(chains, "\tchain {chain}_{k} {{");
+            // Rules are IPv4: a port with groups passes no IPv6, whatever a rule's form.
+            chains += "\t\tmeta nfproto ipv6 drop\n";
             if direction == Direction::Egress {
                 // Every VM may reach its host's metadata service.
                 let _ = writeln!(
@@ -377,7 +387,7 @@ pub fn ruleset(
                 // A set loads and matches far faster than its rules one by one.
                 let line = if run.rules.len() == 1 {
                     statement(first, None, verdict)
-                } else if run.one_remote() {
+                } else if run.one_remote {
                     match port_union(&run.rules) {
                         Some(ranges) => {
                             let elements: Vec<String> =
@@ -617,6 +627,7 @@ mod tests {
         assert_eq!(
             lines,
             [
+                "meta nfproto ipv6 drop",
                 "meta l4proto tcp ct original proto-dst @rules_in_0_0 return",
                 "meta l4proto tcp ct original proto-dst 22 drop",
                 "meta l4proto tcp return",

@@ -600,6 +600,8 @@ pub struct Host {
     generation: std::sync::atomic::AtomicU32,
     /// Something the last reconcile or tidy could not do: `retry_unsettled` tries again.
     unsettled: AtomicBool,
+    /// The metadata services' connections, counted for the whole host.
+    connections: crate::connections::Tracker,
 }
 
 fn system(e: NetlinkError) -> Error {
@@ -636,6 +638,7 @@ impl Host {
             metadata: Mutex::new(BTreeMap::new()),
             generation: std::sync::atomic::AtomicU32::new(0),
             unsettled: AtomicBool::new(false),
+            connections: crate::connections::Tracker::default(),
         })
     }
 
@@ -831,14 +834,19 @@ impl Host {
                 continue;
             }
             let names = (metadata_veth(id), metadata_peer(id));
+            let identity = metadata::Identity {
+                veth: &names.0,
+                peer: &names.1,
+                mac: service_mac(&self.node, id),
+                owner: &network_owner(id),
+            };
             let service = metadata::start(
                 &self.netlink,
                 bridge,
-                (&names.0, &names.1),
-                service_mac(&self.node, id),
-                &network_owner(id),
+                identity,
                 cidr,
                 std::sync::Arc::new(std::sync::Mutex::new(docs)),
+                self.connections.clone(),
             )
             .await;
             match service {

@@ -118,19 +118,34 @@ fn in_namespace<T: Send + 'static>(
     .map_err(|_| io_error("namespace thread", "panicked"))?
 }
 
+/// How a network's service shows on the host.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// The veth's end on the bridge, and its end in the namespace.
+    pub veth: &'a str,
+    pub peer: &'a str,
+    /// The service's MAC: the same across restarts, so that VMs' ARP caches stay right.
+    pub mac: Mac,
+    /// The veth's alias.
+    pub owner: &'a str,
+}
+
 /// Starts the service for a network whose bridge is `bridge`, answering `documents`; its veth
-/// (named `veth` and `peer`, owned by `owner`) joins the bridge. `mac` is the service's: the
-/// same across restarts, so that VMs' ARP caches stay right.
+/// joins the bridge. Its connections count against `tracker`'s limits, shared by the host.
 pub async fn start(
     host: &crate::link::Netlink,
     bridge: &crate::link::Link,
-    names: (&str, &str),
-    mac: Mac,
-    owner: &str,
+    identity: Identity<'_>,
     cidr: Ipv4Cidr,
     documents: Documents,
+    tracker: connections::Tracker,
 ) -> std::io::Result<Service> {
-    let (veth, peer) = names;
+    let Identity {
+        veth,
+        peer,
+        mac,
+        owner,
+    } = identity;
     let ns = in_namespace(None, || File::open("/proc/thread-self/ns/net"))?;
     let failed = |what: &str, e: crate::link::NetlinkError| io_error(what, e);
     if let Some(stale) = host.link(veth).await.map_err(|e| failed("looking up", e))? {
@@ -197,6 +212,7 @@ pub async fn start(
     let listener = LimitedListener::new(
         tokio::net::TcpListener::from_std(listener)?,
         connections::METADATA,
+        tracker,
     );
     let app = Router::new()
         .route("/", get(|| async { "latest\n" }))
@@ -329,11 +345,7 @@ impl Service {
                         .map_err(|e| failed("adding a public address", e))?;
                     // The address may have lived on another host until now: the public
                     // network's routers learn its new home at once, not at their ARP timeout.
-                    let (index, mac, ip) = (inner.index, first.mac, r.public);
-                    let ns = self.ns.try_clone()?;
-                    if let Err(e) = in_namespace(Some(&ns), move || announce(index, mac, ip)) {
-                        tracing::warn!("announcing EIP {ip}: {e}");
-                    }
+                    announce(self.ns.try_clone()?, inner.index, first.mac, r.public);
                 }
                 snat.push(format!(
                     "\t\tip saddr {} oifname \"{peer}\" snat to {}\n",
@@ -363,6 +375,10 @@ impl Service {
             rules += &dnat.concat();
             rules += "\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat;\n";
             rules += &snat.concat();
+            // The public side reaches the VMs (forwarded, above), never the namespace itself:
+            // not its metadata service, whose connections the host's VMs share.
+            rules += "\t}\n\tchain input {\n\t\ttype filter hook input priority filter;\n";
+            rules += "\t\tiifname \"tpp*\" drop\n";
             rules += "\t}\n}\n";
         }
         let ns = self.ns.try_clone()?;
@@ -389,13 +405,41 @@ impl Service {
     }
 }
 
-/// Sends gratuitous ARP for `ip` at `mac` out of interface `index` of this thread's namespace,
-/// as a request and as a reply (some routers heed only one of them).
-fn announce(index: u32, mac: Mac, ip: Ipv4Addr) -> std::io::Result<()> {
+/// Announces `ip` at `mac` with gratuitous ARP out of interface `index` of namespace `ns`,
+/// as a request and as a reply (some routers heed only one of them), three times a second
+/// apart: a port just added to a bridge may not forward yet. Runs on a thread of its own.
+fn announce(ns: File, index: u32, mac: Mac, ip: Ipv4Addr) {
+    std::thread::spawn(move || {
+        // SAFETY: setns on a namespace file this thread owns; it moves only this thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!("announcing EIP {ip}: entering its namespace: {e}");
+            return;
+        }
+        for round in 0..3 {
+            if round > 0 {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            if let Err(e) = send_gratuitous_arp(index, mac, ip) {
+                tracing::warn!("announcing EIP {ip}: {e}");
+                return;
+            }
+        }
+    });
+}
+
+fn send_gratuitous_arp(index: u32, mac: Mac, ip: Ipv4Addr) -> std::io::Result<()> {
     use std::os::fd::{FromRawFd, OwnedFd};
     const BROADCAST: [u8; 6] = [0xff; 6];
-    // SAFETY: plain socket(2), send only (protocol 0 receives nothing); checked before use.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    let arp = u16::try_from(libc::ETH_P_ARP).unwrap_or(0x0806).to_be();
+    // SAFETY: plain socket(2); checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(arp),
+        )
+    };
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -404,10 +448,12 @@ fn announce(index: u32, mac: Mac, ip: Ipv4Addr) -> std::io::Result<()> {
     // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
     let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     to.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or(0);
+    to.sll_protocol = arp;
     to.sll_ifindex = i32::try_from(index).unwrap_or(0);
     to.sll_halen = 6;
     to.sll_addr[..6].copy_from_slice(&BROADCAST);
-    for (op, target) in [(1u8, [0u8; 6]), (2, BROADCAST)] {
+    // The request asks for nobody's MAC; the reply names the sender's own (RFC 5944 4.6).
+    for (op, target) in [(1u8, [0u8; 6]), (2, mac.0)] {
         let mut frame = Vec::with_capacity(42);
         frame.extend_from_slice(&BROADCAST);
         frame.extend_from_slice(&mac.0);

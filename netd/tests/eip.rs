@@ -107,6 +107,51 @@ fn an_eip_maps_a_vm_to_the_world_on_its_own_host() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&md.stdout), "203.0.113.10");
 
+    // Nothing on the public side reaches the EIP namespace's own metadata service: not the
+    // world (fenced off at the uplink), nor a VM on the public network, sending to it by way of
+    // the EIP's MAC.
+    let metadata_from = |ns: &Ns| {
+        let out = ns
+            .exec(
+                "curl",
+                &[
+                    "-s",
+                    "-m",
+                    "2",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://169.254.169.254/latest/meta-data/",
+                ],
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    world.ip(&["route", "add", "169.254.169.254/32", "via", "203.0.113.10"]);
+    assert_eq!(metadata_from(&world), "000", "no connection from the world");
+    let public_mac = "52:54:00:80:00:20";
+    let public_port = json!({"network": "public", "mac": public_mac, "ip": "203.0.113.20"});
+    let public_tap = netd.ok("PUT", "/ports/pub", Some(public_port))["tap"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let neighbour_vm = VmEndpoint::behind(&h, &public_tap, public_mac, "eippub");
+    neighbour_vm
+        .ns
+        .ip(&["addr", "add", "203.0.113.20/24", "dev", "eth0"]);
+    neighbour_vm
+        .ns
+        .ip(&["route", "add", "169.254.169.254/32", "via", "203.0.113.10"]);
+    assert_eq!(
+        metadata_from(&neighbour_vm.ns),
+        "000",
+        "no connection from the public network"
+    );
+    drop(neighbour_vm);
+    netd.ok("DELETE", "/ports/pub", None);
+
     // Bad input: a taken address, a second EIP for the port, an address off the network,
     // a port that does not exist; the port and network stay while the EIP does.
     let bad =

@@ -188,6 +188,14 @@ fn groups_filter_statefully_and_changes_reach_running_flows() {
         })
         .collect();
     let (a, b, c) = (&vms[0], &vms[1], &vms[2]);
+    let firewall = netd.ok("GET", "/state", None)["firewall"].clone();
+    assert!(
+        firewall
+            .as_str()
+            .unwrap()
+            .contains("ct original proto-dst @rules_in_0_0"),
+        "{firewall}"
+    );
     let _server = Killed(
         a.exec("python3", &["-c", ECHO_SERVER])
             .stdout(Stdio::null())
@@ -313,6 +321,27 @@ fn groups_filter_statefully_and_changes_reach_running_flows() {
     assert!(reaches(c, "10.70.0.10", 9090), "C's pair");
     assert!(!reaches(c, "10.70.0.10", 8080), "B's port, from C");
 
+    // Egress ICMP to two addresses: one set of addresses, matched by destination.
+    let to = |cidr: &str| {
+        let mut r = rule("egress", "icmp", None);
+        r["remote"] = json!({ "cidr": cidr });
+        r
+    };
+    let pings = vec![to("10.70.0.11/32"), to("10.70.0.99/32")];
+    netd.ok("PUT", "/security-groups/web", Some(group(pings)));
+    let firewall = netd.ok("GET", "/state", None)["firewall"].clone();
+    assert!(
+        firewall
+            .as_str()
+            .unwrap()
+            .contains("meta l4proto icmp ct original ip daddr @rules_out_0_0"),
+        "{firewall}"
+    );
+    assert!(ping(&a.ns, "10.70.0.11", 1), "A pings B, in the set");
+    assert!(!ping(&a.ns, "10.70.0.12", 1), "but not C");
+    let pairs = vec![pair(8080, "10.70.0.11/32"), pair(9090, "10.70.0.12/32")];
+    netd.ok("PUT", "/security-groups/web", Some(group(pairs)));
+
     // Anti-spoofing: B may send only from its own address and MAC.
     netd.ok(
         "PUT",
@@ -337,6 +366,7 @@ fn groups_filter_statefully_and_changes_reach_running_flows() {
     // neighbour solicitation (neighbour discovery, which IPv6 needs) does.
     assert!(v6_arrives(b, c, 135), "a neighbour solicitation passes");
     assert!(!v6_arrives(b, c, 134), "a router advertisement is dropped");
+    assert!(!v6_arrives(b, c, 137), "a redirect is dropped");
 
     // The rules survive a crash of netd.
     let netd = netd.crash_and_restart();
