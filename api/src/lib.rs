@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod net;
 pub mod storage;
+pub mod tools;
 pub mod vmm;
 
 pub use error::ErrorBody;

@@ -14,6 +14,14 @@ pub mod ovs;
 pub mod server;
 pub mod tap;
 
+use triad_api::tools::HostTool;
+
+/// What netd cannot work without: it refuses to start when one is missing.
+pub const REQUIRED_TOOLS: [HostTool; 1] = [nft::NFT];
+/// What only some networks need: a missing one is a warning at start, and a 422 naming it for
+/// the requests that need it.
+pub const OPTIONAL_TOOLS: [HostTool; 1] = [ovs::OVS_VSCTL];
+
 /// Why a request failed; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

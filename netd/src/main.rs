@@ -2,6 +2,7 @@
 //! Unix socket.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -21,11 +22,27 @@ struct Args {
     config: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("triad-netd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    triad_api::tools::require(&triad_netd::REQUIRED_TOOLS)?;
+    for tool in triad_netd::OPTIONAL_TOOLS {
+        if tool.find().is_none() {
+            tracing::warn!("{}", tool.missing());
+        }
+    }
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let config: NetdConfig = serde_json::from_str(&text)

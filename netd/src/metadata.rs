@@ -384,7 +384,7 @@ impl Service {
         let ns = self.ns.try_clone()?;
         in_namespace(Some(&ns), move || {
             use std::io::Write;
-            let mut child = std::process::Command::new("nft")
+            let mut child = std::process::Command::new(crate::nft::NFT.command)
                 .args(["-f", "-"])
                 .stdin(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())

@@ -1,13 +1,20 @@
 //! nftables rulesets, loaded whole and atomically with `nft -f -`.
 
 use tokio::io::AsyncWriteExt;
+use triad_api::tools::HostTool;
 
 use crate::Error;
+
+pub const NFT: HostTool = HostTool {
+    command: "nft",
+    package: "nftables",
+    needed_for: "security groups, EIPs and the fences around DHCP and metadata",
+};
 
 /// Loads `rules` in one transaction: all of it takes effect, or none.
 pub async fn apply(rules: &str) -> Result<(), Error> {
     let failed = |e: std::io::Error| Error::System(format!("running nft: {e}"));
-    let mut child = tokio::process::Command::new("nft")
+    let mut child = tokio::process::Command::new(NFT.command)
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -33,7 +40,7 @@ pub async fn list(tables: &[&str]) -> String {
     for table in tables {
         let mut args = vec!["list", "table"];
         args.extend(table.split_whitespace());
-        match tokio::process::Command::new("nft")
+        match tokio::process::Command::new(NFT.command)
             .args(&args)
             .output()
             .await

@@ -5,8 +5,15 @@
 use std::process::Stdio;
 
 use serde_json::Value;
+use triad_api::tools::HostTool;
 
 use crate::Error;
+
+pub const OVS_VSCTL: HostTool = HostTool {
+    command: "ovs-vsctl",
+    package: "openvswitch-switch",
+    needed_for: "VLAN networks",
+};
 
 const OWNER_KEY: &str = "triad-owner";
 
@@ -33,7 +40,7 @@ impl Ovs {
     /// Runs one `ovs-vsctl` transaction. It waits until ovs-vswitchd has applied it, so that a
     /// port exists in the datapath once this returns.
     async fn vsctl(&self, args: &[&str]) -> Result<String, Error> {
-        let out = tokio::process::Command::new("ovs-vsctl")
+        let out = tokio::process::Command::new(OVS_VSCTL.command)
             .arg(format!("--db={}", self.db))
             .arg("--timeout=10")
             .args(args)
@@ -42,9 +49,7 @@ impl Ovs {
             .await
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::Unprocessable(
-                        "VLAN networks need Open vSwitch, and ovs-vsctl is not installed".into(),
-                    )
+                    Error::Unprocessable(OVS_VSCTL.missing().to_string())
                 } else {
                     Error::System(format!("running ovs-vsctl: {e}"))
                 }

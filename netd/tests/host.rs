@@ -390,3 +390,24 @@ fn bad_requests_are_refused_and_leave_nothing() {
     assert_eq!(ids("networks"), ["n1", "v1"]);
     assert_eq!(ids("ports"), ["p1"]);
 }
+
+#[test]
+fn without_nft_netd_refuses_to_start_naming_it_and_its_package() {
+    let host = Ns::new("nonft");
+    let dir = TempDir::new("nonft");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let out = Netd::run_with_path(&host, dir.path(), &bin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "netd started without nft: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("triad-netd: error: nft is not installed")
+            && last.contains("Debian package nftables"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("netd.sock").exists() && !dir.path().join("state").exists(),
+        "netd made its socket or state before it refused"
+    );
+}

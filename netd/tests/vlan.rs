@@ -390,6 +390,24 @@ fn vlan_requests_that_cannot_work_are_refused_and_leave_nothing() {
         422,
     );
     assert!(e.contains("Open vSwitch"), "{e}");
+    drop(netd);
+    // Open vSwitch not installed: netd starts (only VLAN networks need it), and says which
+    // program and package a VLAN network needs.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let nft = triad_netd::nft::NFT.find().expect("nft is installed");
+    std::os::unix::fs::symlink(nft, bin.join("nft")).unwrap();
+    let netd = Netd::start_with_path(&bare, dir.path(), json!({}), &bin);
+    let e = netd.error(
+        "PUT",
+        "/networks/blue",
+        Some(vlan(100, "10.63.0.0/24")),
+        422,
+    );
+    assert!(
+        e.contains("ovs-vsctl is not installed") && e.contains("openvswitch-switch"),
+        "{e}"
+    );
     let left = |ns: &Ns| {
         ns.links()
             .iter()

@@ -15,10 +15,23 @@ need_packages() {
 	((${#missing[@]})) || return 0
 	echo "installing ${missing[*]}" >&2
 	if ((!apt_updated)); then
-		as_root apt-get update -qq
+		as_root apt-get update -qq >&2
 		apt_updated=1
 	fi
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# listed_packages: the packages of scripts/lib/packages, one a line.
+listed_packages() {
+	sed -e 's/#.*//' "$(dirname "${BASH_SOURCE[0]}")/packages" | awk 'NF {print $1}'
+}
+
+# need_tools: installs every package of scripts/lib/packages that is not installed yet, so that
+# every script here has every program any of them runs.
+need_tools() {
+	local packages
+	mapfile -t packages < <(listed_packages)
+	need_packages "${packages[@]}"
 }
 
 # need_cargo: a Rust toolchain through rustup when none is on PATH.

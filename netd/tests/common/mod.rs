@@ -181,6 +181,42 @@ impl Netd {
 
     /// As `start`, with the settings of `extra` added to the configuration.
     pub fn start_with(ns: &Ns, dir: &Path, extra: Value) -> Self {
+        let (socket, config) = Self::configure(ns, dir, extra);
+        Self::spawn(&ns.name, socket, config, None)
+    }
+
+    /// As `start_with`, with only the programs in `path` on netd's `PATH`.
+    pub fn start_with_path(ns: &Ns, dir: &Path, extra: Value, path: &Path) -> Self {
+        let (socket, config) = Self::configure(ns, dir, extra);
+        Self::spawn(&ns.name, socket, config, Some(path))
+    }
+
+    /// Runs netd with only the programs in `path` on its `PATH`, for a start that must fail;
+    /// what it printed and how it exited.
+    pub fn run_with_path(ns: &Ns, dir: &Path, path: &Path) -> std::process::Output {
+        let (_, config) = Self::configure(ns, dir, serde_json::json!({}));
+        let mut run = Self::command(&ns.name, &config, Some(path));
+        let mut child = run
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "netd did not exit; it printed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn configure(ns: &Ns, dir: &Path, extra: Value) -> (PathBuf, PathBuf) {
         let socket = dir.join("netd.sock");
         let config = dir.join("netd.json");
         let mut json = serde_json::json!({
@@ -192,22 +228,23 @@ impl Netd {
             json[key] = value.clone();
         }
         std::fs::write(&config, json.to_string()).unwrap();
-        Self::spawn(&ns.name, socket, config)
+        (socket, config)
     }
 
-    fn spawn(ns: &str, socket: PathBuf, config: PathBuf) -> Self {
+    fn command(ns: &str, config: &Path, path: Option<&Path>) -> Command {
+        let mut run = Command::new("ip");
+        run.args(["netns", "exec", ns, "env"]);
+        if let Some(path) = path {
+            run.arg(format!("PATH={}", path.display()));
+        }
+        run.args([env!("CARGO_BIN_EXE_triad-netd"), "--config"])
+            .arg(config);
+        run
+    }
+
+    fn spawn(ns: &str, socket: PathBuf, config: PathBuf, path: Option<&Path>) -> Self {
         let _ = std::fs::remove_file(&socket);
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                env!("CARGO_BIN_EXE_triad-netd"),
-                "--config",
-            ])
-            .arg(&config)
-            .spawn()
-            .unwrap();
+        let child = Self::command(ns, &config, path).spawn().unwrap();
         // Killed on drop, also when it does not come up.
         let mut netd = Self {
             child,
@@ -239,7 +276,7 @@ impl Netd {
         let (ns, socket, config) = (self.ns.clone(), self.socket.clone(), self.config.clone());
         drop(self);
         while_down();
-        Self::spawn(&ns, socket, config)
+        Self::spawn(&ns, socket, config, None)
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
