@@ -572,7 +572,10 @@ fn a_full_pool_fails_an_import_cleanly_warns_and_stalled_downloads_time_out() {
     };
     let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
     use triad_api::storage::EventKind::*;
-    assert!(kinds.starts_with(&[ImageFailed]), "{kinds:?}");
+    // The pool's own watch may warn while the failing import fills it: the image events
+    // are what must come in order.
+    let first_image_event = kinds.iter().find(|k| matches!(k, ImageFailed | ImageReady));
+    assert_eq!(first_image_event, Some(&ImageFailed), "{kinds:?}");
     assert!(
         kinds.contains(&ImageReady) && kinds.contains(&PoolWarning),
         "{kinds:?}"
