@@ -21,7 +21,7 @@ fn start(dir: &std::path::Path) -> Daemon {
 #[test]
 fn volumes_are_made_and_kept_through_a_restart() {
     let tmp = TempDir::new("api");
-    let dir = &tmp.0;
+    let dir = tmp.path();
     let daemon = start(dir);
     let create = serde_json::json!({"id": "v-1", "name": "root", "size_bytes": 1u64 << 30});
     let v: Volume = ok(daemon.call("POST", "/pools/local/volumes", Some(create.clone())));

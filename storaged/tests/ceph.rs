@@ -58,7 +58,7 @@ fn volume(daemon: &Daemon, body: serde_json::Value) -> Volume {
 #[test]
 fn root_volumes_are_clones_of_images_with_snapshots_rollback_and_fencing() {
     let tmp = TempDir::new("ceph");
-    let dir = &tmp.0;
+    let dir = tmp.path();
     let daemon = start_daemon(dir);
     let io = Cluster::connect(&dev::shared().conf, "admin", &[])
         .unwrap()

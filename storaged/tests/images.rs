@@ -201,7 +201,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn images_come_from_files_and_urls_raw_or_qcow2_and_root_volumes_from_them() {
     let tmp = TempDir::new("images");
-    let dir = &tmp.0;
+    let dir = tmp.path();
     let web = dir.join("web");
     std::fs::create_dir_all(&web).unwrap();
     let raw = web.join("disk.raw");
@@ -378,7 +378,7 @@ fn hold(path: &Path) -> std::fs::File {
 #[test]
 fn snapshots_roll_back_and_a_volume_in_use_is_left_alone() {
     let tmp = TempDir::new("snapshots");
-    let dir = &tmp.0;
+    let dir = tmp.path();
     let daemon = start(dir);
     let v: Volume = ok(daemon.call(
         "POST",
@@ -514,7 +514,7 @@ fn random_file(path: &Path, mib: u64) {
 fn a_full_pool_fails_an_import_cleanly_warns_and_stalled_downloads_time_out() {
     let test = "a_full_pool_fails_an_import_cleanly_warns_and_stalled_downloads_time_out";
     let tmp = TempDir::new("full");
-    let dir = &tmp.0;
+    let dir = tmp.path();
     let small = match SmallFs::mount(&dir.join("small"), "4m") {
         Ok(fs) => fs,
         Err(e) => return common::skip(test, &format!("cannot mount a tmpfs here: {e}")),
@@ -622,7 +622,7 @@ fn self_signed(dir: &Path, subject: &str, key: &str, cert: &str) {
 #[test]
 fn images_come_over_https_from_servers_the_node_trusts_only() {
     let tmp = TempDir::new("https");
-    let dir = &tmp.0;
+    let dir = tmp.path();
     let web = dir.join("web");
     std::fs::create_dir_all(&web).unwrap();
     raw_disk(&web.join("disk.raw"));

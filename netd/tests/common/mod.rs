@@ -3,7 +3,6 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,159 +10,20 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use triad_api::http::{request, Response};
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use triad_tests::{ping, run, skip, workspace_root, Ns, TempDir};
 
-/// Records a skipped test where `scripts/test` reports it, and on stderr.
-pub fn skip(test: &str, reason: &str) {
-    eprintln!("SKIPPED {test}: {reason}");
-    let log = workspace_root().join("target/test-skips.log");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        let _ = writeln!(f, "{test}: {reason}");
-    }
-}
-
-/// Runs a command and panics with its output when it fails.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace standing in for a host; deleted (with every interface in it) on drop.
-pub struct Ns {
-    pub name: String,
-}
-
-impl Ns {
-    pub fn new(name: &str) -> Self {
-        let name = format!("tn-{name}-{}", std::process::id());
-        // One left by a crashed earlier run goes first.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        run("ip", &["netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip ARGS` in the namespace.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", &self.name];
-        full.extend_from_slice(args);
-        run("ip", &full)
-    }
-
-    /// `program ARGS` in the namespace.
-    pub fn exec(&self, program: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]).args(args);
-        c
-    }
-
-    /// `ip -d -j link show [NAME]`, as JSON.
-    pub fn links(&self) -> Vec<Value> {
-        serde_json::from_str(&self.ip(&["-d", "-j", "link", "show"])).unwrap()
-    }
-
-    pub fn link(&self, name: &str) -> Option<Value> {
-        self.links().into_iter().find(|l| l["ifname"] == name)
-    }
-
-    /// The VTEPs in the flood list of VXLAN device `dev`.
-    pub fn flood_list(&self, dev: &str) -> Vec<String> {
-        let out = run(
-            "bridge",
-            &["-n", &self.name, "-j", "fdb", "show", "dev", dev],
-        );
-        let entries: Vec<Value> = serde_json::from_str(&out).unwrap();
-        let mut dsts: Vec<String> = entries
-            .iter()
-            .filter(|e| e["mac"] == "00:00:00:00:00:00")
-            .filter_map(|e| e["dst"].as_str().map(str::to_owned))
-            .collect();
-        dsts.sort();
-        dsts
-    }
-
-    /// Joins this namespace to `other` with a veth pair, `mine` here and `theirs` there, each
-    /// up with its address (CIDR notation) when one is given.
-    pub fn wire(
-        &self,
-        mine: &str,
-        addr: Option<&str>,
-        other: &Ns,
-        theirs: &str,
-        their_addr: Option<&str>,
-    ) {
-        self.ip(&[
-            "link",
-            "add",
-            mine,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            theirs,
-            "netns",
-            &other.name,
-        ]);
-        for (ns, dev, a) in [(self, mine, addr), (other, theirs, their_addr)] {
-            if let Some(a) = a {
-                ns.ip(&["addr", "add", a, "dev", dev]);
-            }
-            ns.ip(&["link", "set", dev, "up"]);
-        }
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// A directory under target/ for one test, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(test: &str) -> Self {
-        let dir = workspace_root()
-            .join("target/tmp")
-            .join(format!("netd-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The VTEPs in the flood list of VXLAN device `dev` in namespace `ns`.
+pub fn flood_list(ns: &Ns, dev: &str) -> Vec<String> {
+    let out = run("bridge", &["-n", &ns.name, "-j", "fdb", "show", "dev", dev]);
+    let entries: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let mut dsts: Vec<String> = entries
+        .iter()
+        .filter(|e| e["mac"] == "00:00:00:00:00:00")
+        .filter_map(|e| e["dst"].as_str().map(str::to_owned))
+        .collect();
+    dsts.sort();
+    dsts
 }
 
 /// `triad-netd` running in a namespace, its socket and state under `dir`; killed on drop.
@@ -437,18 +297,10 @@ impl Drop for VmEndpoint {
     }
 }
 
-/// Enters namespace `ns` on this thread only.
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    // SAFETY: setns on a namespace file this thread opened; it changes only this thread.
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
-
 /// Copies frames between TAP `tap` and veth `wire` (both in namespace `host`) until `stop`.
 fn relay(host: &str, tap: &str, wire: &str, stop: &std::sync::atomic::AtomicBool) {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    enter(host);
+    triad_tests::enter_netns(host);
     let tun = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -586,20 +438,4 @@ pub fn two_hosts(test: &str) -> TwoHosts {
         dir1,
         dir2,
     }
-}
-
-/// Whether ping from namespace `ns` gets an answer from `ip` (`count` tries, a second each);
-/// panics when ping itself cannot run, so that a missing tool never reads as an unreachable
-/// address.
-pub fn ping(ns: &Ns, ip: &str, count: u32) -> bool {
-    let out = ns
-        .exec("ping", &["-c", &count.to_string(), "-W", "1", ip])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("packets transmitted"),
-        "ping did not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.status.success()
 }

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use triad_api::http::{request, Response};
 use triad_api::ErrorBody;
 
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use triad_tests::{skip, TempDir};
+
 pub struct Daemon {
     child: Child,
     pub socket: PathBuf,
@@ -101,37 +104,4 @@ pub fn ok<T: serde::de::DeserializeOwned>(resp: Response) -> T {
         resp.body
     );
     serde_json::from_str(&resp.body).unwrap()
-}
-
-/// A directory of its own for a test, removed when it ends.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(test: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("triad-storaged-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Records that a test could not run here, and why, for `scripts/test` to list.
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    eprintln!("SKIPPED {test}: {why}");
-    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-skips.log");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        let _ = writeln!(f, "{test}: {why}");
-    }
 }

@@ -3,88 +3,16 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const VMM: &str = env!("CARGO_BIN_EXE_triad-vmm");
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// The test guest, built by `scripts/build-testguest` (which `scripts/test` runs first).
-pub fn guest(name: &str) -> PathBuf {
-    let path = workspace_root().join("target/testguest").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-testguest first",
-        path.display()
-    );
-    path
-}
-
-pub fn guest_elf() -> PathBuf {
-    guest("testguest.elf")
-}
-
-/// Records a skipped test where `scripts/test` reports it, and on stderr.
-pub fn skip(test: &str, reason: &str) {
-    eprintln!("SKIPPED {test}: {reason}");
-    let log = workspace_root().join("target/test-skips.log");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        let _ = writeln!(f, "{test}: {reason}");
-    }
-}
-
-/// True when KVM can be used; otherwise records the skip.
-pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            skip(test, &format!("/dev/kvm cannot be opened ({e})"));
-            false
-        }
-    }
-}
-
-/// A directory removed on drop, unique per test and process.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(test: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("triad-vmm-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use triad_tests::{
+    guest, guest_elf, kvm_available, skip, wait_for_serial, workspace_root, TempDir,
+};
 
 /// A VM config as JSON, serial to `serial` (a file path), or stdout when `None`.
 pub fn config_json(
@@ -189,25 +117,6 @@ pub fn counter_values(serial: &str) -> Vec<u64> {
         .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
         .filter_map(|v| v.parse().ok())
         .collect()
-}
-
-/// Waits until the complete lines of `path` hold `count` occurrences of `needle`; returns
-/// those lines.
-pub fn wait_for_serial(path: &Path, needle: &str, count: usize, timeout: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let mut text = std::fs::read_to_string(path).unwrap_or_default();
-        // Complete lines only: the guest writes a byte at a time.
-        text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
-        if text.matches(needle).count() >= count {
-            return text;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "waited {timeout:?} for {count}x {needle:?} in serial output; got:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Waits until the API socket at `path` exists.
