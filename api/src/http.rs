@@ -1,5 +1,5 @@
-//! A small blocking HTTP/1.1 client over a Unix socket, the typed VMM client built on it, and
-//! how a daemon claims its socket.
+//! A small blocking HTTP/1.1 client over a Unix socket (the typed clients in `client` are
+//! built on it), and how a daemon claims its socket.
 //!
 //! Triad's node-local APIs (the VMM's, netd's and storaged's) speak HTTP/JSON on Unix sockets;
 //! one request per connection keeps both ends simple and stateless.
@@ -8,12 +8,6 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use crate::error::ErrorBody;
-use crate::vmm::{VmAction, VmActionRequest, VmConfig, VmInfo, VmMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -33,6 +27,21 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("malformed response: {0}")]
     Malformed(&'static str),
+}
+
+impl ClientError {
+    /// The server's status, when it answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the server said the resource does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,61 +139,6 @@ fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
     let body = String::from_utf8(raw[split + 4..].to_vec())
         .map_err(|_| ClientError::Malformed("body is not UTF-8"))?;
     Ok(Response { status, body })
-}
-
-/// Typed client for one `triad-vmm` control socket.
-#[derive(Debug, Clone)]
-pub struct VmmClient {
-    socket: PathBuf,
-    timeout: Duration,
-}
-
-impl VmmClient {
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self {
-            socket: socket.into(),
-            timeout: Duration::from_secs(10),
-        }
-    }
-
-    pub fn info(&self) -> Result<VmInfo, ClientError> {
-        self.call("GET", "/vm", None::<&()>)
-    }
-
-    pub fn metrics(&self) -> Result<VmMetrics, ClientError> {
-        self.call("GET", "/vm/metrics", None::<&()>)
-    }
-
-    pub fn put_config(&self, config: &VmConfig) -> Result<VmInfo, ClientError> {
-        self.call("PUT", "/vm/config", Some(config))
-    }
-
-    pub fn action(&self, action: VmAction) -> Result<VmInfo, ClientError> {
-        self.call("PUT", "/vm/actions", Some(&VmActionRequest { action }))
-    }
-
-    fn call<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&B>,
-    ) -> Result<T, ClientError> {
-        let body = body
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(ClientError::Encode)?;
-        let resp = request(&self.socket, method, path, body.as_deref(), self.timeout)?;
-        if !(200..300).contains(&resp.status) {
-            let message = serde_json::from_str::<ErrorBody>(&resp.body)
-                .map(|e| e.error)
-                .unwrap_or(resp.body);
-            return Err(ClientError::Status {
-                status: resp.status,
-                message,
-            });
-        }
-        serde_json::from_str(&resp.body).map_err(ClientError::Decode)
-    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //! fields so that a typo in a request is an error naming the field, not a silently ignored
 //! setting.
 
+pub mod client;
 pub mod error;
 pub mod http;
 pub mod net;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod storage;
 pub mod tools;
 pub mod vmm;

@@ -73,29 +73,6 @@ fn run(args: Args) -> anyhow::Result<()> {
                 retrying.retry_unsettled().await;
             }
         });
-        serve(config.socket, host).await
+        Ok(triad_api::server::serve_unix(&config.socket, router(host)).await?)
     })
-}
-
-async fn serve(socket: PathBuf, host: Arc<Host>) -> anyhow::Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let listener = triad_api::http::bind_socket(&socket)?;
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(listener)?;
-    tracing::info!("serving on {}", socket.display());
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    axum::serve(listener, router(host))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    let _ = std::fs::remove_file(&socket);
-    Ok(())
 }

@@ -24,13 +24,12 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use triad_api::net::{
     Eip, EipSpec, NetState, Network, NetworkSpec, Port, PortSpec, SecurityGroup, SecurityGroupSpec,
 };
-use triad_api::ErrorBody;
+use triad_api::server::{body, not_found, ApiError};
 
 use crate::host::Host;
 use crate::Error;
@@ -51,18 +50,8 @@ pub fn router(host: Arc<Host>) -> Router {
         )
         .route("/eips/{id}", get(get_eip).put(put_eip).delete(delete_eip))
         .route("/state", get(state))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".into()) })
+        .fallback(not_found)
         .with_state(host)
-}
-
-/// An error answer: its status and the message of its `{"error": ...}` body.
-#[derive(Debug)]
-pub struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody::new(self.1))).into_response()
-    }
 }
 
 impl From<Error> for ApiError {
@@ -79,13 +68,6 @@ impl From<Error> for ApiError {
         }
         Self(status, e.to_string())
     }
-}
-
-/// A JSON request body (whatever its Content-Type says), or a 400 naming what is wrong with
-/// it.
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {e}")))
 }
 
 async fn put_network(

@@ -93,32 +93,10 @@ fn main() -> anyhow::Result<()> {
         imports: Arc::new(Imports::new(settings, events.clone())),
         events,
     };
-    tokio::runtime::Runtime::new()?.block_on(serve(config.socket, daemon))
-}
-
-async fn serve(socket: PathBuf, daemon: Daemon) -> anyhow::Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let listener = triad_api::http::bind_socket(&socket)?;
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(listener)?;
-    tracing::info!(
-        "serving {} pools on {}",
-        daemon.pools.len(),
-        socket.display()
-    );
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    axum::serve(listener, router(daemon))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    let _ = std::fs::remove_file(&socket);
+    tracing::info!("serving {} pools", daemon.pools.len());
+    tokio::runtime::Runtime::new()?.block_on(triad_api::server::serve_unix(
+        &config.socket,
+        router(daemon),
+    ))?;
     Ok(())
 }

@@ -31,14 +31,13 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use triad_api::server::{body, not_found, ApiError};
 use triad_api::storage::{
     BlocklistRequest, GrowRequest, Heartbeat, Image, ImageRequest, PoolInfo, PoolKind, Snapshot,
     SnapshotRequest, Volume, VolumeClients, VolumeRequest,
 };
-use triad_api::ErrorBody;
 
 use crate::events::Events;
 use crate::images::Imports;
@@ -82,18 +81,8 @@ pub fn router(daemon: Daemon) -> Router {
         .route("/pools/{pool}/blocklist", post(blocklist))
         .route("/pools/{pool}/heartbeats", get(heartbeats))
         .route("/events", get(events))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".into()) })
+        .fallback(not_found)
         .with_state(daemon)
-}
-
-/// An error answer: its status and the message of its `{"error": ...}` body.
-#[derive(Debug)]
-pub struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody::new(self.1))).into_response()
-    }
 }
 
 impl From<StorageError> for ApiError {
@@ -148,13 +137,6 @@ async fn blocking<T: Send + 'static>(
         Ok(result) => result.map_err(ApiError::from),
         Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
-}
-
-/// A JSON request body (whatever its Content-Type says), or a 400 naming what is wrong with
-/// it.
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {e}")))
 }
 
 async fn list_pools(State(daemon): State<Daemon>) -> Result<Json<Vec<PoolInfo>>, ApiError> {

@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use triad_api::http::{ClientError, VmmClient};
+use triad_api::client::VmmClient;
+use triad_api::http::ClientError;
 use triad_api::vmm::{VmAction, VmConfig, VmState};
 
 const TIMEOUT: Duration = Duration::from_secs(30);

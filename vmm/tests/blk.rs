@@ -158,7 +158,7 @@ fn the_counter_survives_a_vmm_restart() {
         ]);
         let out = wait_for_serial(&serial, "TRIAD-COUNTER ", 3, TIMEOUT);
         // Each step is a write and a flush, and the metrics count them.
-        let metrics = triad_api::http::VmmClient::new(&sock).metrics().unwrap();
+        let metrics = triad_api::client::VmmClient::new(&sock).metrics().unwrap();
         let disk = &metrics.drives["c"];
         assert!(
             disk["writes"] >= 3 && disk["flushes"] >= 3 && disk["reads"] >= 1,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use triad_api::http::VmmClient;
+use triad_api::client::VmmClient;
 use triad_api::vmm::{DevicePatch, Qos};
 
 const TIMEOUT: Duration = Duration::from_secs(30);

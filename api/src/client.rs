@@ -1,0 +1,271 @@
+//! Typed clients for the node daemons' Unix sockets: one way to make a request and one error
+//! type, for hostd, the CLI and the tests.
+//!
+//! They block (one request per connection, see `http`); async callers run them on a blocking
+//! thread.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::ErrorBody;
+use crate::http::{request, ClientError};
+use crate::net::{NetState, Network, NetworkSpec, Port, PortSpec};
+use crate::storage::{Image, ImageRequest, PoolInfo, Volume, VolumeClients, VolumeRequest};
+use crate::vmm::{VmAction, VmActionRequest, VmConfig, VmInfo, VmMetrics};
+
+/// JSON calls to the server on one Unix socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client whose calls each give up after 10 s without progress.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call("GET", path, None::<&()>)
+    }
+
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call("PUT", path, Some(body))
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call("POST", path, Some(body))
+    }
+
+    /// A DELETE; what it answered is not read.
+    pub fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>("DELETE", path, None)
+            .map(drop)
+    }
+
+    /// `method path` with `body` as JSON; a 2xx answer's JSON (an empty one reads as null), or
+    /// the server's error message with its status.
+    pub fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let body = body
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(ClientError::Encode)?;
+        let resp = request(&self.socket, method, path, body.as_deref(), self.timeout)?;
+        if !(200..300).contains(&resp.status) {
+            let message = serde_json::from_str::<ErrorBody>(&resp.body)
+                .map(|e| e.error)
+                .unwrap_or(resp.body);
+            return Err(ClientError::Status {
+                status: resp.status,
+                message,
+            });
+        }
+        let text = if resp.body.is_empty() {
+            "null"
+        } else {
+            &resp.body
+        };
+        serde_json::from_str(text).map_err(ClientError::Decode)
+    }
+}
+
+/// `s` as one path segment: bytes outside the unreserved set percent-encoded.
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One `triad-vmm` control socket.
+#[derive(Debug, Clone)]
+pub struct VmmClient(Client);
+
+impl VmmClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self(Client::new(socket))
+    }
+
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self(self.0.with_timeout(timeout))
+    }
+
+    pub fn info(&self) -> Result<VmInfo, ClientError> {
+        self.0.get("/vm")
+    }
+
+    pub fn metrics(&self) -> Result<VmMetrics, ClientError> {
+        self.0.get("/vm/metrics")
+    }
+
+    pub fn put_config(&self, config: &VmConfig) -> Result<VmInfo, ClientError> {
+        self.0.put("/vm/config", config)
+    }
+
+    pub fn action(&self, action: VmAction) -> Result<VmInfo, ClientError> {
+        self.0.put("/vm/actions", &VmActionRequest { action })
+    }
+}
+
+/// `triad-storaged`'s socket.
+#[derive(Debug, Clone)]
+pub struct StoragedClient(Client);
+
+impl StoragedClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self(Client::new(socket))
+    }
+
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self(self.0.with_timeout(timeout))
+    }
+
+    pub fn pools(&self) -> Result<Vec<PoolInfo>, ClientError> {
+        self.0.get("/pools")
+    }
+
+    pub fn volumes(&self, pool: &str) -> Result<Vec<Volume>, ClientError> {
+        self.0.get(&format!("/pools/{}/volumes", segment(pool)))
+    }
+
+    /// The volume, or `None` when the pool has no such volume.
+    pub fn volume(&self, pool: &str, id: &str) -> Result<Option<Volume>, ClientError> {
+        let path = format!("/pools/{}/volumes/{}", segment(pool), segment(id));
+        not_found_is_none(self.0.get(&path))
+    }
+
+    /// Creates a volume, or returns it when the same request made it before.
+    pub fn create_volume(&self, pool: &str, req: &VolumeRequest) -> Result<Volume, ClientError> {
+        self.0
+            .post(&format!("/pools/{}/volumes", segment(pool)), req)
+    }
+
+    /// Deletes a volume; one already gone is no error.
+    pub fn delete_volume(&self, pool: &str, id: &str) -> Result<(), ClientError> {
+        self.0
+            .delete(&format!("/pools/{}/volumes/{}", segment(pool), segment(id)))
+    }
+
+    pub fn volume_clients(&self, pool: &str, id: &str) -> Result<VolumeClients, ClientError> {
+        self.0.get(&format!(
+            "/pools/{}/volumes/{}/clients",
+            segment(pool),
+            segment(id)
+        ))
+    }
+
+    pub fn images(&self, pool: &str) -> Result<Vec<Image>, ClientError> {
+        self.0.get(&format!("/pools/{}/images", segment(pool)))
+    }
+
+    /// The image (or its import's progress), or `None` when the pool has no such image.
+    pub fn image(&self, pool: &str, id: &str) -> Result<Option<Image>, ClientError> {
+        let path = format!("/pools/{}/images/{}", segment(pool), segment(id));
+        not_found_is_none(self.0.get(&path))
+    }
+
+    /// Starts an import (or returns the one under way or done for the same request).
+    pub fn import_image(&self, pool: &str, req: &ImageRequest) -> Result<Image, ClientError> {
+        self.0
+            .post(&format!("/pools/{}/images", segment(pool)), req)
+    }
+}
+
+/// `triad-netd`'s socket.
+#[derive(Debug, Clone)]
+pub struct NetdClient(Client);
+
+impl NetdClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self(Client::new(socket))
+    }
+
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self(self.0.with_timeout(timeout))
+    }
+
+    /// The network, or `None` when this host has no such network.
+    pub fn network(&self, id: &str) -> Result<Option<Network>, ClientError> {
+        not_found_is_none(self.0.get(&format!("/networks/{}", segment(id))))
+    }
+
+    pub fn put_network(&self, id: &str, spec: &NetworkSpec) -> Result<Network, ClientError> {
+        self.0.put(&format!("/networks/{}", segment(id)), spec)
+    }
+
+    pub fn delete_network(&self, id: &str) -> Result<(), ClientError> {
+        self.0.delete(&format!("/networks/{}", segment(id)))
+    }
+
+    /// The port, or `None` when this host has no such port.
+    pub fn port(&self, id: &str) -> Result<Option<Port>, ClientError> {
+        not_found_is_none(self.0.get(&format!("/ports/{}", segment(id))))
+    }
+
+    /// Makes the port (and its TAP) as `spec` says; the same spec again changes nothing.
+    pub fn put_port(&self, id: &str, spec: &PortSpec) -> Result<Port, ClientError> {
+        self.0.put(&format!("/ports/{}", segment(id)), spec)
+    }
+
+    /// Removes the port and its TAP; one already gone is no error.
+    pub fn delete_port(&self, id: &str) -> Result<(), ClientError> {
+        self.0.delete(&format!("/ports/{}", segment(id)))
+    }
+
+    pub fn state(&self) -> Result<NetState, ClientError> {
+        self.0.get("/state")
+    }
+}
+
+fn not_found_is_none<T>(result: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_keep_plain_ids_and_encode_the_rest() {
+        assert_eq!(segment("vm-1_a.b~"), "vm-1_a.b~");
+        assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
+    }
+}
