@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::ErrorBody;
+use crate::hostd::{HostEvent, NodeInfo, StateRequest, Vm, VmSpec};
 use crate::http::{request, ClientError};
 use crate::net::{NetState, Network, NetworkSpec, Port, PortSpec};
 use crate::storage::{Image, ImageRequest, PoolInfo, Volume, VolumeClients, VolumeRequest};
@@ -248,6 +249,50 @@ impl NetdClient {
 
     pub fn state(&self) -> Result<NetState, ClientError> {
         self.0.get("/state")
+    }
+}
+
+/// `triad-hostd`'s Unix socket.
+#[derive(Debug, Clone)]
+pub struct HostdClient(Client);
+
+impl HostdClient {
+    /// A client whose calls may take a minute: an ensure clones volumes and boots a VM.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self(Client::new(socket).with_timeout(Duration::from_secs(60)))
+    }
+
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self(self.0.with_timeout(timeout))
+    }
+
+    pub fn node(&self) -> Result<NodeInfo, ClientError> {
+        self.0.get("/node")
+    }
+
+    pub fn ensure(&self, uuid: &str, spec: &VmSpec) -> Result<Vm, ClientError> {
+        self.0.put(&format!("/vms/{}", segment(uuid)), spec)
+    }
+
+    pub fn remove(&self, uuid: &str) -> Result<(), ClientError> {
+        self.0.delete(&format!("/vms/{}", segment(uuid)))
+    }
+
+    pub fn set_state(&self, uuid: &str, req: &StateRequest) -> Result<Vm, ClientError> {
+        self.0.put(&format!("/vms/{}/state", segment(uuid)), req)
+    }
+
+    pub fn vms(&self) -> Result<Vec<Vm>, ClientError> {
+        self.0.get("/vms")
+    }
+
+    /// The VM with its VMM's counters, or `None` when this node has no such VM.
+    pub fn vm(&self, uuid: &str) -> Result<Option<Vm>, ClientError> {
+        not_found_is_none(self.0.get(&format!("/vms/{}", segment(uuid))))
+    }
+
+    pub fn events(&self, after: u64) -> Result<Vec<HostEvent>, ClientError> {
+        self.0.get(&format!("/events?after={after}"))
     }
 }
 

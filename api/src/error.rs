@@ -2,17 +2,26 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `{"error": "..."}`: one line naming the problem.
+/// `{"error": "..."}`: one line naming the problem; for a request hostd refuses, also the
+/// field at fault, and for an ensure that failed, the step that did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     pub error: String,
+    /// The request's field at fault, as a path: `nics[0].network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The step of a VM ensure that failed (and was rolled back): `volumes`, `ports`, `vmm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 impl ErrorBody {
     pub fn new(error: impl Into<String>) -> Self {
         Self {
             error: error.into(),
+            field: None,
+            step: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod error;
+pub mod hostd;
 pub mod http;
 pub mod net;
 #[cfg(feature = "server")]

@@ -1,0 +1,143 @@
+//! The event log: every change to a VM, and every refused or failed ensure, numbered across
+//! restarts (`events.jsonl`, one event a line; the newest are also kept in memory).
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use triad_api::hostd::{HostEvent, HostEventKind};
+
+/// How many events `GET /events` can go back; the file is cut back to this many when it
+/// holds four times as many.
+const KEEP: usize = 1000;
+
+#[derive(Debug)]
+pub struct Events {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    recent: VecDeque<HostEvent>,
+    next_seq: u64,
+    lines_in_file: usize,
+}
+
+impl Events {
+    /// The log in `dir`, continuing the numbering of what it holds.
+    pub fn open(dir: &Path) -> Self {
+        let path = dir.join("events.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let all: Vec<HostEvent> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let next_seq = all.last().map_or(1, |e| e.seq + 1);
+        let lines_in_file = all.len();
+        let recent = all.into_iter().rev().take(KEEP).rev().collect();
+        Self {
+            path,
+            inner: Mutex::new(Inner {
+                recent,
+                next_seq,
+                lines_in_file,
+            }),
+        }
+    }
+
+    pub fn emit(&self, vm: Option<&str>, kind: HostEventKind, message: impl Into<String>) {
+        let message = message.into();
+        match kind {
+            HostEventKind::EnsureFailed | HostEventKind::VmExited => {
+                tracing::warn!(vm, ?kind, "{message}")
+            }
+            _ => tracing::info!(vm, ?kind, "{message}"),
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let event = HostEvent {
+            seq: inner.next_seq,
+            unix_ms: unix_ms(),
+            vm: vm.map(str::to_owned),
+            kind,
+            message,
+        };
+        inner.next_seq += 1;
+        if let Err(e) = self.append(&event) {
+            tracing::warn!("writing {}: {e}", self.path.display());
+        }
+        inner.lines_in_file += 1;
+        inner.recent.push_back(event);
+        if inner.recent.len() > KEEP {
+            inner.recent.pop_front();
+        }
+        if inner.lines_in_file > 4 * KEEP {
+            match self.rewrite(&inner.recent) {
+                Ok(()) => inner.lines_in_file = inner.recent.len(),
+                Err(e) => tracing::warn!("cutting back {}: {e}", self.path.display()),
+            }
+        }
+    }
+
+    /// The events after `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> Vec<HostEvent> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .recent
+            .iter()
+            .filter(|e| e.seq > seq)
+            .cloned()
+            .collect()
+    }
+
+    fn append(&self, event: &HostEvent) -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        let mut line = serde_json::to_vec(event)?;
+        line.push(b'\n');
+        f.write_all(&line)
+    }
+
+    fn rewrite(&self, events: &VecDeque<HostEvent>) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        for e in events {
+            let mut line = serde_json::to_vec(e)?;
+            line.push(b'\n');
+            f.write_all(&line)?;
+        }
+        f.sync_all()?;
+        std::fs::rename(tmp, &self.path)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbering_goes_on_after_a_restart_and_after_filters() {
+        let dir = std::env::temp_dir().join(format!("hostd-events-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = Events::open(&dir);
+        log.emit(Some("a"), HostEventKind::VmStarted, "one");
+        log.emit(None, HostEventKind::HostdStarted, "two");
+        drop(log);
+        let log = Events::open(&dir);
+        log.emit(Some("a"), HostEventKind::VmStopped, "three");
+        let seqs: Vec<u64> = log.after(0).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(log.after(2)[0].message, "three");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

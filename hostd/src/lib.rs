@@ -1,0 +1,15 @@
+//! `triad-hostd`: the node agent. The controller's only contact on a node: it makes, runs,
+//! supervises and removes the node's VMs over the VMM, storaged and netd, with idempotent
+//! ensures keyed by UUID and a small state file it reconciles to on start.
+
+pub mod agent;
+pub mod diag;
+pub mod error;
+pub mod events;
+pub mod process;
+pub mod server;
+pub mod state;
+pub mod validate;
+
+pub use agent::Agent;
+pub use error::Error;
