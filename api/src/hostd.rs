@@ -229,7 +229,8 @@ pub struct Vm {
     pub pid: Option<u32>,
     pub vmm_socket: PathBuf,
     pub serial_log: PathBuf,
-    /// Times supervision started the VMM again after it exited on its own.
+    /// Times supervision started (or tried to start) the VMM again: after it exited on its
+    /// own, or when a starting hostd found it gone.
     pub restarts: u32,
     /// How the VMM last ended, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]

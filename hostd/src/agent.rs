@@ -867,6 +867,13 @@ impl Agent {
         let config_path = dir.join("vm.json");
         let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::System(e.to_string()))?;
         std::fs::write(&config_path, json).map_err(|e| fail("writing vm.json", e))?;
+        // The VMM empties its serial log: the last run's output (why it died, say) moves to
+        // `serial.log.old` first.
+        let serial = dir.join("serial.log");
+        if std::fs::metadata(&serial).is_ok_and(|m| m.len() > 0) {
+            std::fs::rename(&serial, dir.join("serial.log.old"))
+                .map_err(|e| fail("keeping the last serial log", e))?;
+        }
         let socket = dir.join("vmm.sock");
         let _ = std::fs::remove_file(&socket);
         let log = dir.join("vmm.log");
@@ -1063,10 +1070,12 @@ impl Agent {
             if rec.desired != Power::Running || agent.lock_live().contains_key(&uuid) {
                 return;
             }
+            // Counted before the VMM shows as running, so that whoever sees it running sees
+            // the count too.
+            let restarts = rec.restarts + 1;
+            let _ = agent.update(&uuid, |r| r.restarts = restarts);
             match agent.start_vmm(&uuid, &rec) {
                 Ok(()) => {
-                    let restarts = rec.restarts + 1;
-                    let _ = agent.update(&uuid, |r| r.restarts = restarts);
                     agent.events.emit(
                         Some(&uuid),
                         HostEventKind::VmRestarted,

@@ -41,7 +41,12 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
+        // Syntax errors have no path ("?"), nor does the body as a whole (".").
+        let field = if path == "." || path == "?" {
+            "body".to_owned()
+        } else {
+            path
+        };
         Error::invalid(field, e.into_inner().to_string())
     })?;
     de.end()

@@ -6,6 +6,7 @@
 //! removed on drop (also when the test fails), and one left by a crashed earlier run is
 //! removed before it is made again.
 
+pub mod cluster;
 mod netns;
 
 use std::io::Write;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use cluster::{Cluster, Daemon, Node};
 pub use netns::{enter_netns, ping, Ns};
 
 /// The workspace's root directory.

@@ -1,0 +1,367 @@
+//! The cluster harness: nodes as network namespaces joined by management, storage and data
+//! bridges (in a switch namespace), each running `triad-netd`, `triad-storaged` and
+//! `triad-hostd` as real processes, with shared storage on an `smp` directory; and the faults
+//! a real cluster meets (a node's processes killed, a link cut, a node frozen).
+//!
+//! Names carry the test's name and pid, so runs never clash; everything (processes, VMMs,
+//! namespaces, files) goes on drop, also when the test panics, and a crashed earlier run's
+//! namespaces of the same name are replaced.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{binary, Ns, TempDir};
+
+/// The three networks between nodes, each a bridge in the switch namespace and a veth in
+/// every node: (device in the node, bridge, subnet prefix).
+pub const LINKS: [(&str, &str, &str); 3] = [
+    ("mgmt0", "br-mgmt", "10.250.0"),
+    ("stor0", "br-stor", "10.251.0"),
+    ("data0", "br-data", "10.252.0"),
+];
+
+/// A daemon of a node: `BINARY --config FILE` in the node's namespace, its output in a log
+/// beside the config, killed on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    pub name: &'static str,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    config: PathBuf,
+    ns: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts `name` (a workspace binary) with `config` and waits until it serves `socket`.
+    pub fn start(name: &'static str, ns: &str, dir: &Path, config: Value) -> Self {
+        let socket = PathBuf::from(config["socket"].as_str().expect("a socket in the config"));
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, config.to_string()).unwrap();
+        let mut daemon = Self {
+            name,
+            socket,
+            log: dir.join(format!("{name}.log")),
+            config: path,
+            ns: ns.to_owned(),
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        // `ip netns exec` execs the daemon, so the child is the daemon itself.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(binary(self.name))
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "{} exited before it served: {status}\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{} did not come up\n{}",
+                self.name,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What it printed.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no clean-up on its side.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it outright and starts it again on the same config and state.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGSTOP: it holds its sockets and answers nothing, like a hung process.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) on our own child; no memory effects.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.thaw();
+        self.kill9();
+    }
+}
+
+/// One node: its namespace, directory and daemons.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub index: usize,
+    pub dir: PathBuf,
+    pub netd: Daemon,
+    pub storaged: Daemon,
+    pub hostd: Daemon,
+    // Dropped after the daemons: the namespace goes last.
+    pub ns: Ns,
+}
+
+impl Node {
+    /// The node's address on link `link` (an entry of `LINKS`): `10.25x.0.(index + 1)`.
+    pub fn addr(&self, link: usize) -> String {
+        node_addr(link, self.index)
+    }
+
+    /// Kills every process of the node: its daemons and its VMMs.
+    pub fn kill_all(&mut self) {
+        self.hostd.kill9();
+        kill_processes_under(&self.dir);
+        self.netd.kill9();
+        self.storaged.kill9();
+    }
+
+    /// Cuts the node off link `link` (an index in `LINKS`), or brings it back.
+    pub fn set_link(&self, link: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        self.ns.ip(&["link", "set", LINKS[link].0, state]);
+    }
+
+    /// Cuts the node off every link, or brings them all back.
+    pub fn set_all_links(&self, up: bool) {
+        for link in 0..LINKS.len() {
+            self.set_link(link, up);
+        }
+    }
+
+    /// SIGSTOP (or SIGCONT) every process of the node: a node that hangs.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        for pid in processes_under(&self.dir).into_iter().chain(
+            [&self.hostd, &self.netd, &self.storaged]
+                .iter()
+                .filter_map(|d| d.pid()),
+        ) {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill(2) on a process of this test; no memory effects.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.freeze(false);
+        self.hostd.kill9();
+        kill_processes_under(&self.dir);
+    }
+}
+
+/// `n` nodes and the switch between them, with an `smp` pool every node shares.
+#[derive(Debug)]
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    /// The shared pool's directory.
+    pub shared: PathBuf,
+    switch: Ns,
+    // Last: the files of every node.
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// Nodes `NAME-1` .. `NAME-n`, each with a `local` pool of its own and the `shared` pool.
+    pub fn new(name: &str, n: usize) -> Self {
+        let dir = TempDir::new(name);
+        let switch = Ns::new(&format!("{name}-sw"));
+        for (_, bridge, _) in LINKS {
+            switch.ip(&["link", "add", bridge, "type", "bridge"]);
+            switch.ip(&["link", "set", bridge, "up"]);
+        }
+        let shared = dir.join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        let mut nodes = Vec::new();
+        for index in 0..n {
+            let node_name = format!("{name}-{}", index + 1);
+            let ns = Ns::new(&node_name);
+            for (link, (dev, bridge, _)) in LINKS.iter().enumerate() {
+                let port = format!("n{}-{}", index + 1, &dev[..4]);
+                let addr = format!("{}/24", node_addr(link, index));
+                ns.wire(dev, Some(&addr), &switch, &port, None);
+                switch.ip(&["link", "set", &port, "master", bridge]);
+            }
+            let node_dir = dir.join(&node_name);
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let netd = Daemon::start(
+                "triad-netd",
+                &ns.name,
+                &node_dir,
+                json!({
+                    "socket": node_dir.join("netd.sock"),
+                    "state_dir": node_dir.join("netd"),
+                    "node": node_name,
+                }),
+            );
+            let storaged = Daemon::start(
+                "triad-storaged",
+                &ns.name,
+                &node_dir,
+                json!({
+                    "socket": node_dir.join("storaged.sock"),
+                    "node": node_name,
+                    "staging_dir": node_dir.join("staging"),
+                    "pools": [
+                        {"name": "local", "kind": "local", "path": node_dir.join("local")},
+                        {"name": "shared", "kind": "smp", "path": shared},
+                    ],
+                }),
+            );
+            let hostd = Daemon::start(
+                "triad-hostd",
+                &ns.name,
+                &node_dir,
+                json!({
+                    "socket": node_dir.join("hostd.sock"),
+                    "state_dir": node_dir.join("hostd"),
+                    "node": node_name,
+                    "netd_socket": node_dir.join("netd.sock"),
+                    "storaged_socket": node_dir.join("storaged.sock"),
+                    "vmm_binary": binary("triad-vmm"),
+                    "reserved_memory_mib": 0,
+                    "restart_backoff_ms": 200,
+                    "restart_backoff_max_ms": 2000,
+                }),
+            );
+            nodes.push(Node {
+                name: node_name,
+                index,
+                dir: node_dir,
+                netd,
+                storaged,
+                hostd,
+                ns,
+            });
+        }
+        Self {
+            nodes,
+            shared,
+            switch,
+            dir,
+        }
+    }
+
+    /// A VXLAN network on every node, flooding to every other node over the data link.
+    pub fn vxlan_spec(&self, name: &str, vni: u32, cidr: &str, gateway: &str) -> Vec<Value> {
+        self.nodes
+            .iter()
+            .map(|me| {
+                let peers: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.index != me.index)
+                    .map(|n| n.addr(2))
+                    .collect();
+                json!({
+                    "name": name,
+                    "l2": {"kind": "vxlan", "vni": vni, "underlay": LINKS[2].0, "peers": peers},
+                    "l3": {"cidr": cidr, "gateway": gateway},
+                })
+            })
+            .collect()
+    }
+
+    /// The cluster's directory: every node's, and the shared pool's.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The switch namespace, where every node's links meet.
+    pub fn switch(&self) -> &Ns {
+        &self.switch
+    }
+}
+
+fn node_addr(link: usize, index: usize) -> String {
+    format!("{}.{}", LINKS[link].2, index + 1)
+}
+
+/// Processes whose command line names a path under `dir`: a node's VMMs.
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// SIGKILLs every process under `dir` and waits until they are gone.
+pub fn kill_processes_under(dir: &Path) {
+    let start = Instant::now();
+    loop {
+        let pids = processes_under(dir);
+        if pids.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            return;
+        }
+        for pid in pids {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill(2) on a process of this test; no memory effects.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
