@@ -8,14 +8,14 @@ use std::process::{Child, Command, Stdio};
 
 use crate::state::VmmRecord;
 
-/// Starts `binary --config CONFIG --api-sock SOCKET` in a process group of its own (so that
+/// Starts `triad_vmm --config CONFIG --api-sock SOCKET` in a process group of its own (so that
 /// a signal to hostd's group leaves VMs alone), its output appended to `log`.
-pub fn spawn(binary: &Path, config: &Path, socket: &Path, log: &Path) -> std::io::Result<Child> {
+pub fn spawn(triad_vmm: &Path, config: &Path, socket: &Path, log: &Path) -> std::io::Result<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    Command::new(binary)
+    Command::new(triad_vmm)
         .arg("--config")
         .arg(config)
         .arg("--api-sock")

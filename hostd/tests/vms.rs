@@ -545,3 +545,111 @@ fn failed_steps_roll_back_and_bad_input_is_refused() {
     hostd(n).remove(VM_A).unwrap();
     assert!(netd(n).state().unwrap().ports.is_empty());
 }
+
+/// kill -9 hostd in the middle of ensures, again and again: each VM ends either whole and
+/// running once, or undone with nothing left; none runs twice.
+#[test]
+fn hostd_killed_during_ensures_leaves_whole_vms_or_nothing() {
+    if !kvm_available("hostd_killed_during_ensures_leaves_whole_vms_or_nothing") {
+        return;
+    }
+    let mut cluster = Cluster::new("hd-kill", 1);
+    lan(&cluster);
+    image(&cluster, "img");
+    for (round, delay_ms) in [5u64, 40, 120, 300].into_iter().enumerate() {
+        let uuid = format!("6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3b{round:02}");
+        let vm = spec(
+            &format!("k{round}"),
+            "",
+            Some(&format!("vol-k{round}")),
+            Some((
+                &format!("52:54:00:60:01:{round:02x}"),
+                &format!("10.60.0.{}", 100 + round),
+            )),
+        );
+        let socket = cluster.nodes[0].hostd.socket.clone();
+        let ensure = {
+            let uuid = uuid.clone();
+            std::thread::spawn(move || HostdClient::new(socket).ensure(&uuid, &vm).is_ok())
+        };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        cluster.nodes[0].hostd.restart();
+        let answered = ensure.join().unwrap();
+        let n = &cluster.nodes[0];
+        let vmms = triad_tests::cluster::processes_under(&n.dir.join("hostd/vms").join(&uuid))
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--api-sock"))
+            })
+            .count();
+        match hostd(n).vm(&uuid).unwrap() {
+            Some(vm) => {
+                assert_eq!(vm.phase, VmPhase::Running, "round {round}: {vm:?}");
+                assert_eq!(vmms, 1, "round {round}: one VMM");
+                assert!(storaged(n)
+                    .volume("shared", &format!("vol-k{round}"))
+                    .unwrap()
+                    .is_some());
+                hostd(n).remove(&uuid).unwrap();
+            }
+            None => {
+                assert!(
+                    !answered,
+                    "round {round}: an ensure that answered OK was lost"
+                );
+                assert_eq!(vmms, 0, "round {round}: no VMM of an undone VM");
+                assert!(storaged(n)
+                    .volume("shared", &format!("vol-k{round}"))
+                    .unwrap()
+                    .is_none());
+                assert!(netd(n).port(&format!("{uuid}-eth0")).unwrap().is_none());
+            }
+        }
+    }
+}
+
+/// The harness's faults are real: a cut link drops traffic, a frozen daemon answers nothing,
+/// a killed node's sockets are dead.
+#[test]
+fn the_harness_cuts_freezes_and_kills_for_real() {
+    let mut cluster = Cluster::new("hd-faults", 3);
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    for link in 0..triad_tests::cluster::LINKS.len() {
+        assert!(
+            triad_tests::ping(&n1.ns, &n2.addr(link), 2),
+            "link {link} up"
+        );
+    }
+    n2.set_link(0, false);
+    assert!(
+        !triad_tests::ping(&n1.ns, &n2.addr(0), 1),
+        "a cut link drops traffic"
+    );
+    assert!(
+        triad_tests::ping(&n1.ns, &n2.addr(1), 1),
+        "the other links stay"
+    );
+    n2.set_all_links(false);
+    assert!(!triad_tests::ping(&n1.ns, &n2.addr(2), 1));
+    n2.set_all_links(true);
+    assert!(triad_tests::ping(&n1.ns, &n2.addr(0), 3), "links come back");
+
+    n2.freeze(true);
+    let frozen = HostdClient::new(&n2.hostd.socket)
+        .with_timeout(Duration::from_millis(500))
+        .node();
+    assert!(frozen.is_err(), "a frozen hostd answers nothing");
+    n2.freeze(false);
+    assert_eq!(hostd(n2).node().unwrap().name, n2.name);
+
+    cluster.nodes[2].kill_all();
+    let n3 = &cluster.nodes[2];
+    for socket in [&n3.hostd.socket, &n3.netd.socket, &n3.storaged.socket] {
+        assert!(std::os::unix::net::UnixStream::connect(socket).is_err());
+    }
+    assert_eq!(
+        hostd(&cluster.nodes[0]).node().unwrap().name,
+        cluster.nodes[0].name
+    );
+}
