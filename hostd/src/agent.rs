@@ -14,7 +14,7 @@ use triad_api::hostd::{
     PowerAction, StateRequest, Vm, VmPhase, VmSpec,
 };
 use triad_api::net::{Metadata, PortSpec};
-use triad_api::storage::{ImageState, VolumeRequest, VolumeSource};
+use triad_api::storage::{ImageState, Volume, VolumeRequest, VolumeSource};
 use triad_api::vmm::{
     MachineConfig, NetConfig, SerialConfig, SerialMode, VmAction, VmConfig, VmState,
 };
@@ -54,8 +54,19 @@ pub struct Agent {
     /// Each VM's exits in a row, for the back-off.
     exits_in_a_row: Mutex<BTreeMap<String, u32>>,
     events: Events,
+    known: Mutex<Known>,
     myself: Weak<Agent>,
     _lock: DirLock,
+}
+
+/// Pools and whole images storaged has shown. They change only when an operator
+/// reconfigures storaged or deletes an image, while asking takes storaged Ceph round trips
+/// (tens of milliseconds on the path to a VM's boot), so an ensure asks only about ones not
+/// seen before. A volume that then cannot be made forgets them all.
+#[derive(Debug, Default)]
+struct Known {
+    pools: BTreeSet<String>,
+    images: BTreeSet<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +116,7 @@ impl Agent {
             live: Mutex::default(),
             next_instance: AtomicU64::new(1),
             exits_in_a_row: Mutex::default(),
+            known: Mutex::default(),
             myself: myself.clone(),
             _lock: lock,
             config,
@@ -131,6 +143,10 @@ impl Agent {
 
     fn lock_live(&self) -> MutexGuard<'_, BTreeMap<String, Live>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn known(&self) -> MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn op_lock(&self, uuid: &str) -> Arc<Mutex<()>> {
@@ -455,7 +471,8 @@ impl Agent {
                 ));
             }
         }
-        self.check_daemons(&spec)
+        let existing = self
+            .check_daemons(&spec)
             .map_err(|e| self.refuse(uuid, e))?;
         {
             let mut state = self.lock_state();
@@ -478,7 +495,7 @@ impl Agent {
             );
             self.file.save(&state)?;
         }
-        match self.make(uuid, &spec) {
+        match self.make(uuid, &spec, existing) {
             Ok(()) => {
                 self.update(uuid, |r| r.making = false)?;
                 self.events.emit(
@@ -524,59 +541,75 @@ impl Agent {
     }
 
     /// The pools, images, volumes and networks the spec names exist: a missing one is the
-    /// request's fault (422), found before anything is made.
-    fn check_daemons(&self, spec: &VmSpec) -> Result<(), Error> {
-        if !spec.disks.is_empty() {
+    /// request's fault (422), found before anything is made. Answers the volumes each disk
+    /// has already.
+    fn check_daemons(&self, spec: &VmSpec) -> Result<Vec<Option<Volume>>, Error> {
+        let unseen_pool = spec
+            .disks
+            .iter()
+            .any(|d| !self.known().pools.contains(&d.pool));
+        if unseen_pool {
             let pools = self
                 .storaged
                 .pools()
                 .map_err(|e| Error::step("volumes", "listing storaged's pools", &e))?;
-            for (i, disk) in spec.disks.iter().enumerate() {
-                let field = |name: &str| format!("disks[{i}].{name}");
-                if !pools.iter().any(|p| p.name == disk.pool) {
+            self.known().pools = pools.into_iter().map(|p| p.name).collect();
+        }
+        let mut volumes = Vec::new();
+        for (i, disk) in spec.disks.iter().enumerate() {
+            let field = |name: &str| format!("disks[{i}].{name}");
+            if !self.known().pools.contains(&disk.pool) {
+                return Err(Error::unprocessable(
+                    field("pool"),
+                    format!("this node has no pool {:?}", disk.pool),
+                ));
+            }
+            let existing = self
+                .storaged
+                .volume(&disk.pool, &disk.volume)
+                .map_err(|e| Error::step("volumes", "reading a volume", &e))?;
+            match &disk.source {
+                None if existing.is_none() => {
                     return Err(Error::unprocessable(
-                        field("pool"),
-                        format!("this node has no pool {:?}", disk.pool),
-                    ));
+                        field("volume"),
+                        format!(
+                            "pool {} has no volume {:?} (give a source to make it)",
+                            disk.pool, disk.volume
+                        ),
+                    ))
                 }
-                let existing = self
-                    .storaged
-                    .volume(&disk.pool, &disk.volume)
-                    .map_err(|e| Error::step("volumes", "reading a volume", &e))?;
-                match &disk.source {
-                    None if existing.is_none() => {
-                        return Err(Error::unprocessable(
-                            field("volume"),
-                            format!(
-                                "pool {} has no volume {:?} (give a source to make it)",
-                                disk.pool, disk.volume
-                            ),
-                        ))
-                    }
-                    Some(VolumeSource::Image { id }) if existing.is_none() => {
-                        let image = self
-                            .storaged
-                            .image(&disk.pool, id)
-                            .map_err(|e| Error::step("volumes", "reading an image", &e))?;
-                        match image {
-                            Some(image) if image.state == ImageState::Ready => {}
-                            Some(image) => {
-                                return Err(Error::unprocessable(
-                                    field("source"),
-                                    format!("image {id:?} is {:?}, not ready", image.state),
-                                ))
-                            }
-                            None => {
-                                return Err(Error::unprocessable(
-                                    field("source"),
-                                    format!("pool {} has no image {id:?}", disk.pool),
-                                ))
-                            }
+                Some(VolumeSource::Image { id })
+                    if existing.is_none()
+                        && !self
+                            .known()
+                            .images
+                            .contains(&(disk.pool.clone(), id.clone())) =>
+                {
+                    let image = self
+                        .storaged
+                        .image(&disk.pool, id)
+                        .map_err(|e| Error::step("volumes", "reading an image", &e))?;
+                    match image {
+                        Some(image) if image.state == ImageState::Ready => {
+                            self.known().images.insert((disk.pool.clone(), id.clone()));
+                        }
+                        Some(image) => {
+                            return Err(Error::unprocessable(
+                                field("source"),
+                                format!("image {id:?} is {:?}, not ready", image.state),
+                            ))
+                        }
+                        None => {
+                            return Err(Error::unprocessable(
+                                field("source"),
+                                format!("pool {} has no image {id:?}", disk.pool),
+                            ))
                         }
                     }
-                    _ => {}
                 }
+                _ => {}
             }
+            volumes.push(existing);
         }
         for (i, nic) in spec.nics.iter().enumerate() {
             let network = self
@@ -590,7 +623,7 @@ impl Agent {
                 ));
             }
         }
-        Ok(())
+        Ok(volumes)
     }
 
     /// The VM fits what is left of the node, and its MACs are not another VM's.
@@ -644,14 +677,10 @@ impl Agent {
         Ok(())
     }
 
-    /// The steps: volumes, ports, then (to run) the VMM. Each thing is recorded before it
-    /// is made, so that whoever undoes the ensure knows it.
-    fn make(&self, uuid: &str, spec: &VmSpec) -> Result<(), Error> {
-        for disk in &spec.disks {
-            let existing = self
-                .storaged
-                .volume(&disk.pool, &disk.volume)
-                .map_err(|e| Error::step("volumes", "reading a volume", &e))?;
+    /// The steps: volumes (those not in `existing`), ports, then (to run) the VMM. Each thing
+    /// is recorded before it is made, so that whoever undoes the ensure knows it.
+    fn make(&self, uuid: &str, spec: &VmSpec, existing: Vec<Option<Volume>>) -> Result<(), Error> {
+        for (disk, existing) in spec.disks.iter().zip(existing) {
             let made_here = existing.is_none();
             let volume = match (existing, &disk.source) {
                 (Some(v), _) => v,
@@ -666,6 +695,7 @@ impl Agent {
                         qos: disk.qos,
                     };
                     self.storaged.create_volume(&disk.pool, &req).map_err(|e| {
+                        *self.known() = Known::default();
                         Error::step("volumes", &format!("making disk {}", disk.id), &e)
                     })?
                 }

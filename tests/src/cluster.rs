@@ -108,6 +108,17 @@ impl Daemon {
         }
     }
 
+    /// Its config, as written to its file.
+    pub fn config(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap()
+    }
+
+    /// Kills it and starts it on `config`, as an operator who edits the file and restarts it.
+    pub fn reconfigure(&mut self, config: Value) {
+        std::fs::write(&self.config, config.to_string()).unwrap();
+        self.restart();
+    }
+
     /// Kills it outright and starts it again on the same config and state.
     pub fn restart(&mut self) {
         self.kill9();
