@@ -115,7 +115,12 @@ fn main() -> Result<()> {
         "{:<34} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
         "ensure to", "hostd p50", "hostd p99", "direct p50", "direct p99", "p50", "p99"
     );
-    row("VMM started (serial log made) ms", &via_hostd, &direct, |b| b.vmm);
+    row(
+        "VMM started (serial log made) ms",
+        &via_hostd,
+        &direct,
+        |b| b.vmm,
+    );
     row("TRIAD-GUEST-READY ms", &via_hostd, &direct, |b| b.ready);
     row("TRIAD-NET-READY (DHCP'd) ms", &via_hostd, &direct, |b| {
         b.net
