@@ -7,6 +7,7 @@
 //! removed before it is made again.
 
 pub mod cluster;
+mod etcd;
 mod netns;
 
 use std::io::Write;
@@ -15,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub use cluster::{Cluster, Daemon, Node};
+pub use etcd::{free_port, Etcd};
 pub use netns::{enter_netns, ping, Ns};
 
 /// The workspace's root directory.
