@@ -1,10 +1,12 @@
-//! Typed clients for the node daemons' Unix sockets: one way to make a request and one error
-//! type, for hostd, the CLI and the tests.
+//! Typed clients for the daemons: one way to make a request and one error type, for hostd,
+//! the controller, the CLI and the tests. A client talks to a Unix socket, or over TCP with a
+//! bearer token (hostd for the controller, the controller for the CLI); netd and storaged are
+//! also reached through hostd, under its `/netd` and `/storaged` paths.
 //!
 //! They block (one request per connection, see `http`); async callers run them on a blocking
 //! thread.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -12,23 +14,38 @@ use serde::Serialize;
 
 use crate::error::ErrorBody;
 use crate::hostd::{HostEvent, NodeInfo, StateRequest, Vm, VmSpec};
-use crate::http::{request, ClientError};
+use crate::http::{send, ClientError, Endpoint};
 use crate::net::{NetState, Network, NetworkSpec, Port, PortSpec};
 use crate::storage::{Image, ImageRequest, PoolInfo, Volume, VolumeClients, VolumeRequest};
 use crate::vmm::{VmAction, VmActionRequest, VmConfig, VmInfo, VmMetrics};
 
-/// JSON calls to the server on one Unix socket.
-#[derive(Debug, Clone)]
+/// JSON calls to one server.
+#[derive(Clone)]
 pub struct Client {
-    socket: PathBuf,
+    endpoint: Endpoint,
+    /// Put before every path (a daemon reached through hostd).
+    prefix: String,
+    token: Option<String>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .field("prefix", &self.prefix)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 impl Client {
     /// A client whose calls each give up after 10 s without progress.
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
+    pub fn new(to: impl Into<Endpoint>) -> Self {
         Self {
-            socket: socket.into(),
+            endpoint: to.into(),
+            prefix: String::new(),
+            token: None,
             timeout: Duration::from_secs(10),
         }
     }
@@ -38,8 +55,20 @@ impl Client {
         self
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// Sends `Authorization: Bearer TOKEN` with every call.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Puts `prefix` before every path.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix.push_str(prefix);
+        self
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -80,7 +109,15 @@ impl Client {
             .map(serde_json::to_string)
             .transpose()
             .map_err(ClientError::Encode)?;
-        let resp = request(&self.socket, method, path, body.as_deref(), self.timeout)?;
+        let path = format!("{}{path}", self.prefix);
+        let resp = send(
+            &self.endpoint,
+            method,
+            &path,
+            body.as_deref(),
+            self.token.as_deref(),
+            self.timeout,
+        )?;
         if !(200..300).contains(&resp.status) {
             let message = serde_json::from_str::<ErrorBody>(&resp.body)
                 .map(|e| e.error)
@@ -118,7 +155,7 @@ pub struct VmmClient(Client);
 
 impl VmmClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self(Client::new(socket))
+        Self(Client::new(Endpoint::Unix(socket.into())))
     }
 
     pub fn with_timeout(self, timeout: Duration) -> Self {
@@ -148,7 +185,12 @@ pub struct StoragedClient(Client);
 
 impl StoragedClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self(Client::new(socket))
+        Self(Client::new(Endpoint::Unix(socket.into())))
+    }
+
+    /// storaged through the hostd that `hostd` talks to.
+    pub fn via_hostd(hostd: &HostdClient) -> Self {
+        Self(hostd.0.clone().with_prefix("/storaged"))
     }
 
     pub fn with_timeout(self, timeout: Duration) -> Self {
@@ -212,7 +254,12 @@ pub struct NetdClient(Client);
 
 impl NetdClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self(Client::new(socket))
+        Self(Client::new(Endpoint::Unix(socket.into())))
+    }
+
+    /// netd through the hostd that `hostd` talks to.
+    pub fn via_hostd(hostd: &HostdClient) -> Self {
+        Self(hostd.0.clone().with_prefix("/netd"))
     }
 
     pub fn with_timeout(self, timeout: Duration) -> Self {
@@ -259,7 +306,16 @@ pub struct HostdClient(Client);
 impl HostdClient {
     /// A client whose calls may take a minute: an ensure clones volumes and boots a VM.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self(Client::new(socket).with_timeout(Duration::from_secs(60)))
+        Self(Client::new(Endpoint::Unix(socket.into())).with_timeout(Duration::from_secs(60)))
+    }
+
+    /// hostd's TCP port (`host:port`), as the controller reaches it, with the node's token.
+    pub fn tcp(addr: impl Into<String>, token: &str) -> Self {
+        Self(
+            Client::new(Endpoint::Tcp(addr.into()))
+                .with_token(token)
+                .with_timeout(Duration::from_secs(60)),
+        )
     }
 
     pub fn with_timeout(self, timeout: Duration) -> Self {

@@ -1,19 +1,56 @@
-//! A small blocking HTTP/1.1 client over a Unix socket (the typed clients in `client` are
-//! built on it), and how a daemon claims its socket.
+//! A small blocking HTTP/1.1 client over a Unix socket or TCP (the typed clients in `client`
+//! are built on it), and how a daemon claims its socket.
 //!
 //! Triad's node-local APIs (the VMM's, netd's and storaged's) speak HTTP/JSON on Unix sockets;
-//! one request per connection keeps both ends simple and stateless.
+//! hostd and the controller also on TCP. One request per connection keeps both ends simple
+//! and stateless.
 
 use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `host:port`.
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "{}", path.display()),
+            Self::Tcp(addr) => write!(f, "http://{addr}"),
+        }
+    }
+}
+
+impl From<PathBuf> for Endpoint {
+    fn from(path: PathBuf) -> Self {
+        Self::Unix(path)
+    }
+}
+
+impl From<&PathBuf> for Endpoint {
+    fn from(path: &PathBuf) -> Self {
+        Self::Unix(path.clone())
+    }
+}
+
+impl From<&Path> for Endpoint {
+    fn from(path: &Path) -> Self {
+        Self::Unix(path.to_owned())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connecting to {path}")]
+    #[error("connecting to {endpoint}")]
     Connect {
-        path: PathBuf,
+        endpoint: String,
         #[source]
         source: std::io::Error,
     },
@@ -97,23 +134,63 @@ pub struct Response {
     pub body: String,
 }
 
-/// Sends `method path` with an optional JSON body to the server listening on `socket`.
+/// Sends `method path` with an optional JSON body to the server at `to`.
 pub fn request(
-    socket: &Path,
+    to: impl Into<Endpoint>,
     method: &str,
     path: &str,
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.to_owned(),
+    send(&to.into(), method, path, body, None, timeout)
+}
+
+/// `request`, with a bearer token when one is given.
+pub fn send(
+    to: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let connect_error = |source| ClientError::Connect {
+        endpoint: to.to_string(),
         source,
-    })?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    };
+    let mut stream: Box<dyn ReadWrite> = match to {
+        Endpoint::Unix(path) => {
+            let stream = UnixStream::connect(path).map_err(connect_error)?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            Box::new(stream)
+        }
+        Endpoint::Tcp(addr) => {
+            let addrs: Vec<_> = addr.to_socket_addrs().map_err(connect_error)?.collect();
+            let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+            let mut connected = None;
+            for a in addrs {
+                match TcpStream::connect_timeout(&a, timeout) {
+                    Ok(s) => {
+                        connected = Some(s);
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            let stream = connected.ok_or_else(|| connect_error(last))?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            stream.set_nodelay(true)?;
+            Box::new(stream)
+        }
+    };
     let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
@@ -123,6 +200,9 @@ pub fn request(
     stream.take(MAX_RESPONSE).read_to_end(&mut raw)?;
     parse_response(&raw)
 }
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
     let split = raw

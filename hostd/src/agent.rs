@@ -56,6 +56,8 @@ pub struct Agent {
     events: Events,
     known: Mutex<Known>,
     myself: Weak<Agent>,
+    /// What the controller presents over TCP.
+    token: String,
     _lock: DirLock,
 }
 
@@ -92,6 +94,7 @@ impl Agent {
         std::fs::create_dir_all(dir.join("vms"))
             .map_err(|e| Error::System(format!("creating {}: {e}", dir.display())))?;
         let lock = DirLock::take(dir)?;
+        let token = crate::token::load_or_make(dir)?;
         let file = StateFile::new(dir);
         let state = file.load()?;
         let node = match &config.node {
@@ -118,6 +121,7 @@ impl Agent {
             exits_in_a_row: Mutex::default(),
             known: Mutex::default(),
             myself: myself.clone(),
+            token,
             _lock: lock,
             config,
         });
@@ -127,6 +131,14 @@ impl Agent {
 
     pub fn node_name(&self) -> &str {
         &self.node
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn config(&self) -> &HostdConfig {
+        &self.config
     }
 
     fn vms_dir(&self) -> PathBuf {

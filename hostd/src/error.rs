@@ -29,6 +29,12 @@ pub enum Error {
         status: StatusCode,
         message: String,
     },
+    /// No token, or not the node's, on TCP: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A daemon behind hostd does not answer: 503.
+    #[error("{0}")]
+    Unavailable(String),
     /// hostd itself failed (its state file, say): 500.
     #[error("{0}")]
     System(String),
@@ -80,6 +86,8 @@ impl Error {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Step { status, .. } => *status,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::System(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,7 +100,7 @@ impl Error {
             }
             Self::Conflict { field, .. } => body.field = field.clone(),
             Self::Step { step, .. } => body.step = Some((*step).to_owned()),
-            Self::NotFound(_) | Self::System(_) => {}
+            Self::NotFound(_) | Self::Unauthorized(_) | Self::Unavailable(_) | Self::System(_) => {}
         }
         body
     }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod process;
 pub mod server;
 pub mod state;
+pub mod token;
 pub mod validate;
 
 pub use agent::Agent;

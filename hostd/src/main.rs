@@ -32,12 +32,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the node's token, which joins the node to a controller (`triad node join`).
+    Token,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Some(Command::Diag { json }) => run_diag(&args.config, json),
+        Some(Command::Token) => print_token(&args.config),
         None => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -65,6 +68,20 @@ fn run_diag(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_token(config: &std::path::Path) -> anyhow::Result<()> {
+    let config = diag::config_or_default(config).map_err(anyhow::Error::msg)?;
+    match triad_hostd::token::read(&config.state_dir)? {
+        Some(token) => {
+            println!("{token}");
+            Ok(())
+        }
+        None => anyhow::bail!(
+            "{} has no node token: start triad-hostd once to make it",
+            config.state_dir.display()
+        ),
+    }
+}
+
 fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -77,11 +94,11 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         let router = server::router(agent.clone());
         tracing::info!("node {}", agent.node_name());
         if let Some(addr) = listen {
+            let router = server::tcp_router(agent.clone());
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
             tracing::info!("serving the controller on {addr}");
-            let router = router.clone();
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(tcp, router).await {
                     tracing::error!("serving on {addr}: {e}");

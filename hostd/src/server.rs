@@ -9,16 +9,21 @@
 //! | `DELETE /vms/{uuid}` | remove it with what its ensures made (idempotent) |
 //! | `PUT /vms/{uuid}/state` | start, stop (graceful, then forced) or reboot it |
 //! | `GET /events?after=SEQ` | what happened since event SEQ |
+//! | `ANY /netd/…`, `ANY /storaged/…` | the node's netd and storaged, passed through |
 //!
-//! Errors are `{"error", "field"?, "step"?}` with 400, 404, 409, 422, 502, 503 or 500.
+//! Errors are `{"error", "field"?, "step"?}` with 400, 404, 409, 422, 502, 503 or 500. On TCP
+//! every request must carry `Authorization: Bearer NODE-TOKEN` (401 otherwise): the controller
+//! reaches the node's netd and storaged only through here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use triad_api::hostd::{HostEvent, NodeInfo, StateRequest, Vm, VmSpec};
@@ -32,8 +37,100 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms/{uuid}", get(show).put(ensure).delete(remove))
         .route("/vms/{uuid}/state", axum::routing::put(set_state))
         .route("/events", get(events))
+        .route("/netd/{*rest}", any(to_netd))
+        .route("/storaged/{*rest}", any(to_storaged))
         .fallback(triad_api::server::not_found)
         .with_state(agent)
+}
+
+/// `router` for the controller's TCP port: every request must present the node's token.
+pub fn tcp_router(agent: Arc<Agent>) -> Router {
+    router(agent.clone()).layer(axum::middleware::from_fn_with_state(agent, require_token))
+}
+
+async fn require_token(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if crate::token::matches(agent.token(), token.trim()) => {
+            next.run(request).await
+        }
+        Some(_) => {
+            Error::Unauthorized("the bearer token is not this node's token".into()).into_response()
+        }
+        None => Error::Unauthorized(
+            "Authorization: Bearer NODE-TOKEN is required (triad-hostd token prints it)".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn to_netd(
+    State(agent): State<Arc<Agent>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let socket = agent.config().netd_socket.clone();
+    pass_through("netd", socket, method, uri, body).await
+}
+
+async fn to_storaged(
+    State(agent): State<Arc<Agent>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let socket = agent.config().storaged_socket.clone();
+    pass_through("storaged", socket, method, uri, body).await
+}
+
+/// Sends the request on to `daemon`'s socket without the `/daemon` prefix, and answers what
+/// it answered; 503 when it does not answer.
+async fn pass_through(
+    daemon: &'static str,
+    socket: std::path::PathBuf,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let full = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let path = full
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(daemon))
+        .unwrap_or(full)
+        .to_owned();
+    let sent = tokio::task::spawn_blocking(move || {
+        let body = (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned());
+        triad_api::http::request(
+            socket,
+            method.as_str(),
+            &path,
+            body.as_deref(),
+            std::time::Duration::from_secs(120),
+        )
+    })
+    .await;
+    match sent {
+        Ok(Ok(resp)) => {
+            let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                resp.body,
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => Error::Unavailable(format!(
+            "{daemon} does not answer: {}",
+            crate::error::chain(&e)
+        ))
+        .into_response(),
+        Err(e) => Error::System(format!("the request's task failed: {e}")).into_response(),
+    }
 }
 
 /// A JSON body, or a 400 naming the field at fault (`nics[0].mac`).

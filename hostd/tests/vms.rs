@@ -653,3 +653,97 @@ fn the_harness_cuts_freezes_and_kills_for_real() {
         cluster.nodes[0].name
     );
 }
+
+/// The controller's TCP port: only the node's token gets in, and netd and storaged are
+/// reached through it (errors too); the local socket needs no token.
+#[test]
+fn the_controller_port_wants_the_node_token_and_passes_netd_and_storaged_through() {
+    let mut cluster = Cluster::new("hd-tcp", 2);
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (addr, token) = (n2.hostd_addr(), n2.hostd_token());
+    let printed = std::process::Command::new(triad_tests::binary("triad-hostd"))
+        .arg("token")
+        .arg("--config")
+        .arg(n2.dir.join("triad-hostd.json"))
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), token);
+
+    let ns = n1.ns.name.clone();
+    let n2_name = n2.name.clone();
+    let (addr2, token2) = (addr.clone(), token.clone());
+    // From node 1, over the management network, as a controller there would.
+    std::thread::spawn(move || {
+        triad_tests::enter_netns(&ns);
+        let raw = |token: Option<&str>| {
+            triad_api::http::send(
+                &triad_api::http::Endpoint::Tcp(addr2.clone()),
+                "GET",
+                "/node",
+                None,
+                token,
+                TIMEOUT,
+            )
+            .unwrap()
+        };
+        let none = raw(None);
+        assert_eq!(none.status, 401, "{}", none.body);
+        assert!(none.body.contains("triad-hostd token"), "{}", none.body);
+        assert_eq!(raw(Some("not-the-token")).status, 401);
+        let hostd = HostdClient::tcp(&addr2, &token2);
+        assert_eq!(hostd.node().unwrap().name, n2_name);
+
+        let netd = NetdClient::via_hostd(&hostd);
+        let spec = serde_json::from_value(json!({
+            "name": "through", "l2": {"kind": "novlan"}, "l3": {"cidr": "10.77.0.0/24"}
+        }))
+        .unwrap();
+        let made = netd.put_network("through", &spec).unwrap();
+        assert_eq!(
+            netd.network("through").unwrap().unwrap().bridge,
+            made.bridge
+        );
+        let bad = netd.put_network(
+            "through",
+            &serde_json::from_value(
+                json!({"name": "x", "l2": {"kind": "vxlan", "vni": 0, "underlay": "data0"}}),
+            )
+            .unwrap(),
+        );
+        assert!(
+            matches!(bad, Err(ref e) if e.status() == Some(400) || e.status() == Some(422)),
+            "{bad:?}"
+        );
+        let storaged = StoragedClient::via_hostd(&hostd);
+        let pools: Vec<String> = storaged
+            .pools()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert!(pools.contains(&"shared".to_owned()), "{pools:?}");
+        assert_eq!(storaged.volume("shared", "nothing-here").unwrap(), None);
+    })
+    .join()
+    .unwrap();
+    let local = NetdClient::new(&n2.netd.socket);
+    assert!(
+        local.network("through").unwrap().is_some(),
+        "made on node 2's netd"
+    );
+    // The Unix socket is the node's own: no token.
+    assert_eq!(hostd(n2).node().unwrap().name, n2.name);
+
+    cluster.nodes[1].netd.kill9();
+    let n2 = &cluster.nodes[1];
+    let (status, body) = call(n2, "GET", "/netd/state", "");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("netd does not answer"),
+        "{body}"
+    );
+}

@@ -23,6 +23,9 @@ pub const LINKS: [(&str, &str, &str); 3] = [
     ("data0", "br-data", "10.252.0"),
 ];
 
+/// The TCP port each node's hostd serves the controller on, on its management address.
+pub const HOSTD_PORT: u16 = 7301;
+
 /// A daemon of a node: `BINARY --config FILE` in the node's namespace, its output in a log
 /// beside the config, killed on drop.
 #[derive(Debug)]
@@ -168,6 +171,19 @@ impl Node {
         node_addr(link, self.index)
     }
 
+    /// Where the controller reaches the node's hostd: `10.250.0.N:HOSTD_PORT`.
+    pub fn hostd_addr(&self) -> String {
+        format!("{}:{HOSTD_PORT}", self.addr(0))
+    }
+
+    /// The token hostd made on its first start, which the controller presents.
+    pub fn hostd_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("hostd/node-token"))
+            .expect("hostd has made its token")
+            .trim()
+            .to_owned()
+    }
+
     /// Kills every process of the node: its daemons and its VMMs.
     pub fn kill_all(&mut self) {
         self.hostd.kill9();
@@ -277,6 +293,7 @@ impl Cluster {
                 &node_dir,
                 json!({
                     "socket": node_dir.join("hostd.sock"),
+                    "listen": format!("{}:{HOSTD_PORT}", node_addr(0, index)),
                     "state_dir": node_dir.join("hostd"),
                     "node": node_name,
                     "netd_socket": node_dir.join("netd.sock"),
