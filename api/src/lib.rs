@@ -13,6 +13,7 @@ pub mod net;
 pub mod server;
 pub mod storage;
 pub mod tools;
+pub mod v1;
 pub mod vmm;
 
 pub use error::ErrorBody;

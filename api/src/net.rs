@@ -70,6 +70,28 @@ impl FromStr for Ipv4Cidr {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Ipv4Cidr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema("an IPv4 network, A.B.C.D/NN", "10.0.0.0/24")
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Ipv4Cidr {}
+
+#[cfg(feature = "openapi")]
+fn string_schema(
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .examples([serde_json::json!(example)])
+        .into()
+}
+
 impl Serialize for Ipv4Cidr {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -117,6 +139,16 @@ impl FromStr for Mac {
         Ok(Self(mac))
     }
 }
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Mac {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema("a unicast MAC address", "52:54:00:12:34:56")
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Mac {}
 
 impl Serialize for Mac {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -167,30 +199,38 @@ fn vxlan_port() -> u16 {
 }
 
 /// A static route handed to VMs by DHCP (option 121).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticRoute {
     pub destination: Ipv4Cidr,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub via: Ipv4Addr,
 }
 
 /// A range of addresses the controller allocates from, both ends included.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IpRange {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub start: Ipv4Addr,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub end: Ipv4Addr,
 }
 
 /// A network's addressing: what DHCP tells its VMs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct L3 {
     pub cidr: Ipv4Cidr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub gateway: Option<Ipv4Addr>,
     /// At most two.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub dns: Vec<Ipv4Addr>,
     #[serde(default)]
     pub ranges: Vec<IpRange>,
@@ -199,6 +239,7 @@ pub struct L3 {
     /// The address each host's DHCP server answers as (the same on every host: each answers
     /// only its own VMs); the network's last host address when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub dhcp_server: Option<Ipv4Addr>,
     /// How long a DHCP lease lasts; a day when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,6 +291,7 @@ pub struct PortSpec {
 }
 
 /// Which way a security group rule looks: at connections into the VM or out of it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
@@ -257,6 +299,7 @@ pub enum Direction {
     Egress,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
@@ -267,6 +310,7 @@ pub enum Protocol {
     Any,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -276,6 +320,7 @@ pub enum Action {
 }
 
 /// TCP or UDP ports, both ends included.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortRange {
@@ -284,6 +329,7 @@ pub struct PortRange {
 }
 
 /// The other end of a connection a rule matches.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Remote {
@@ -294,6 +340,7 @@ pub enum Remote {
 
 /// One rule of a security group. Rules are stateful: the answers of a connection a rule lets
 /// through pass too.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {

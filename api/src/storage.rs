@@ -253,11 +253,15 @@ fn default_socket() -> PathBuf {
 }
 
 /// Where an image's data comes from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
 pub enum ImageSource {
     /// A file on the node storaged runs on.
-    File { path: PathBuf },
+    File {
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        path: PathBuf,
+    },
     /// An http or https URL, streamed.
     Url { url: String },
 }
