@@ -13,10 +13,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::ErrorBody;
-use crate::hostd::{HostEvent, NodeInfo, StateRequest, Vm, VmSpec};
+use crate::hostd::{HostEvent, NodeInfo, SerialChunk, StateRequest, Vm, VmSpec};
 use crate::http::{send, ClientError, Endpoint};
-use crate::net::{NetState, Network, NetworkSpec, Port, PortSpec};
-use crate::storage::{Image, ImageRequest, PoolInfo, Volume, VolumeClients, VolumeRequest};
+use crate::net::{
+    NetState, Network, NetworkSpec, Port, PortSpec, SecurityGroup, SecurityGroupSpec,
+};
+use crate::storage::{
+    GrowRequest, Image, ImageRequest, PoolInfo, Snapshot, SnapshotRequest, Volume, VolumeClients,
+    VolumeRequest,
+};
 use crate::vmm::{VmAction, VmActionRequest, VmConfig, VmInfo, VmMetrics};
 
 /// JSON calls to one server.
@@ -242,6 +247,53 @@ impl StoragedClient {
     }
 
     /// Starts an import (or returns the one under way or done for the same request).
+    pub fn delete_image(&self, pool: &str, id: &str) -> Result<(), ClientError> {
+        self.0
+            .delete(&format!("/pools/{}/images/{}", segment(pool), segment(id)))
+    }
+
+    pub fn grow_volume(
+        &self,
+        pool: &str,
+        id: &str,
+        size_bytes: u64,
+    ) -> Result<Volume, ClientError> {
+        self.0.post(
+            &format!("/pools/{}/volumes/{}/grow", segment(pool), segment(id)),
+            &GrowRequest { size_bytes },
+        )
+    }
+
+    pub fn snapshots(&self, pool: &str, id: &str) -> Result<Vec<Snapshot>, ClientError> {
+        self.0.get(&format!(
+            "/pools/{}/volumes/{}/snapshots",
+            segment(pool),
+            segment(id)
+        ))
+    }
+
+    pub fn snapshot(&self, pool: &str, id: &str, name: &str) -> Result<Snapshot, ClientError> {
+        self.0.post(
+            &format!("/pools/{}/volumes/{}/snapshots", segment(pool), segment(id)),
+            &SnapshotRequest { name: name.into() },
+        )
+    }
+
+    pub fn rollback(&self, pool: &str, id: &str, snapshot: &str) -> Result<(), ClientError> {
+        self.0
+            .call::<(), serde_json::Value>(
+                "POST",
+                &format!(
+                    "/pools/{}/volumes/{}/snapshots/{}/rollback",
+                    segment(pool),
+                    segment(id),
+                    segment(snapshot)
+                ),
+                None,
+            )
+            .map(drop)
+    }
+
     pub fn import_image(&self, pool: &str, req: &ImageRequest) -> Result<Image, ClientError> {
         self.0
             .post(&format!("/pools/{}/images", segment(pool)), req)
@@ -292,6 +344,19 @@ impl NetdClient {
     /// Removes the port and its TAP; one already gone is no error.
     pub fn delete_port(&self, id: &str) -> Result<(), ClientError> {
         self.0.delete(&format!("/ports/{}", segment(id)))
+    }
+
+    pub fn put_group(
+        &self,
+        id: &str,
+        spec: &SecurityGroupSpec,
+    ) -> Result<SecurityGroup, ClientError> {
+        self.0
+            .put(&format!("/security-groups/{}", segment(id)), spec)
+    }
+
+    pub fn delete_group(&self, id: &str) -> Result<(), ClientError> {
+        self.0.delete(&format!("/security-groups/{}", segment(id)))
     }
 
     pub fn state(&self) -> Result<NetState, ClientError> {
@@ -349,6 +414,11 @@ impl HostdClient {
 
     pub fn events(&self, after: u64) -> Result<Vec<HostEvent>, ClientError> {
         self.0.get(&format!("/events?after={after}"))
+    }
+
+    pub fn serial(&self, uuid: &str, after: u64) -> Result<SerialChunk, ClientError> {
+        self.0
+            .get(&format!("/vms/{}/serial?after={after}", segment(uuid)))
     }
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// `{"error": "..."}`: one line naming the problem; for a request hostd refuses, also the
 /// field at fault, and for an ensure that failed, the step that did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     pub error: String,
@@ -24,4 +25,16 @@ impl ErrorBody {
             step: None,
         }
     }
+}
+
+/// An error with its sources, on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

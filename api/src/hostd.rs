@@ -355,3 +355,12 @@ pub struct VolumeDiag {
     #[serde(default)]
     pub lock_owners: Vec<String>,
 }
+
+/// `GET /vms/{uuid}/serial?after=BYTE`: the VM's serial console output from byte `after` of
+/// the current log on (at most 64 KiB a call).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialChunk {
+    /// Where the next read starts.
+    pub offset: u64,
+    pub text: String,
+}

@@ -247,6 +247,73 @@ pub struct L3 {
 }
 
 impl L3 {
+    /// Checks the addressing on its own (a network's others are its host's business): what
+    /// is wrong, when something is.
+    pub fn check(&self) -> Result<(), String> {
+        let l3 = self;
+        let cidr = l3.cidr;
+        if cidr.prefix > 30 {
+            return Err(format!("{cidr} leaves no room for VMs (at most /30)"));
+        }
+        if let Some(gw) = l3.gateway {
+            if !cidr.is_host(gw) {
+                return Err(format!("gateway {gw} is not a host address of {cidr}"));
+            }
+        }
+        if l3.dns.len() > 2 {
+            return Err(format!("at most 2 DNS servers, not {}", l3.dns.len()));
+        }
+        for r in &l3.ranges {
+            if !cidr.is_host(r.start)
+                || !cidr.is_host(r.end)
+                || u32::from(r.start) > u32::from(r.end)
+            {
+                return Err(format!(
+                    "range {}-{} is not an ascending range of host addresses of {cidr}",
+                    r.start, r.end
+                ));
+            }
+            if let Some(gw) = l3.gateway {
+                if (u32::from(r.start)..=u32::from(r.end)).contains(&u32::from(gw)) {
+                    return Err(format!(
+                        "range {}-{} holds the gateway {gw}",
+                        r.start, r.end
+                    ));
+                }
+            }
+        }
+        let server = l3.dhcp_server();
+        if !cidr.is_host(server) || Some(server) == l3.gateway {
+            return Err(format!(
+                "DHCP server address {server} is not a free host address of {cidr}"
+            ));
+        }
+        if let Some(r) = l3
+            .ranges
+            .iter()
+            .find(|r| (u32::from(r.start)..=u32::from(r.end)).contains(&u32::from(server)))
+        {
+            return Err(format!(
+            "the DHCP server address {server} lies in range {}-{}; set \"dhcp_server\" outside the ranges",
+            r.start, r.end
+        ));
+        }
+        if let Some(lease) = l3.lease_secs {
+            if lease < 60 {
+                return Err(format!("a lease of {lease} s is under a minute"));
+            }
+        }
+        for route in &l3.routes {
+            if !cidr.is_host(route.via) {
+                return Err(format!(
+                    "route to {} via {} leaves the network {cidr}",
+                    route.destination, route.via
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The address the DHCP server answers as.
     pub fn dhcp_server(&self) -> Ipv4Addr {
         self.dhcp_server

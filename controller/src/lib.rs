@@ -1,6 +1,272 @@
 //! `triad-controller`: the cluster's one HTTP API. It keeps the desired state of every
 //! resource in a `Store`, places VMs on nodes and converges each node's hostd to what the
-//! store says. It holds nothing in memory that it cannot rebuild from the store.
+//! store says. It holds nothing in memory that it cannot rebuild from the store: what it
+//! caches (each node's VMs as last seen) is read again from the nodes.
 
+pub mod api;
+pub mod auth;
+pub mod events;
+pub mod ipam;
+pub mod leader;
+pub mod model;
+pub mod operations;
+pub mod reconcile;
 pub mod scheduler;
 pub mod store;
+mod validate;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use triad_api::client::HostdClient;
+use triad_api::v1::Node;
+
+use crate::api::{ApiError, ApiResult};
+use crate::model::{keys, Db, NodeRecord, NodeStatus, VmRecord};
+
+/// `triad-controller --config FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// The API's TCP address (default 0.0.0.0:7300).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The API on a Unix socket too (same tokens), for the CLI on the controller's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    pub store: StoreConfig,
+    /// Where the admin token made at the first start is written (mode 0600), besides being
+    /// printed once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7300))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
+pub enum StoreConfig {
+    /// One controller, its state in a redb file.
+    Redb { path: PathBuf },
+    /// Several controllers sharing an etcd cluster; one leads the reconcilers.
+    Etcd { endpoints: Vec<String> },
+}
+
+/// A node's VMs as its hostd last listed them.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub vms: Vec<triad_api::hostd::Vm>,
+    pub at: Instant,
+}
+
+/// The controller: its store and what its loops share.
+#[derive(Debug)]
+pub struct Ctl {
+    pub db: Db,
+    pub store_kind: &'static str,
+    leader: AtomicBool,
+    /// Wakes the reconcilers: something changed.
+    pub wake: tokio::sync::Notify,
+    pub observed: RwLock<HashMap<String, Observed>>,
+    /// VMs (and other keys) with a call to a node in flight, so that one is not made twice.
+    pub busy: Mutex<HashSet<String>>,
+    /// What a node's daemons last said when asked to make a network or a group there, by
+    /// (`network/NAME`, node).
+    pub realize_errors: Mutex<HashMap<(String, String), String>>,
+    /// What was last put on each node, by (`network/NAME`, node): the spec's JSON.
+    pub sent: Mutex<HashMap<(String, String), String>>,
+}
+
+impl Ctl {
+    pub fn new(db: Db, store_kind: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            store_kind,
+            leader: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            observed: RwLock::default(),
+            busy: Mutex::default(),
+            realize_errors: Mutex::default(),
+            sent: Mutex::default(),
+        })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed);
+    }
+
+    /// The client of node `name`'s hostd.
+    pub async fn hostd(&self, name: &str) -> ApiResult<HostdClient> {
+        let record = self
+            .db
+            .get::<NodeRecord>(&format!("{}{name}", keys::NODES))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no node {name:?}")))?;
+        Ok(hostd_client(&record.value))
+    }
+
+    /// Every node as the API shows it.
+    pub async fn nodes(&self) -> Result<Vec<Node>, model::DbError> {
+        let records = self.db.list::<NodeRecord>(keys::NODES).await?;
+        let statuses: HashMap<String, NodeStatus> = self
+            .db
+            .list_keyed::<NodeStatus>(keys::NODE_STATUS)
+            .await?
+            .into_iter()
+            .map(|(name, s)| (name, s.value))
+            .collect();
+        let vms: Vec<VmRecord> = self
+            .db
+            .list::<VmRecord>(keys::VMS)
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        Ok(records
+            .iter()
+            .map(|r| api::node_view(&r.value, statuses.get(&r.value.join.name), &vms))
+            .collect())
+    }
+
+    pub fn realize_error(&self, what: &str, node: &str) -> Option<String> {
+        self.realize_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(what.to_owned(), node.to_owned()))
+            .cloned()
+    }
+
+    pub fn set_realize_error(&self, what: &str, node: &str, error: Option<String>) {
+        let mut errors = self
+            .realize_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = (what.to_owned(), node.to_owned());
+        match error {
+            Some(e) => errors.insert(key, e),
+            None => errors.remove(&key),
+        };
+    }
+
+    /// Whether the controller reaches node `name`'s hostd.
+    pub async fn connected(&self, name: &str) -> ApiResult<bool> {
+        Ok(self
+            .db
+            .get::<NodeStatus>(&format!("{}{name}", keys::NODE_STATUS))
+            .await?
+            .is_some_and(|s| s.value.connection == triad_api::v1::Connection::Connected))
+    }
+
+    /// Marks `key` busy; false when it already was.
+    pub fn try_busy(&self, key: &str) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned())
+    }
+
+    pub fn done(&self, key: &str) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+pub fn hostd_client(record: &NodeRecord) -> HostdClient {
+    HostdClient::tcp(&record.join.address, &record.join.token)
+}
+
+/// Starts the controller on `config`: opens the store, makes the first admin token and the
+/// default offerings when the store is new, leads (or campaigns to) and serves the API until
+/// SIGTERM or SIGINT.
+pub async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (store, kind): (Arc<dyn store::Store>, &'static str) = match &config.store {
+        StoreConfig::Redb { path } => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            (
+                Arc::new(
+                    store::RedbStore::open(path)
+                        .with_context(|| format!("opening {}", path.display()))?,
+                ),
+                "redb",
+            )
+        }
+        StoreConfig::Etcd { endpoints } => (
+            Arc::new(
+                store::EtcdStore::connect(endpoints)
+                    .await
+                    .context("connecting to etcd")?,
+            ),
+            "etcd",
+        ),
+    };
+    let ctl = Ctl::new(Db::new(store), kind);
+    if let Some(secret) = auth::bootstrap(&ctl.db).await? {
+        println!("triad-controller: the admin token (shown this once): {secret}");
+        if let Some(file) = &config.admin_token_file {
+            write_secret(file, &secret).with_context(|| format!("writing {}", file.display()))?;
+        }
+    }
+    for offering in api::default_offerings() {
+        ctl.db
+            .create(&format!("{}{}", keys::OFFERINGS, offering.name), &offering)
+            .await?;
+    }
+    match kind {
+        "redb" => ctl.set_leader(true),
+        _ => {
+            let me = format!("{}:{}", config.listen, std::process::id());
+            tokio::spawn(leader::campaign(ctl.clone(), me));
+        }
+    }
+    tokio::spawn(reconcile::run(ctl.clone()));
+    let router = api::router(ctl.clone());
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!("serving the API on {}", config.listen);
+    let tcp_router = router.clone();
+    let tcp_task = tokio::spawn(async move { axum::serve(tcp, tcp_router).await });
+    match &config.socket {
+        Some(socket) => triad_api::server::serve_unix(socket, router).await?,
+        None => {
+            tokio::select! {
+                served = tcp_task => served.context("the API's task")??,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()
+}

@@ -336,7 +336,8 @@ mod tests {
     #[test]
     fn each_filter_rejects_alone_and_names_itself() {
         let s = settings();
-        let cases: Vec<(&str, Box<dyn Fn(&mut NodeView)>)> = vec![
+        type Spoil = Box<dyn Fn(&mut NodeView)>;
+        let cases: Vec<(&str, Spoil)> = vec![
             ("enabled", Box::new(|n| n.enable = NodeEnable::Locked)),
             ("enabled", Box::new(|n| n.enable = NodeEnable::Maintenance)),
             ("enabled", Box::new(|n| n.enable = NodeEnable::Disabled)),

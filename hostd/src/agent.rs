@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use triad_api::client::{NetdClient, StoragedClient, VmmClient};
 use triad_api::hostd::{
     DiskState, HaLevel, HostEvent, HostEventKind, HostdConfig, NicState, NodeInfo, Power,
-    PowerAction, StateRequest, Vm, VmPhase, VmSpec,
+    PowerAction, SerialChunk, StateRequest, Vm, VmPhase, VmSpec,
 };
 use triad_api::net::{Metadata, PortSpec};
 use triad_api::storage::{ImageState, Volume, VolumeRequest, VolumeSource};
@@ -135,6 +135,38 @@ impl Agent {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// `GET /vms/{uuid}/serial?after=N`: at most 64 KiB of the serial log from byte `after`.
+    pub fn serial(&self, uuid: &str, after: u64) -> Result<SerialChunk, Error> {
+        use std::io::{Read, Seek, SeekFrom};
+        if self.record(uuid).is_none() {
+            return Err(Error::NotFound(uuid.to_owned()));
+        }
+        let path = self.vm_dir(uuid).join("serial.log");
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(SerialChunk {
+                    offset: 0,
+                    text: String::new(),
+                })
+            }
+            Err(e) => return Err(Error::System(format!("opening {}: {e}", path.display()))),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::System(format!("reading {}: {e}", path.display())))?
+            .len();
+        let start = after.min(len);
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.take(64 << 10).read_to_end(&mut bytes))
+            .map_err(|e| Error::System(format!("reading {}: {e}", path.display())))?;
+        Ok(SerialChunk {
+            offset: start + bytes.len() as u64,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        })
     }
 
     pub fn config(&self) -> &HostdConfig {

@@ -115,14 +115,4 @@ impl IntoResponse for Error {
     }
 }
 
-/// An error with its sources, on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use triad_api::error::chain;

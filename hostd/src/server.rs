@@ -8,6 +8,7 @@
 //! | `GET /vms/{uuid}` | one VM, with its VMM's counters |
 //! | `DELETE /vms/{uuid}` | remove it with what its ensures made (idempotent) |
 //! | `PUT /vms/{uuid}/state` | start, stop (graceful, then forced) or reboot it |
+//! | `GET /vms/{uuid}/serial?after=N` | its serial console output from byte N |
 //! | `GET /events?after=SEQ` | what happened since event SEQ |
 //! | `ANY /netd/…`, `ANY /storaged/…` | the node's netd and storaged, passed through |
 //!
@@ -26,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use triad_api::hostd::{HostEvent, NodeInfo, StateRequest, Vm, VmSpec};
+use triad_api::hostd::{HostEvent, NodeInfo, SerialChunk, StateRequest, Vm, VmSpec};
 
 use crate::{Agent, Error};
 
@@ -36,6 +37,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms", get(list))
         .route("/vms/{uuid}", get(show).put(ensure).delete(remove))
         .route("/vms/{uuid}/state", axum::routing::put(set_state))
+        .route("/vms/{uuid}/serial", get(serial))
         .route("/events", get(events))
         .route("/netd/{*rest}", any(to_netd))
         .route("/storaged/{*rest}", any(to_storaged))
@@ -202,6 +204,22 @@ async fn set_state(
 ) -> Result<Json<Vm>, Error> {
     let req: StateRequest = body(&bytes)?;
     blocking(agent, move |a| a.set_state(&uuid, req))
+        .await
+        .map(Json)
+}
+
+async fn serial(
+    State(agent): State<Arc<Agent>>,
+    Path(uuid): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<SerialChunk>, Error> {
+    let after = match query.get("after") {
+        None => 0,
+        Some(n) => n
+            .parse()
+            .map_err(|_| Error::invalid("after", format!("{n:?} is not a byte offset")))?,
+    };
+    blocking(agent, move |a| a.serial(&uuid, after))
         .await
         .map(Json)
 }

@@ -280,74 +280,8 @@ pub fn check_network(desired: &Desired, id: &str, spec: &NetworkSpec) -> Result<
     }
     if let Some(l3) = &spec.l3 {
         let cidr = l3.cidr;
-        if cidr.prefix > 30 {
-            return Err(bad(format!(
-                "network {id}: {cidr} leaves no room for VMs (at most /30)"
-            )));
-        }
-        if let Some(gw) = l3.gateway {
-            if !cidr.is_host(gw) {
-                return Err(bad(format!(
-                    "network {id}: gateway {gw} is not a host address of {cidr}"
-                )));
-            }
-        }
-        if l3.dns.len() > 2 {
-            return Err(bad(format!(
-                "network {id}: at most 2 DNS servers, not {}",
-                l3.dns.len()
-            )));
-        }
-        for r in &l3.ranges {
-            if !cidr.is_host(r.start)
-                || !cidr.is_host(r.end)
-                || u32::from(r.start) > u32::from(r.end)
-            {
-                return Err(bad(format!(
-                    "network {id}: range {}-{} is not an ascending range of host addresses of {cidr}",
-                    r.start, r.end
-                )));
-            }
-            if let Some(gw) = l3.gateway {
-                if (u32::from(r.start)..=u32::from(r.end)).contains(&u32::from(gw)) {
-                    return Err(bad(format!(
-                        "network {id}: range {}-{} holds the gateway {gw}",
-                        r.start, r.end
-                    )));
-                }
-            }
-        }
+        l3.check().map_err(|m| bad(format!("network {id}: {m}")))?;
         let server = l3.dhcp_server();
-        if !cidr.is_host(server) || Some(server) == l3.gateway {
-            return Err(bad(format!(
-                "network {id}: DHCP server address {server} is not a free host address of {cidr}"
-            )));
-        }
-        if let Some(r) = l3
-            .ranges
-            .iter()
-            .find(|r| (u32::from(r.start)..=u32::from(r.end)).contains(&u32::from(server)))
-        {
-            return Err(bad(format!(
-                "network {id}: the DHCP server address {server} lies in range {}-{}; set \"dhcp_server\" outside the ranges",
-                r.start, r.end
-            )));
-        }
-        if let Some(lease) = l3.lease_secs {
-            if lease < 60 {
-                return Err(bad(format!(
-                    "network {id}: a lease of {lease} s is under a minute"
-                )));
-            }
-        }
-        for route in &l3.routes {
-            if !cidr.is_host(route.via) {
-                return Err(bad(format!(
-                    "network {id}: route to {} via {} leaves the network {cidr}",
-                    route.destination, route.via
-                )));
-            }
-        }
         for (other, o) in others() {
             if let Some(ol3) = &o.l3 {
                 if ol3.cidr.overlaps(&cidr) {

@@ -229,6 +229,9 @@ void triad_main(u32 boot_path, u64 info_paddr)
 				have_static_ip = 1;
 			else
 				serial_line("TRIAD-ERROR triad.ip wants A.B.C.D/NN[,gw=E.F.G.H]");
+		} else if ((vlen = token_value(tok, len, "triad.ping=")) >= 0) {
+			if (!net_parse_ping(tok + len - vlen, (usize)vlen))
+				serial_line("TRIAD-ERROR triad.ping wants A.B.C.D");
 		} else if ((vlen = token_value(tok, len, "virtio_mmio.device=")) >= 0) {
 			virtio_parse_token(tok + len - vlen, (usize)vlen);
 		} else if ((vlen = token_value(tok, len, "triad.exit=")) >= 0) {

@@ -153,6 +153,15 @@ static struct {
 	u32 ip, prefix, gw;
 } static_cfg __attribute__((section(".data"))) = { 0, 0, 0 };
 
+/* triad.ping=: the address to ping once the network is up, and how it goes. */
+#define PING_ID 0x7472 /* "tr" */
+#define PING_EVERY_MS 500
+#define PING_REPLIES 3 /* replies reported, then it stops */
+static struct {
+	u32 ip, seq, replies;
+	u64 last;
+} ping __attribute__((section(".data"))) = { 0, 0, 0, 0 };
+
 static const u8 broadcast_mac[ETH_ALEN] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
 /* ---- Helpers ------------------------------------------------------------- */
@@ -412,8 +421,20 @@ static int icmp_input(u32 src, const u8 *p, u32 len)
 	struct icmp_hdr *reply = (struct icmp_hdr *)tx_l4();
 	const struct icmp_hdr *ic = (const void *)p;
 
-	if (len < ICMP_HLEN || len > IP_PAYLOAD_MAX || ic->type != ICMP_ECHO_REQUEST ||
-	    ic->code != 0 || csum_fold(csum_add(0, p, len)) != 0)
+	if (len < ICMP_HLEN || len > IP_PAYLOAD_MAX || ic->code != 0 ||
+	    csum_fold(csum_add(0, p, len)) != 0)
+		return 0;
+	if (ic->type == ICMP_ECHO_REPLY && ping.ip && src == ping.ip &&
+	    ic->id == be16(PING_ID) && ping.replies < PING_REPLIES) {
+		ping.replies++;
+		serial_puts("TRIAD-PING-REPLY ");
+		put_ip(src);
+		serial_puts(" seq=");
+		serial_u64(be16(ic->seq));
+		serial_putc('\n');
+		return 0;
+	}
+	if (ic->type != ICMP_ECHO_REQUEST)
 		return 0;
 	/* Same id, sequence number and data; type 0 and a new checksum. */
 	memcpy(reply, p, len);
@@ -466,6 +487,24 @@ static int ip_input(const u8 *p, u32 len, int mode)
 	if (ip->proto == IP_PROTO_ICMP && mode == POLL_SERVE && dst == st.ip)
 		return icmp_input(src, p + IP_HLEN, tot - IP_HLEN);
 	return 0;
+}
+
+/* Sends the next echo request to ping.ip when one is due. 0, or -1 fatal. */
+static int ping_tick(void)
+{
+	struct icmp_hdr *req = (struct icmp_hdr *)tx_l4();
+
+	if (!ping.ip || ping.replies >= PING_REPLIES ||
+	    (ping.seq && rdtsc() - ping.last < PING_EVERY_MS * TSC_PER_MS))
+		return 0;
+	ping.last = rdtsc();
+	memset(req, 0, ICMP_HLEN + 8);
+	req->type = ICMP_ECHO_REQUEST;
+	req->id = be16(PING_ID);
+	req->seq = be16((u16)++ping.seq);
+	memcpy((u8 *)req + ICMP_HLEN, "triadpng", 8);
+	req->csum = be16(csum_fold(csum_add(0, req, ICMP_HLEN + 8)));
+	return ip_send(ping.ip, IP_PROTO_ICMP, ICMP_HLEN + 8) < 0 ? -1 : 0;
 }
 
 /* Handles at most one received frame. 0 (also: nothing there), -1 fatal. */
@@ -671,6 +710,17 @@ static int parse_ipv4(const char *s, usize len, usize *i, u32 *ip)
 	return 1;
 }
 
+int net_parse_ping(const char *s, usize len)
+{
+	usize i = 0;
+	u32 ip;
+
+	if (!parse_ipv4(s, len, &i, &ip) || !ip || i != len)
+		return 0;
+	ping.ip = ip;
+	return 1;
+}
+
 int net_parse_static(const char *s, usize len)
 {
 	static const char gw_key[] = ",gw=";
@@ -764,6 +814,6 @@ void net_run(int mode)
 
 	serial_line("TRIAD-NET-READY");
 	for (;;)
-		if (net_poll(POLL_SERVE) < 0)
+		if (net_poll(POLL_SERVE) < 0 || ping_tick() < 0)
 			return;
 }

@@ -42,6 +42,10 @@ const char *vnet_send(struct net_buf *buf, u32 len);
 
 /* net.c. The `triad.ip=` value (A.B.C.D/NN[,gw=E.F.G.H]): 0 if malformed. */
 int net_parse_static(const char *s, usize len);
+/* The `triad.ping=` value (A.B.C.D): 0 if malformed. Once the network is up
+ * the guest pings it every 500 ms and prints TRIAD-PING-REPLY A.B.C.D seq=N
+ * for the first 3 replies. */
+int net_parse_ping(const char *s, usize len);
 /* The net step: only returns after a TRIAD-NET-ERROR line. */
 #define NET_MODE_NONE 0
 #define NET_MODE_DHCP 1   /* triad.net=dhcp */

@@ -26,6 +26,30 @@ pub const LINKS: [(&str, &str, &str); 3] = [
 /// The TCP port each node's hostd serves the controller on, on its management address.
 pub const HOSTD_PORT: u16 = 7301;
 
+/// The TCP port of the controller's API.
+pub const CONTROLLER_PORT: u16 = 7300;
+
+/// A controller of the cluster: its process, in a namespace on the management network.
+#[derive(Debug)]
+pub struct Controller {
+    pub daemon: Daemon,
+    /// `host:port` of its API.
+    pub addr: String,
+    token_file: PathBuf,
+    // Dropped after the daemon.
+    pub ns: Ns,
+}
+
+impl Controller {
+    /// The admin token the cluster's first controller made.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(&self.token_file)
+            .expect("the controller wrote its admin token")
+            .trim()
+            .to_owned()
+    }
+}
+
 /// A daemon of a node: `BINARY --config FILE` in the node's namespace, its output in a log
 /// beside the config, killed on drop.
 #[derive(Debug)]
@@ -236,6 +260,7 @@ pub struct Cluster {
     /// The shared pool's directory.
     pub shared: PathBuf,
     switch: Ns,
+    name: String,
     // Last: the files of every node.
     dir: TempDir,
 }
@@ -318,6 +343,7 @@ impl Cluster {
             nodes,
             shared,
             switch,
+            name: name.to_owned(),
             dir,
         }
     }
@@ -340,6 +366,47 @@ impl Cluster {
                 })
             })
             .collect()
+    }
+
+    /// Starts `triad-controller` in a namespace of its own on the management network
+    /// (`10.250.0.254:CONTROLLER_PORT`), its state in a redb file, or on `etcd` when given;
+    /// `index` tells several controllers of one cluster apart (0, 1, …).
+    pub fn start_controller(&self, index: usize, etcd: Option<&str>) -> Controller {
+        let ns = Ns::new(&format!("{}-c{index}", self.name));
+        let addr = format!("10.250.0.{}", 254 - index);
+        let port = format!("c{index}-mgmt");
+        ns.wire(
+            "mgmt0",
+            Some(&format!("{addr}/24")),
+            &self.switch,
+            &port,
+            None,
+        );
+        self.switch
+            .ip(&["link", "set", &port, "master", LINKS[0].1]);
+        let dir = self.dir.join(&format!("controller-{index}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = match etcd {
+            Some(endpoint) => json!({"kind": "etcd", "endpoints": [endpoint]}),
+            None => json!({"kind": "redb", "path": dir.join("state.redb")}),
+        };
+        let daemon = Daemon::start(
+            "triad-controller",
+            &ns.name,
+            &dir,
+            json!({
+                "listen": format!("{addr}:{CONTROLLER_PORT}"),
+                "socket": dir.join("controller.sock"),
+                "store": store,
+                "admin_token_file": self.dir.join("admin-token"),
+            }),
+        );
+        Controller {
+            daemon,
+            addr: format!("{addr}:{CONTROLLER_PORT}"),
+            token_file: self.dir.join("admin-token"),
+            ns,
+        }
     }
 
     /// The cluster's directory: every node's, and the shared pool's.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub use cluster::{Cluster, Daemon, Node};
+pub use cluster::{Cluster, Controller, Daemon, Node};
 pub use etcd::{free_port, Etcd};
 pub use netns::{enter_netns, ping, Ns};
 

@@ -1,0 +1,254 @@
+//! Nodes: join, list, show, remove, and whether they take new VMs.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use triad_api::client::HostdClient;
+use triad_api::v1::{Node, NodeEnable, NodeJoin};
+use triad_api::ErrorBody;
+
+use super::{body, ApiError, ApiResult};
+use crate::model::{keys, now_ms, NodeRecord, NodeStatus, VmRecord};
+use crate::{events, validate, Ctl};
+
+pub fn routes() -> Router<Arc<Ctl>> {
+    Router::new()
+        .route("/v1/nodes", get(list).post(join))
+        .route("/v1/nodes/{name}", get(show).delete(remove))
+        .route("/v1/nodes/{name}/{action}", post(act))
+}
+
+/// The node as the API shows it.
+pub fn view(record: &NodeRecord, status: Option<&NodeStatus>, vms: &[VmRecord]) -> Node {
+    let name = &record.join.name;
+    let placed: Vec<&VmRecord> = vms
+        .iter()
+        .filter(|vm| vm.node.as_deref() == Some(name.as_str()))
+        .collect();
+    let status = status.cloned().unwrap_or_default();
+    Node {
+        name: name.clone(),
+        address: record.join.address.clone(),
+        data_address: data_address(&record.join),
+        enable: record.enable,
+        connection: status.connection,
+        liveness: status.liveness,
+        version: status.version,
+        cpus: status.cpus,
+        memory_mib: status.memory_mib,
+        reserved_memory_mib: status.reserved_memory_mib,
+        allocated_vcpus: placed.iter().map(|vm| vm.vcpus).sum(),
+        allocated_memory_mib: placed.iter().map(|vm| vm.memory_mib).sum(),
+        vms: placed.len(),
+        pools: status.pools.iter().map(|p| p.name.clone()).collect(),
+        networks: status.networks,
+        last_seen_unix_ms: status.last_seen_unix_ms,
+        error: status.error,
+    }
+}
+
+/// Where VXLAN tunnels to the node end.
+pub fn data_address(join: &NodeJoin) -> Ipv4Addr {
+    join.data_address.unwrap_or_else(|| {
+        join.address
+            .rsplit_once(':')
+            .and_then(|(host, _)| host.parse().ok())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+    })
+}
+
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes",
+    responses((status = 200, body = [Node]), (status = 401, body = ErrorBody)))]
+async fn list(State(ctl): State<Arc<Ctl>>) -> ApiResult<Json<Vec<Node>>> {
+    Ok(Json(ctl.nodes().await?))
+}
+
+#[utoipa::path(get, path = "/v1/nodes/{name}", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 200, body = Node), (status = 404, body = ErrorBody)))]
+async fn show(State(ctl): State<Arc<Ctl>>, Path(name): Path<String>) -> ApiResult<Json<Node>> {
+    ctl.nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no node {name:?}")))
+}
+
+#[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = NodeJoin,
+    responses((status = 201, body = Node), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn join(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<(StatusCode, Json<Node>)> {
+    let join: NodeJoin = body(&bytes)?;
+    validate::name("name", &join.name)?;
+    validate::address("address", &join.address)?;
+    if join.token.trim().is_empty() {
+        return Err(ApiError::bad(
+            "token",
+            "the node's token is empty (triad-hostd token prints it)",
+        ));
+    }
+    let existing = ctl.db.list::<NodeRecord>(keys::NODES).await?;
+    if let Some(other) = existing
+        .iter()
+        .find(|n| n.value.join.address == join.address)
+    {
+        if other.value.join != join {
+            return Err(ApiError::conflict(
+                Some("address"),
+                format!(
+                    "node {:?} has joined from {}",
+                    other.value.join.name, join.address
+                ),
+            ));
+        }
+    }
+    // The node must answer, with this token, as this name.
+    let client = HostdClient::tcp(&join.address, &join.token)
+        .with_timeout(std::time::Duration::from_secs(5));
+    let info = tokio::task::spawn_blocking(move || client.node())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the join's task failed: {e}")))?
+        .map_err(|e| match e.status() {
+            Some(401) => ApiError::unprocessable("token", "hostd refused the token: it is not the node's (triad-hostd token on the node prints it)"),
+            _ => ApiError::unprocessable(
+                "address",
+                format!("hostd does not answer at {}: {}", join.address, triad_api::error::chain(&e)),
+            ),
+        })?;
+    if info.name != join.name {
+        return Err(ApiError::unprocessable(
+            "name",
+            format!(
+                "hostd at {} is node {:?}, not {:?}",
+                join.address, info.name, join.name
+            ),
+        ));
+    }
+    let record = NodeRecord {
+        join: join.clone(),
+        enable: NodeEnable::Enabled,
+        joined_unix_ms: now_ms(),
+    };
+    let key = format!("{}{}", keys::NODES, join.name);
+    if !ctl.db.create(&key, &record).await? {
+        let held = ctl.db.get::<NodeRecord>(&key).await?;
+        if held.map(|h| h.value.join) != Some(join.clone()) {
+            return Err(ApiError::conflict(
+                Some("name"),
+                format!("node {:?} has joined already", join.name),
+            ));
+        }
+    }
+    events::emit(
+        &ctl.db,
+        &format!("node/{}", join.name),
+        "joined",
+        format!("joined from {}", join.address),
+    )
+    .await;
+    ctl.wake.notify_one();
+    let node = ctl
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.name == join.name)
+        .ok_or_else(|| ApiError::NotFound(format!("node {:?} left again", join.name)))?;
+    Ok((StatusCode::CREATED, Json(node)))
+}
+
+#[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn remove(State(ctl): State<Arc<Ctl>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let key = format!("{}{name}", keys::NODES);
+    if ctl.db.get::<NodeRecord>(&key).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no node {name:?}")));
+    }
+    let placed = ctl
+        .db
+        .list::<VmRecord>(keys::VMS)
+        .await?
+        .into_iter()
+        .filter(|vm| vm.value.node.as_deref() == Some(name.as_str()))
+        .count();
+    if placed > 0 {
+        return Err(ApiError::conflict(
+            None,
+            format!("node {name:?} has {placed} VMs: move or destroy them first"),
+        ));
+    }
+    ctl.db.delete(&key).await?;
+    ctl.db
+        .delete(&format!("{}{name}", keys::NODE_STATUS))
+        .await?;
+    events::emit(
+        &ctl.db,
+        &format!("node/{name}"),
+        "removed",
+        "removed from the cluster",
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `lock`, `unlock`, `enable` or `disable`.
+#[utoipa::path(post, path = "/v1/nodes/{name}/{action}", tag = "nodes",
+    params(("name" = String, Path), ("action" = String, Path, description = "lock, unlock, enable or disable")),
+    responses((status = 200, body = Node), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn act(
+    State(ctl): State<Arc<Ctl>>,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult<Json<Node>> {
+    let target = match action.as_str() {
+        "lock" => NodeEnable::Locked,
+        "unlock" | "enable" => NodeEnable::Enabled,
+        "disable" => NodeEnable::Disabled,
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "nodes have no action {action:?}: lock, unlock, enable or disable"
+            )))
+        }
+    };
+    let key = format!("{}{name}", keys::NODES);
+    let mut from = None;
+    let changed = ctl
+        .db
+        .modify::<NodeRecord, ApiError>(&key, |record| {
+            from = Some(record.enable);
+            match (action.as_str(), record.enable) {
+                (_, NodeEnable::Maintenance) => Err(ApiError::conflict(
+                    None,
+                    format!("node {name:?} is in maintenance: leave it first"),
+                )),
+                ("unlock", NodeEnable::Disabled) => Err(ApiError::conflict(
+                    None,
+                    format!("node {name:?} is disabled, not locked: enable it"),
+                )),
+                _ => {
+                    record.enable = target;
+                    Ok(())
+                }
+            }
+        })
+        .await?;
+    if changed.is_none() {
+        return Err(ApiError::NotFound(format!("no node {name:?}")));
+    }
+    if from != Some(target) {
+        events::emit(
+            &ctl.db,
+            &format!("node/{name}"),
+            &action,
+            format!("{:?} -> {:?}", from.unwrap_or_default(), target),
+        )
+        .await;
+    }
+    ctl.wake.notify_one();
+    show(State(ctl), Path(name)).await
+}

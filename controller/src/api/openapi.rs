@@ -1,0 +1,55 @@
+//! The OpenAPI 3 document of `/v1`, generated from the handlers' annotations and the wire
+//! types, served at `GET /v1/openapi.json`.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Triad controller", description = "The cluster's API: nodes, networks, images, volumes and VMs."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    paths(
+        super::health,
+        super::nodes::list, super::nodes::show, super::nodes::join, super::nodes::remove, super::nodes::act,
+        super::cluster::offerings, super::cluster::offering, super::cluster::create_offering, super::cluster::delete_offering,
+        super::cluster::settings, super::cluster::patch_settings,
+        super::cluster::tokens, super::cluster::create_token, super::cluster::delete_token,
+        super::cluster::pools,
+        super::cluster::groups, super::cluster::group, super::cluster::create_group, super::cluster::delete_group,
+        super::cluster::list_events, super::cluster::audit, super::cluster::operation,
+        super::networks::list, super::networks::show, super::networks::create, super::networks::remove,
+        super::networks::groups, super::networks::group, super::networks::create_group,
+        super::networks::replace_group, super::networks::remove_group,
+        super::images::list, super::images::show, super::images::create, super::images::remove,
+        super::volumes::list, super::volumes::show, super::volumes::create, super::volumes::remove,
+        super::volumes::attach, super::volumes::detach, super::volumes::grow,
+        super::volumes::snapshot, super::volumes::rollback,
+        super::vms::list, super::vms::show, super::vms::create, super::vms::destroy,
+        super::vms::start, super::vms::stop, super::vms::reboot, super::vms::set_ha,
+        super::vms::placement, super::vms::console,
+    ),
+    tags(
+        (name = "nodes"), (name = "vms"), (name = "networks"), (name = "images"), (name = "storage"),
+        (name = "offerings"), (name = "affinity"), (name = "tokens"), (name = "events"), (name = "cluster"),
+    )
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,115 @@
+//! Polls every node's hostd: its capacity, pools, networks and VMs. A node that does not
+//! answer `DISCONNECT_AFTER` polls in a row is Disconnected. The status record is written
+//! only when it changes (and its last-seen time every `SEEN_EVERY`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::model::{keys, now_ms, NodePool, NodeRecord, NodeStatus};
+use crate::{events, hostd_client, Ctl, Observed};
+use triad_api::v1::Connection;
+
+const DISCONNECT_AFTER: u32 = 3;
+const SEEN_EVERY: u64 = 10_000;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Polls in a row each node has not answered.
+#[derive(Debug, Default)]
+pub struct Poller {
+    misses: HashMap<String, u32>,
+}
+
+impl Poller {
+    pub async fn poll(&mut self, ctl: &Ctl) -> Result<(), crate::model::DbError> {
+        let records = ctl.db.list::<NodeRecord>(keys::NODES).await?;
+        let calls = records.iter().map(|r| {
+            let client = hostd_client(&r.value).with_timeout(TIMEOUT);
+            let name = r.value.join.name.clone();
+            async move {
+                let answer = super::blocking(move || Ok((client.node()?, client.vms()?))).await;
+                (name, answer)
+            }
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        for (name, answer) in answers {
+            let key = format!("{}{name}", keys::NODE_STATUS);
+            let held = ctl.db.get::<NodeStatus>(&key).await?;
+            let mut status = held.as_ref().map(|h| h.value.clone()).unwrap_or_default();
+            match answer {
+                Ok((info, vms)) => {
+                    self.misses.remove(&name);
+                    ctl.observed
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            name.clone(),
+                            Observed {
+                                vms,
+                                at: Instant::now(),
+                            },
+                        );
+                    status.connection = Connection::Connected;
+                    status.version = Some(info.version);
+                    status.cpus = info.cpus;
+                    status.memory_mib = info.memory_mib;
+                    status.reserved_memory_mib = info.reserved_memory_mib;
+                    status.pools = info
+                        .pools
+                        .iter()
+                        .map(|p| NodePool {
+                            name: p.name.clone(),
+                            kind: p.kind,
+                        })
+                        .collect();
+                    status.networks = info.networks;
+                    status.error = info
+                        .storaged_error
+                        .map(|e| format!("storaged: {e}"))
+                        .or(info.netd_error.map(|e| format!("netd: {e}")));
+                    let stale = status
+                        .last_seen_unix_ms
+                        .is_none_or(|t| now_ms().saturating_sub(t) >= SEEN_EVERY);
+                    if stale {
+                        status.last_seen_unix_ms = Some(now_ms());
+                    }
+                }
+                Err(e) => {
+                    let misses = self.misses.entry(name.clone()).or_default();
+                    *misses += 1;
+                    if *misses >= DISCONNECT_AFTER {
+                        status.connection = Connection::Disconnected;
+                        status.error = Some(format!("hostd does not answer: {e}"));
+                        ctl.observed
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&name);
+                    }
+                }
+            }
+            let before = held.as_ref().map(|h| &h.value);
+            if before != Some(&status) {
+                if before.map(|b| b.connection) != Some(status.connection) {
+                    let message = match &status.error {
+                        Some(e) if status.connection != Connection::Connected => e.clone(),
+                        _ => "hostd answers".to_owned(),
+                    };
+                    events::emit(
+                        &ctl.db,
+                        &format!("node/{name}"),
+                        &format!("{:?}", status.connection).to_lowercase(),
+                        message,
+                    )
+                    .await;
+                }
+                let written = match &held {
+                    Some(h) => ctl.db.update(&key, h.revision, &status).await?,
+                    None => ctl.db.create(&key, &status).await?,
+                };
+                if !written {
+                    tracing::debug!("node {name}'s status changed under the poll");
+                }
+            }
+        }
+        Ok(())
+    }
+}

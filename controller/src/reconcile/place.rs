@@ -1,0 +1,144 @@
+//! Places pending VMs, oldest first: each placement takes the node's room and counts for the
+//! affinity of the VMs placed after it in the same pass. A VM that fits nowhere stays Pending
+//! with the reason per node (and an event when the reason changes).
+
+use std::collections::BTreeSet;
+
+use triad_api::v1::{PlacementReport, PowerState, VmState};
+
+use crate::api::current_settings;
+use crate::model::{keys, now_ms, AffinityGroupRecord, DbError, NodeStatus, VmRecord};
+use crate::scheduler::{place, GroupView, NodeView, Request};
+use crate::{events, Ctl};
+
+pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
+    let vms = ctl.db.list::<VmRecord>(keys::VMS).await?;
+    let mut pending: Vec<_> = vms
+        .iter()
+        .filter(|v| v.value.state == VmState::Pending && v.value.node.is_none() && !v.value.destroy)
+        .cloned()
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    pending.sort_by_key(|v| (v.value.created_unix_ms, v.value.id.clone()));
+    let settings = current_settings(ctl).await?;
+    let statuses = ctl.db.list_keyed::<NodeStatus>(keys::NODE_STATUS).await?;
+    let nodes = ctl.nodes().await?;
+    let mut views: Vec<NodeView> = nodes
+        .iter()
+        .map(|n| {
+            let status = statuses
+                .iter()
+                .find(|(name, _)| *name == n.name)
+                .map(|(_, s)| &s.value);
+            NodeView {
+                name: n.name.clone(),
+                enable: n.enable,
+                connection: n.connection,
+                liveness: n.liveness,
+                cpus: n.cpus,
+                memory_mib: n.memory_mib,
+                reserved_memory_mib: n.reserved_memory_mib,
+                allocated_vcpus: n.allocated_vcpus,
+                allocated_memory_mib: n.allocated_memory_mib,
+                pools: status
+                    .map(|s| s.pools.iter().map(|p| p.name.clone()).collect())
+                    .unwrap_or_default(),
+                networks: n.networks.iter().cloned().collect(),
+            }
+        })
+        .collect();
+    let groups = ctl
+        .db
+        .list::<AffinityGroupRecord>(keys::AFFINITY_GROUPS)
+        .await?;
+    // Where each VM in some group is: (its groups, its node).
+    let mut placed: Vec<(Vec<String>, String)> = vms
+        .iter()
+        .filter(|v| !v.value.destroy)
+        .filter_map(|v| {
+            Some((
+                v.value.request.affinity_groups.clone(),
+                v.value.node.clone()?,
+            ))
+        })
+        .collect();
+    for held in pending {
+        let vm = &held.value;
+        let request = Request {
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            pools: vm
+                .disks
+                .iter()
+                .map(|d| d.pool.clone())
+                .collect::<BTreeSet<_>>(),
+            networks: vm.nics.iter().map(|n| n.network.clone()).collect(),
+            groups: vm
+                .request
+                .affinity_groups
+                .iter()
+                .filter_map(|name| {
+                    let g = groups.iter().find(|g| g.value.spec.name == *name)?;
+                    Some(GroupView {
+                        name: name.clone(),
+                        rule: g.value.spec.rule.clone(),
+                        strength: g.value.spec.strength,
+                        member_nodes: placed
+                            .iter()
+                            .filter(|(gs, _)| gs.contains(name))
+                            .map(|(_, node)| node.clone())
+                            .collect(),
+                    })
+                })
+                .collect(),
+        };
+        let decision = place(&request, &views, &settings);
+        let report = PlacementReport {
+            vm: vm.id.clone(),
+            chosen: decision.chosen.map(|i| views[i].name.clone()),
+            nodes: decision.report(&views, &request),
+            unix_ms: now_ms(),
+        };
+        ctl.db
+            .put(&format!("{}{}", keys::PLACEMENTS, vm.id), &report)
+            .await?;
+        let key = format!("{}{}", keys::VMS, vm.id);
+        let mut next = vm.clone();
+        match decision.chosen {
+            Some(i) => {
+                let node = views[i].name.clone();
+                next.node = Some(node.clone());
+                next.generation += 1;
+                next.reason = None;
+                next.state = match vm.power {
+                    PowerState::Running => VmState::Starting,
+                    PowerState::Stopped => VmState::Stopping,
+                };
+                if ctl.db.update(&key, held.revision, &next).await? {
+                    views[i].allocated_vcpus += vm.vcpus;
+                    views[i].allocated_memory_mib += vm.memory_mib;
+                    placed.push((vm.request.affinity_groups.clone(), node.clone()));
+                    events::emit(
+                        &ctl.db,
+                        &format!("vm/{}", vm.id),
+                        "placed",
+                        format!("on node {node} (generation {})", next.generation),
+                    )
+                    .await;
+                }
+            }
+            None => {
+                let why = decision.why_pending(&views, &request);
+                if vm.reason.as_deref() != Some(why.as_str()) {
+                    next.reason = Some(why.clone());
+                    if ctl.db.update(&key, held.revision, &next).await? {
+                        events::emit(&ctl.db, &format!("vm/{}", vm.id), "pending", why).await;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

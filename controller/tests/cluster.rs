@@ -1,0 +1,408 @@
+//! The controller for real: the 3-node harness (namespaces running netd, storaged and hostd),
+//! a controller on the management network, the test guest under KVM, and what the nodes say.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use triad_api::client::{HostdClient, NetdClient, StoragedClient};
+use triad_api::http::{send, Endpoint};
+use triad_tests::{guest_elf, kvm_available, wait_for, Cluster, Controller};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A call to the controller's API with `token`: its status and JSON answer.
+fn call(
+    ctl: &Controller,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    let r = send(
+        &Endpoint::Unix(ctl.daemon.socket.clone()),
+        method,
+        path,
+        body.as_deref(),
+        token,
+        TIMEOUT,
+    )
+    .unwrap();
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+fn admin(ctl: &Controller, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    call(ctl, Some(&ctl.token()), method, path, body)
+}
+
+fn ok(ctl: &Controller, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (status, answer) = admin(ctl, method, path, body);
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {answer}"
+    );
+    answer
+}
+
+/// Joins every node and waits until the controller reaches them all.
+fn join_all(cluster: &Cluster, ctl: &Controller) {
+    for node in &cluster.nodes {
+        let (status, answer) = admin(
+            ctl,
+            "POST",
+            "/v1/nodes",
+            Some(
+                json!({"name": node.name, "address": node.hostd_addr(), "token": node.hostd_token(),
+                "data_address": node.addr(2)}),
+            ),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+    wait_for("every node connected", TIMEOUT, || {
+        let nodes = ok(ctl, "GET", "/v1/nodes", None);
+        let all = nodes.as_array()?;
+        (all.len() == cluster.nodes.len() && all.iter().all(|n| n["connection"] == "connected"))
+            .then_some(())
+    });
+}
+
+/// The VXLAN network `lan` on every node, and the test guest as image `guest` on the shared pool.
+fn network_and_image(cluster: &Cluster, ctl: &Controller) {
+    let (status, answer) = admin(
+        ctl,
+        "POST",
+        "/v1/networks",
+        Some(
+            json!({"name": "lan", "l2": {"kind": "vxlan", "vni": 6262, "underlay": "data0"},
+            "l3": {"cidr": "10.62.0.0/24", "gateway": "10.62.0.1"}}),
+        ),
+    );
+    assert_eq!(status, 201, "{answer}");
+    wait_for("lan on every node", TIMEOUT, || {
+        let n = ok(ctl, "GET", "/v1/networks/lan", None);
+        let nodes = n["nodes"].as_object()?;
+        (nodes.len() == cluster.nodes.len() && nodes.values().all(|s| s == "ready")).then_some(())
+    });
+    let file = cluster.shared.join("guest-disk.raw");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..16].copy_from_slice(b"TRIAD-TEST-IMAGE");
+    std::fs::write(&file, bytes).unwrap();
+    let (status, answer) = admin(
+        ctl,
+        "POST",
+        "/v1/images",
+        Some(
+            json!({"name": "guest", "pool": "shared", "source": {"kind": "file", "path": file},
+            "kernel": guest_elf(), "cmdline": "triad.blk=ro triad.net=dhcp"}),
+        ),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let op = answer["operation"]["id"].as_str().unwrap().to_owned();
+    wait_for("the image imported", TIMEOUT, || {
+        let image = ok(ctl, "GET", "/v1/images/guest", None);
+        assert_ne!(image["state"], "failed", "{image}");
+        (image["state"] == "ready").then_some(())
+    });
+    assert_eq!(
+        ok(ctl, "GET", &format!("/v1/operations/{op}"), None)["state"],
+        "succeeded"
+    );
+}
+
+fn wait_state(ctl: &Controller, id: &str, state: &str) -> Value {
+    wait_for(&format!("VM {id} {state}"), TIMEOUT, || {
+        let vm = ok(ctl, "GET", &format!("/v1/vms/{id}"), None);
+        assert_ne!(vm["state"], "failed", "{vm}");
+        (vm["state"] == state).then_some(vm)
+    })
+}
+
+fn console(ctl: &Controller, id: &str) -> String {
+    ok(ctl, "GET", &format!("/v1/vms/{id}/console"), None)["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn node_of<'a>(cluster: &'a Cluster, vm: &Value) -> &'a triad_tests::Node {
+    let name = vm["node"].as_str().expect("placed");
+    cluster.nodes.iter().find(|n| n.name == name).unwrap()
+}
+
+#[test]
+fn vms_run_on_different_nodes_reach_each_other_and_go_without_a_trace() {
+    if !kvm_available("vms_run_on_different_nodes_reach_each_other_and_go_without_a_trace") {
+        return;
+    }
+    let cluster = Cluster::new("ctl-e2e", 3);
+    let ctl = cluster.start_controller(0, None);
+    join_all(&cluster, &ctl);
+    network_and_image(&cluster, &ctl);
+    ok(
+        ctl_ref(&ctl),
+        "POST",
+        "/v1/affinity-groups",
+        Some(json!({"name": "apart", "rule": {"kind": "vm_anti_affinity"}})),
+    );
+
+    let (status, a) = admin(
+        &ctl,
+        "POST",
+        "/v1/vms",
+        Some(
+            json!({"name": "a", "image": "guest", "memory_mib": 64, "nics": [{"network": "lan"}],
+            "affinity_groups": ["apart"], "ha": "never_stop"}),
+        ),
+    );
+    assert_eq!(status, 202, "{a}");
+    let a_id = a["resource"]["id"].as_str().unwrap().to_owned();
+    let a_ip = a["resource"]["nics"][0]["ip"].as_str().unwrap().to_owned();
+    let create_op = a["operation"]["id"].as_str().unwrap().to_owned();
+    let (status, b) = admin(
+        &ctl,
+        "POST",
+        "/v1/vms",
+        Some(
+            json!({"name": "b", "image": "guest", "memory_mib": 64, "nics": [{"network": "lan"}],
+            "affinity_groups": ["apart"], "cmdline": format!("triad.ping={a_ip}")}),
+        ),
+    );
+    assert_eq!(status, 202, "{b}");
+    let b_id = b["resource"]["id"].as_str().unwrap().to_owned();
+
+    let a_vm = wait_state(&ctl, &a_id, "running");
+    let b_vm = wait_state(&ctl, &b_id, "running");
+    assert_ne!(a_vm["node"], b_vm["node"], "anti-affinity keeps them apart");
+    assert_eq!(
+        ok(&ctl, "GET", &format!("/v1/operations/{create_op}"), None)["state"],
+        "succeeded"
+    );
+    let placement = ok(&ctl, "GET", &format!("/v1/vms/{b_id}/placement"), None);
+    let rejected: Vec<&Value> = placement["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["rejected_by"] == "affinity")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{placement}");
+
+    // B leased its address by DHCP from its own node and pings A across nodes over VXLAN.
+    let b_ip = b_vm["nics"][0]["ip"].as_str().unwrap();
+    let reply = format!("TRIAD-PING-REPLY {a_ip}");
+    let text = wait_for("B's ping answered", TIMEOUT, || {
+        let text = console(&ctl, &b_id);
+        text.contains(&reply).then_some(text)
+    });
+    assert!(text.contains(&format!("TRIAD-NET-IP {b_ip}/24")), "{text}");
+    assert!(text.contains("TRIAD-BLK-OK"), "{text}");
+
+    // Stop and start B, as its node sees it.
+    let b_node = node_of(&cluster, &b_vm);
+    let b_hostd = HostdClient::new(&b_node.hostd.socket);
+    ok(
+        &ctl,
+        "POST",
+        &format!("/v1/vms/{b_id}/stop"),
+        Some(json!({"force": true})),
+    );
+    wait_state(&ctl, &b_id, "stopped");
+    assert_eq!(
+        b_hostd.vm(&b_id).unwrap().unwrap().phase,
+        triad_api::hostd::VmPhase::Stopped
+    );
+    ok(&ctl, "POST", &format!("/v1/vms/{b_id}/start"), None);
+    wait_state(&ctl, &b_id, "running");
+
+    // kill -9 the controller: the VMs run on; a new one answers on the same store and token.
+    let a_node = node_of(&cluster, &a_vm);
+    let a_pid = HostdClient::new(&a_node.hostd.socket)
+        .vm(&a_id)
+        .unwrap()
+        .unwrap()
+        .pid;
+    let mut ctl = ctl;
+    ctl.daemon.restart();
+    assert_eq!(
+        ok(&ctl, "GET", &format!("/v1/vms/{a_id}"), None)["state"],
+        "running"
+    );
+    assert_eq!(
+        HostdClient::new(&a_node.hostd.socket)
+            .vm(&a_id)
+            .unwrap()
+            .unwrap()
+            .pid,
+        a_pid
+    );
+
+    // Destroy A: its node keeps no VM, volume, port or address of it.
+    let (status, _) = admin(&ctl, "DELETE", &format!("/v1/vms/{a_id}"), None);
+    assert_eq!(status, 202);
+    wait_for("A gone", TIMEOUT, || {
+        (admin(&ctl, "GET", &format!("/v1/vms/{a_id}"), None).0 == 404).then_some(())
+    });
+    assert!(HostdClient::new(&a_node.hostd.socket)
+        .vm(&a_id)
+        .unwrap()
+        .is_none());
+    assert!(StoragedClient::new(&a_node.storaged.socket)
+        .volume("shared", &format!("vm-{a_id}"))
+        .unwrap()
+        .is_none());
+    assert!(NetdClient::new(&a_node.netd.socket)
+        .port(&format!("{a_id}-eth0"))
+        .unwrap()
+        .is_none());
+    assert_eq!(ok(&ctl, "GET", "/v1/networks/lan", None)["allocated"], 1);
+    let events = ok(&ctl, "GET", &format!("/v1/events?resource=vm/{a_id}"), None);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for kind in ["created", "placed", "running", "vm.destroy", "destroyed"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+}
+
+#[test]
+fn bad_requests_and_bad_tokens_are_refused_by_name_and_audited() {
+    let cluster = Cluster::new("ctl-bad", 1);
+    let ctl = cluster.start_controller(0, None);
+    let (status, body) = call(&ctl, None, "GET", "/v1/vms", None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(call(&ctl, Some("nope"), "GET", "/v1/vms", None).0, 401);
+    let reader = ok(
+        &ctl,
+        "POST",
+        "/v1/tokens",
+        Some(json!({"name": "reader", "role": "read_only"})),
+    );
+    let secret = reader["secret"].as_str().unwrap();
+    assert_eq!(call(&ctl, Some(secret), "GET", "/v1/vms", None).0, 200);
+    let (status, body) = call(
+        &ctl,
+        Some(secret),
+        "POST",
+        "/v1/offerings",
+        Some(json!({"name": "x", "vcpus": 1, "memory_mib": 64})),
+    );
+    assert_eq!(status, 403, "{body}");
+    // Malformed, unknown fields, wrong types: 400 naming the field.
+    for (path, body, field) in [
+        (
+            "/v1/vms",
+            json!({"name": "a", "image": "guest", "nics": [{"network": "lan", "ip": "10.0.0.300"}]}),
+            "nics[0].ip",
+        ),
+        (
+            "/v1/vms",
+            json!({"name": "a", "image": "guest", "colour": "blue"}),
+            "colour",
+        ),
+        ("/v1/vms", json!({"name": "a b", "image": "guest"}), "name"),
+        (
+            "/v1/networks",
+            json!({"name": "n", "l2": {"kind": "vxlan", "vni": 1, "underlay": "data0"}, "l3": {"cidr": "10.0.0.0/33"}}),
+            "l3.cidr",
+        ),
+        (
+            "/v1/networks",
+            json!({"name": "n", "l2": {"kind": "vxlan", "vni": 0, "underlay": "data0"}}),
+            "l2.vni",
+        ),
+        (
+            "/v1/nodes",
+            json!({"name": "n", "address": "nowhere", "token": "t"}),
+            "address",
+        ),
+        (
+            "/v1/offerings",
+            json!({"name": "big", "vcpus": "many", "memory_mib": 1}),
+            "vcpus",
+        ),
+    ] {
+        let (status, answer) = admin(&ctl, "POST", path, Some(body.clone()));
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{body} -> {answer}"
+        );
+    }
+    let (status, answer) = call(&ctl, Some(&ctl.token()), "POST", "/v1/vms", None);
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (400, Some("body")),
+        "{answer}"
+    );
+    // Well formed, impossible: 422 naming the field, and nothing made.
+    let (status, answer) = admin(
+        &ctl,
+        "POST",
+        "/v1/vms",
+        Some(json!({"name": "a", "image": "nope"})),
+    );
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("image")),
+        "{answer}"
+    );
+    let (status, answer) = admin(
+        &ctl,
+        "POST",
+        "/v1/vms",
+        Some(json!({"name": "a", "image": "nope", "offering": "9C9G"})),
+    );
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("offering")),
+        "{answer}"
+    );
+    let n = &cluster.nodes[0];
+    let (status, answer) = admin(
+        &ctl,
+        "POST",
+        "/v1/nodes",
+        Some(json!({"name": n.name, "address": n.hostd_addr(), "token": "not-it"})),
+    );
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("token")),
+        "{answer}"
+    );
+    assert_eq!(ok(&ctl, "GET", "/v1/vms", None), json!([]));
+    assert_eq!(ok(&ctl, "GET", "/v1/nodes", None), json!([]));
+    assert_eq!(admin(&ctl, "GET", "/v1/vms/none", None).0, 404);
+    assert_eq!(admin(&ctl, "GET", "/v1/nothing", None).0, 404);
+    // Every change asked for is in the audit log, with who asked and the answer.
+    let audit = ok(&ctl, "GET", "/v1/audit", None);
+    let entries: Vec<(String, String, u64)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["token"].as_str().unwrap().to_owned(),
+                a["path"].as_str().unwrap().to_owned(),
+                a["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        entries.contains(&("reader".into(), "/v1/offerings".into(), 403)),
+        "{entries:?}"
+    );
+    assert!(
+        entries.contains(&("admin".into(), "/v1/tokens".into(), 201)),
+        "{entries:?}"
+    );
+    assert!(entries.iter().all(|(_, _, s)| *s != 500), "{entries:?}");
+    // The OpenAPI document needs no token.
+    let (status, doc) = call(&ctl, None, "GET", "/v1/openapi.json", None);
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/v1/vms"]["post"].is_object(), "{doc}");
+}
