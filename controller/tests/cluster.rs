@@ -142,7 +142,7 @@ fn vms_run_on_different_nodes_reach_each_other_and_go_without_a_trace() {
     join_all(&cluster, &ctl);
     network_and_image(&cluster, &ctl);
     ok(
-        ctl_ref(&ctl),
+        &ctl,
         "POST",
         "/v1/affinity-groups",
         Some(json!({"name": "apart", "rule": {"kind": "vm_anti_affinity"}})),
