@@ -1,0 +1,69 @@
+//! `cluster NAME NODES READY_FILE`: the cluster harness as a process, for `scripts/demo` and
+//! hands-on use. It brings up NODES nodes (namespaces running netd, storaged and hostd) and a
+//! controller on the embedded store, writes READY_FILE (JSON: the controller's socket and
+//! token, each node's address, token, data address and hostd config), then holds everything
+//! until SIGTERM or SIGINT, when it takes it all down again. SIGUSR1 starts the controller
+//! again (after it was killed, say) on the same store.
+
+use std::time::Duration;
+
+use serde_json::json;
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, name, nodes, ready] = args.as_slice() else {
+        eprintln!("usage: cluster NAME NODES READY_FILE");
+        std::process::exit(2);
+    };
+    let Ok(n) = nodes.parse::<usize>() else {
+        eprintln!("cluster: NODES must be a number, not {nodes:?}");
+        std::process::exit(2);
+    };
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1]);
+    let Ok(mut signals) = signals else {
+        eprintln!("cluster: installing signal handlers failed");
+        std::process::exit(1);
+    };
+    let cluster = triad_tests::Cluster::new(name, n);
+    let mut controller = cluster.start_controller(0, None);
+    let about = json!({
+        "dir": cluster.dir(),
+        "shared_dir": cluster.shared,
+        "controller": {
+            "socket": controller.daemon.socket,
+            "address": controller.addr,
+            "token": controller.token(),
+            "pid": controller.daemon.pid(),
+            "namespace": controller.ns.name,
+            "log": controller.daemon.log,
+        },
+        "nodes": cluster.nodes.iter().map(|node| json!({
+            "name": node.name,
+            "address": node.hostd_addr(),
+            "token": node.hostd_token(),
+            "data_address": node.addr(2),
+            "hostd_config": node.dir.join("triad-hostd.json"),
+            "namespace": node.ns.name,
+        })).collect::<Vec<_>>(),
+    });
+    let tmp = format!("{ready}.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(&about).unwrap_or_default(),
+    )
+    .and_then(|()| std::fs::rename(&tmp, ready))
+    .unwrap_or_else(|e| panic!("writing {ready}: {e}"));
+    for signal in signals.forever() {
+        if signal == SIGUSR1 {
+            controller.daemon.restart();
+            eprintln!("cluster {name}: the controller runs again");
+            continue;
+        }
+        eprintln!("cluster {name}: taking it down");
+        break;
+    }
+    drop(controller);
+    drop(cluster);
+    std::thread::sleep(Duration::from_millis(10));
+}
