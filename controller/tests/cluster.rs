@@ -406,3 +406,172 @@ fn bad_requests_and_bad_tokens_are_refused_by_name_and_audited() {
     assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/vms"]["post"].is_object(), "{doc}");
 }
+
+/// The VMM processes of node `node` (their sockets are under hostd's `vms/`).
+fn vmms(node: &triad_tests::Node) -> usize {
+    triad_tests::cluster::processes_under(&node.dir.join("hostd/vms")).len()
+}
+
+fn ensures(node: &triad_tests::Node, uuid: &str) -> usize {
+    HostdClient::new(&node.hostd.socket)
+        .events(0)
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e.vm.as_deref() == Some(uuid) && e.kind == triad_api::hostd::HostEventKind::VmEnsured
+        })
+        .count()
+}
+
+#[test]
+fn a_controller_killed_during_creates_finishes_each_exactly_once() {
+    if !kvm_available("a_controller_killed_during_creates_finishes_each_exactly_once") {
+        return;
+    }
+    let cluster = Cluster::new("ctl-kill", 3);
+    let mut ctl = cluster.start_controller(0, None);
+    join_all(&cluster, &ctl);
+    network_and_image(&cluster, &ctl);
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            let (status, vm) = admin(
+                &ctl,
+                "POST",
+                "/v1/vms",
+                Some(json!({"name": format!("k{i}"), "image": "guest", "memory_mib": 64, "nics": [{"network": "lan"}]})),
+            );
+            assert_eq!(status, 202, "{vm}");
+            vm["resource"]["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    // Cut off mid-way: some placed, some being made on their nodes, some not yet looked at.
+    ctl.daemon.restart();
+    for id in &ids {
+        wait_state(&ctl, id, "running");
+    }
+    let mut total = 0;
+    for id in &ids {
+        let vm = ok(&ctl, "GET", &format!("/v1/vms/{id}"), None);
+        let node = node_of(&cluster, &vm);
+        assert_eq!(ensures(node, id), 1, "VM {id} made once on {}", node.name);
+        for other in cluster.nodes.iter().filter(|n| n.name != node.name) {
+            assert!(
+                HostdClient::new(&other.hostd.socket)
+                    .vm(id)
+                    .unwrap()
+                    .is_none(),
+                "VM {id} only on {}",
+                node.name
+            );
+        }
+        total += 1;
+    }
+    assert_eq!(
+        cluster.nodes.iter().map(vmms).sum::<usize>(),
+        total,
+        "one VMM per VM"
+    );
+    // Each address once.
+    let mut ips: Vec<String> = ok(&ctl, "GET", "/v1/vms", None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["nics"][0]["ip"].as_str().unwrap().to_owned())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), ids.len());
+}
+
+#[test]
+fn two_controllers_on_etcd_one_leads_and_the_other_takes_over() {
+    if !kvm_available("two_controllers_on_etcd_one_leads_and_the_other_takes_over") {
+        return;
+    }
+    let cluster = Cluster::new("ctl-etcd", 2);
+    let (etcd, _etcd_ns) = cluster.start_etcd();
+    let c0 = cluster.start_controller(0, Some(&etcd.endpoint));
+    let c1 = cluster.start_controller(1, Some(&etcd.endpoint));
+    let leaders = |cs: &[&Controller]| -> Vec<bool> {
+        cs.iter()
+            .map(|c| call(c, None, "GET", "/v1/health", None).1["leader"] == true)
+            .collect()
+    };
+    wait_for("one leader", TIMEOUT, || {
+        (leaders(&[&c0, &c1]).iter().filter(|l| **l).count() == 1).then_some(())
+    });
+    assert_eq!(
+        call(&c1, None, "GET", "/v1/health", None).1["store"],
+        "etcd"
+    );
+    // Either answers the API with the one admin token; the leader's loops do the work.
+    join_all(&cluster, &c1);
+    network_and_image(&cluster, &c0);
+    let create = |c: &Controller, name: &str| {
+        let (status, vm) = admin(
+            c,
+            "POST",
+            "/v1/vms",
+            Some(json!({"name": name, "image": "guest", "memory_mib": 64})),
+        );
+        assert_eq!(status, 202, "{vm}");
+        vm["resource"]["id"].as_str().unwrap().to_owned()
+    };
+    let first = create(&c1, "first");
+    wait_state(&c0, &first, "running");
+    // The leader dies; the other takes over within the lease.
+    let c0_led = leaders(&[&c0, &c1])[0];
+    let (mut leader, follower) = if c0_led { (c0, c1) } else { (c1, c0) };
+    leader.daemon.kill9();
+    wait_for("the other leads", TIMEOUT, || {
+        (call(&follower, None, "GET", "/v1/health", None).1["leader"] == true).then_some(())
+    });
+    let second = create(&follower, "second");
+    wait_state(&follower, &second, "running");
+    assert_eq!(
+        ok(&follower, "GET", &format!("/v1/vms/{first}"), None)["state"],
+        "running"
+    );
+    drop(leader);
+    drop(etcd);
+}
+
+#[test]
+fn hostd_restarted_under_the_controller_readopts_its_vms() {
+    if !kvm_available("hostd_restarted_under_the_controller_readopts_its_vms") {
+        return;
+    }
+    let mut cluster = Cluster::new("ctl-hostd", 1);
+    let ctl = cluster.start_controller(0, None);
+    join_all(&cluster, &ctl);
+    network_and_image(&cluster, &ctl);
+    let (status, vm) = admin(
+        &ctl,
+        "POST",
+        "/v1/vms",
+        Some(
+            json!({"name": "stay", "image": "guest", "memory_mib": 64, "nics": [{"network": "lan"}]}),
+        ),
+    );
+    assert_eq!(status, 202, "{vm}");
+    let id = vm["resource"]["id"].as_str().unwrap().to_owned();
+    wait_state(&ctl, &id, "running");
+    let pid = HostdClient::new(&cluster.nodes[0].hostd.socket)
+        .vm(&id)
+        .unwrap()
+        .unwrap()
+        .pid;
+    cluster.nodes[0].hostd.restart();
+    let node = &cluster.nodes[0];
+    let after = HostdClient::new(&node.hostd.socket)
+        .vm(&id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.pid, pid, "the same VMM, adopted");
+    assert_eq!(
+        ok(&ctl, "GET", &format!("/v1/vms/{id}"), None)["state"],
+        "running"
+    );
+    assert_eq!(ensures(node, &id), 1);
+    assert_eq!(vmms(node), 1);
+}

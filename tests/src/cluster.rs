@@ -409,6 +409,28 @@ impl Cluster {
         }
     }
 
+    /// An etcd of the cluster's own, in a namespace on the management network
+    /// (`http://10.250.0.250:2379`), for controllers that share their state.
+    pub fn start_etcd(&self) -> (crate::Etcd, Ns) {
+        let ns = Ns::new(&format!("{}-etcd", self.name));
+        ns.wire(
+            "mgmt0",
+            Some("10.250.0.250/24"),
+            &self.switch,
+            "etcd-mgmt",
+            None,
+        );
+        self.switch
+            .ip(&["link", "set", "etcd-mgmt", "master", LINKS[0].1]);
+        ns.ip(&["link", "set", "lo", "up"]);
+        let dir = self.dir.join("etcd");
+        std::fs::create_dir_all(&dir).unwrap();
+        (
+            crate::Etcd::start_in(&dir, Some(&ns.name), "10.250.0.250", 2379, 2380),
+            ns,
+        )
+    }
+
     /// The cluster's directory: every node's, and the shared pool's.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 pub struct Etcd {
     child: Child,
     dir: PathBuf,
-    /// `http://127.0.0.1:PORT`, for clients.
+    /// `http://IP:PORT`, for clients.
     pub endpoint: String,
+    ns: Option<String>,
 }
 
 /// A TCP port on loopback that nothing listens on just now.
@@ -23,16 +24,28 @@ pub fn free_port() -> u16 {
 }
 
 impl Etcd {
-    /// Starts etcd with its data in `dir/etcd` and waits until it answers.
+    /// Starts etcd on loopback with its data in `dir/etcd` and waits until it answers.
     pub fn start(dir: &Path) -> Self {
+        Self::start_in(dir, None, "127.0.0.1", free_port(), free_port())
+    }
+
+    /// Starts etcd in network namespace `ns` (when given), listening on `ip`.
+    pub fn start_in(dir: &Path, ns: Option<&str>, ip: &str, client: u16, peer: u16) -> Self {
         let data = dir.join("etcd");
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).expect("etcd's data directory");
-        let (client, peer) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let client_url = format!("http://{ip}:{client}");
+        let peer_url = format!("http://{ip}:{peer}");
         let log = std::fs::File::create(dir.join("etcd.log")).expect("etcd's log");
-        let child = Command::new("etcd")
+        let mut command = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "etcd"]);
+                c
+            }
+            None => Command::new("etcd"),
+        };
+        let child = command
             .arg("--name=triad-test")
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={client_url}"))
@@ -49,6 +62,7 @@ impl Etcd {
             child,
             dir: dir.to_owned(),
             endpoint: client_url,
+            ns: ns.map(str::to_owned),
         };
         etcd.wait_healthy();
         etcd
@@ -57,7 +71,15 @@ impl Etcd {
     fn wait_healthy(&self) {
         let start = Instant::now();
         loop {
-            let health = Command::new("etcdctl")
+            let mut command = match &self.ns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, "etcdctl"]);
+                    c
+                }
+                None => Command::new("etcdctl"),
+            };
+            let health = command
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={}", self.endpoint))
                 .arg("--dial-timeout=1s")

@@ -7,8 +7,10 @@ use triad_api::storage::{ImageRequest, ImageState as PoolImageState};
 use triad_api::v1::{Connection, ImageState};
 
 use super::blocking;
-use crate::model::{keys, DbError, ImageRecord, NodeRecord, NodeStatus};
+use crate::model::{encode, keys, DbError, ImageRecord, NodeRecord, NodeStatus};
+use crate::store::{Expect, Txn};
 use crate::{events, hostd_client, operations, Ctl};
+use triad_api::v1::Operation;
 
 pub async fn import(ctl: &Ctl) -> Result<(), DbError> {
     let importing: Vec<_> = ctl
@@ -97,13 +99,24 @@ pub async fn import(ctl: &Ctl) -> Result<(), DbError> {
         }
         if image != held.value {
             let key = format!("{}{}", keys::IMAGES, image.spec.name);
-            if ctl.db.update(&key, held.revision, &image).await?
-                && image.state != ImageState::Importing
-            {
-                let error = image.error.clone();
-                operations::finish(&ctl.db, &image.operation, error.clone()).await?;
-                let (kind, message) = match error {
-                    Some(e) => ("import_failed", e),
+            let mut txn = Txn::new()
+                .expect(&key, Expect::ModRevision(held.revision))
+                .put(&key, encode(&image));
+            let ended = image.state != ImageState::Importing;
+            if ended {
+                // The operation ends in the same write as the image.
+                let op_key = operations::key(&image.operation);
+                if let Some(op) = ctl.db.get::<Operation>(&op_key).await? {
+                    let mut value = op.value;
+                    operations::end(&mut value, image.error.clone());
+                    txn = txn
+                        .expect(&op_key, Expect::ModRevision(op.revision))
+                        .put(&op_key, encode(&value));
+                }
+            }
+            if ctl.db.store.txn(txn).await?.is_some() && ended {
+                let (kind, message) = match &image.error {
+                    Some(e) => ("import_failed", e.clone()),
                     None => (
                         "ready",
                         format!("{} bytes in pool {}", image.size_bytes, image.spec.pool),
