@@ -84,6 +84,7 @@ fn default_restart_backoff_max_ms() -> u64 {
 
 /// What happens when a VM's VMM exits while nobody asked it to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HaLevel {
     /// It stays stopped.

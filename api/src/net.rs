@@ -204,7 +204,7 @@ fn vxlan_port() -> u16 {
 #[serde(deny_unknown_fields)]
 pub struct StaticRoute {
     pub destination: Ipv4Cidr,
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub via: Ipv4Addr,
 }
 
@@ -213,9 +213,9 @@ pub struct StaticRoute {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IpRange {
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub start: Ipv4Addr,
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub end: Ipv4Addr,
 }
 
@@ -226,11 +226,11 @@ pub struct IpRange {
 pub struct L3 {
     pub cidr: Ipv4Cidr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub gateway: Option<Ipv4Addr>,
     /// At most two.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, format = Ipv4))]
     pub dns: Vec<Ipv4Addr>,
     #[serde(default)]
     pub ranges: Vec<IpRange>,
@@ -239,7 +239,7 @@ pub struct L3 {
     /// The address each host's DHCP server answers as (the same on every host: each answers
     /// only its own VMs); the network's last host address when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub dhcp_server: Option<Ipv4Addr>,
     /// How long a DHCP lease lasts; a day when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

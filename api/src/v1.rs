@@ -24,14 +24,16 @@ use utoipa::ToSchema;
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeJoin {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     /// hostd's TCP address, `host:port`.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[^:\s]+:[0-9]{1,5}$"))]
     pub address: String,
     pub token: String,
     /// Where VXLAN tunnels to this node end (its data network address); the management
     /// address's host when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub data_address: Option<Ipv4Addr>,
 }
 
@@ -78,7 +80,7 @@ pub enum Liveness {
 pub struct Node {
     pub name: String,
     pub address: String,
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub data_address: Ipv4Addr,
     pub enable: NodeEnable,
     pub connection: Connection,
@@ -109,8 +111,14 @@ pub struct Node {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Offering {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    )]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 254))]
     pub vcpus: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 16, maximum = 16777216))]
     pub memory_mib: u64,
 }
 
@@ -177,8 +185,10 @@ pub struct SettingsPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha_policy: Option<HaPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16))]
     pub cpu_overcommit: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 4))]
     pub memory_overcommit: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_memory_mib: Option<u64>,
@@ -199,9 +209,19 @@ pub enum NetworkL2 {
     },
     /// VXLAN between every node's data address, leaving by `underlay` (an interface of
     /// every node).
-    Vxlan { vni: u32, underlay: String },
+    Vxlan {
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16777215))]
+        vni: u32,
+        #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._@-]{1,15}$"))]
+        underlay: String,
+    },
     /// An 802.1Q VLAN on the trunk `uplink` of every node.
-    Vlan { vid: u16, uplink: String },
+    Vlan {
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 4094))]
+        vid: u16,
+        #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._@-]{1,15}$"))]
+        uplink: String,
+    },
 }
 
 /// `POST /v1/networks`.
@@ -209,6 +229,7 @@ pub enum NetworkL2 {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreate {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     pub l2: NetworkL2,
     /// Addressing: with it, VMs get their address by DHCP from the ranges (the whole CIDR
@@ -216,14 +237,19 @@ pub struct NetworkCreate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l3: Option<L3>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 576, maximum = 9000))]
     pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Network {
-    #[serde(flatten)]
-    pub spec: NetworkCreate,
+    pub name: String,
+    pub l2: NetworkL2,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l3: Option<L3>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// Per node: `ready`, or what its netd said.
     pub nodes: BTreeMap<String, String>,
     /// Addresses taken by VMs.
@@ -236,6 +262,7 @@ pub struct Network {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupCreate {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -244,10 +271,10 @@ pub struct SecurityGroupCreate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct SecurityGroup {
-    #[serde(flatten)]
-    pub spec: SecurityGroupCreate,
+    pub name: String,
+    pub rules: Vec<Rule>,
     /// The VMs' addresses in it.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, format = Ipv4))]
     pub members: Vec<Ipv4Addr>,
 }
 
@@ -256,6 +283,7 @@ pub struct SecurityGroup {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ImageCreate {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     pub pool: String,
     /// A file (on every node that imports it) or an http(s) URL.
@@ -263,6 +291,7 @@ pub struct ImageCreate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// The kernel VMs of this image boot (a file on every node), and its command line.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^/"))]
     pub kernel: String,
     #[serde(default)]
     pub cmdline: String,
@@ -280,8 +309,13 @@ pub enum ImageState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Image {
-    #[serde(flatten)]
-    pub spec: ImageCreate,
+    pub name: String,
+    pub pool: String,
+    pub source: ImageSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub kernel: String,
+    pub cmdline: String,
     pub state: ImageState,
     pub size_bytes: u64,
     /// Source bytes read so far, of how many (when known).
@@ -297,6 +331,7 @@ pub struct Image {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AffinityGroupCreate {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     pub rule: AffinityRule,
     /// Hard: a VM that cannot keep it is not placed. Soft: kept when it can be.
@@ -330,8 +365,9 @@ pub enum Strength {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct AffinityGroup {
-    #[serde(flatten)]
-    pub spec: AffinityGroupCreate,
+    pub name: String,
+    pub rule: AffinityRule,
+    pub strength: Strength,
     /// Its VMs' UUIDs.
     pub vms: Vec<String>,
 }
@@ -344,7 +380,7 @@ pub struct NicCreate {
     pub network: String,
     /// Allocated from the network's ranges when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub ip: Option<Ipv4Addr>,
     /// Made up (52:54:00:…) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -360,13 +396,19 @@ pub struct NicCreate {
 #[serde(deny_unknown_fields)]
 pub struct VmCreate {
     /// A host name: letters, digits and '-', 1 to 63.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    )]
     pub name: String,
     /// The size (default `1C2G`); `vcpus` and `memory_mib` override it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offering: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 254))]
     pub vcpus: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 16, maximum = 16777216))]
     pub memory_mib: Option<u64>,
     /// The image the root disk is cloned from (in the image's pool).
     pub image: String,
@@ -383,7 +425,6 @@ pub struct VmCreate {
     #[serde(default)]
     pub ssh_keys: Vec<String>,
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "none"))]
     pub ha: HaLevel,
     #[serde(default)]
     pub affinity_groups: Vec<String>,
@@ -442,7 +483,7 @@ pub struct VmNic {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub mac: Mac,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub ip: Option<Ipv4Addr>,
     pub security_groups: Vec<String>,
 }
@@ -474,7 +515,6 @@ pub struct Vm {
     pub image: String,
     pub nics: Vec<VmNic>,
     pub disks: Vec<VmDisk>,
-    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "none"))]
     pub ha: HaLevel,
     pub power: PowerState,
     /// A stop that NeverStop must not undo.
@@ -504,7 +544,6 @@ pub struct VmStop {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmHa {
-    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "never_stop"))]
     pub ha: HaLevel,
 }
 
@@ -538,16 +577,22 @@ pub struct NodeVerdict {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeCreate {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     pub pool: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1048576_f64, maximum = 1125899906842624_f64)
+    )]
     pub size_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Volume {
-    #[serde(flatten)]
-    pub spec: VolumeCreate,
+    pub name: String,
+    pub pool: String,
+    pub size_bytes: u64,
     /// The volume's id in its pool.
     pub volume: String,
     /// The VM it is attached to.
@@ -568,6 +613,10 @@ pub struct VolumeAttach {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeGrow {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1048576_f64, maximum = 1125899906842624_f64)
+    )]
     pub size_bytes: u64,
 }
 
@@ -619,6 +668,7 @@ pub enum Role {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenCreate {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     pub role: Role,
 }

@@ -137,6 +137,10 @@ async fn pass_through(
 
 /// A JSON body, or a 400 naming the field at fault (`nics[0].mac`).
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
+    // Every request body is an object (serde would also read a struct from an array).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::invalid("body", "want a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

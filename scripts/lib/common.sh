@@ -43,3 +43,18 @@ need_cargo() {
 	curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt >&2
 	. "$HOME/.cargo/env"
 }
+
+# need_python_tool PACKAGE==VERSION: a PyPI tool in a virtual environment of its own under
+# target/tools (nothing installed system-wide); prints the environment's bin directory.
+need_python_tool() {
+	local spec=$1 name=${1%%==*}
+	local venv
+	venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/tools/$name"
+	if [[ ! -x $venv/bin/$name ]] || ! "$venv/bin/pip" show -q "$name" 2>/dev/null | grep -q "^Version: ${spec#*==}$"; then
+		echo "installing $spec from PyPI into $venv" >&2
+		rm -rf "$venv"
+		python3 -m venv "$venv" >&2
+		"$venv/bin/pip" install -q "$spec" >&2
+	fi
+	echo "$venv/bin"
+}

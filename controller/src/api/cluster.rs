@@ -232,12 +232,33 @@ async fn create_token(
     ))
 }
 
+/// Deletes a token; not the caller's own, nor the last admin token (nobody could change
+/// anything again).
 #[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_token(
     State(ctl): State<Arc<Ctl>>,
+    axum::Extension(caller): axum::Extension<super::Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    if caller.0.name == name {
+        return Err(ApiError::conflict(
+            None,
+            format!("token {name:?} is the one this request uses"),
+        ));
+    }
+    let tokens = ctl.db.list::<TokenRecord>(keys::TOKENS).await?;
+    let admins: Vec<&str> = tokens
+        .iter()
+        .filter(|t| t.value.role == triad_api::v1::Role::Admin)
+        .map(|t| t.value.name.as_str())
+        .collect();
+    if admins == [name.as_str()] {
+        return Err(ApiError::conflict(
+            None,
+            format!("token {name:?} is the last admin token"),
+        ));
+    }
     if !auth::delete(&ctl.db, &name).await? {
         return Err(ApiError::NotFound(format!("no token {name:?}")));
     }
@@ -288,7 +309,9 @@ fn group_view(record: AffinityGroupRecord, vms: &[VmRecord]) -> AffinityGroup {
         .map(|vm| vm.id.clone())
         .collect();
     AffinityGroup {
-        spec: record.spec,
+        name: record.spec.name,
+        rule: record.spec.rule,
+        strength: record.spec.strength,
         vms: members,
     }
 }
@@ -404,17 +427,16 @@ async fn delete_group(
 
 /// `?after=SEQ&resource=PREFIX&limit=N`: events after SEQ, oldest first.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
-    params(("after" = Option<u64>, Query), ("resource" = Option<String>, Query, description = "only resources starting with this, e.g. vm/ or vm/UUID"),
-        ("limit" = Option<u64>, Query)),
+    params(("after" = Option<i64>, Query, minimum = 0), ("resource" = Option<String>, Query, description = "only resources starting with this, e.g. vm/ or vm/UUID"),
+        ("limit" = Option<i64>, Query, minimum = 0, maximum = 10000)),
     responses((status = 200, body = [Event]), (status = 400, body = ErrorBody)))]
 async fn list_events(
     State(ctl): State<Arc<Ctl>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Vec<Event>>> {
     let params = query(raw.as_deref(), &["after", "resource", "limit"])?;
-    let after = number(&params, "after")?.unwrap_or(0);
-    let limit =
-        usize::try_from(number(&params, "limit")?.unwrap_or(1000).min(10_000)).unwrap_or(1000);
+    let after = number(&params, "after", i64::MAX as u64)?.unwrap_or(0);
+    let limit = usize::try_from(number(&params, "limit", 10_000)?.unwrap_or(1000)).unwrap_or(1000);
     let mut list: Vec<Event> = events::after(&ctl.db, keys::EVENTS, after, usize::MAX).await?;
     if let Some(prefix) = params.get("resource") {
         list.retain(|e| e.resource.starts_with(prefix.as_str()));
@@ -424,16 +446,15 @@ async fn list_events(
 }
 
 #[utoipa::path(get, path = "/v1/audit", tag = "events",
-    params(("after" = Option<u64>, Query), ("limit" = Option<u64>, Query)),
+    params(("after" = Option<i64>, Query, minimum = 0), ("limit" = Option<i64>, Query, minimum = 0, maximum = 10000)),
     responses((status = 200, body = [AuditRecord]), (status = 400, body = ErrorBody)))]
 async fn audit(
     State(ctl): State<Arc<Ctl>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Vec<AuditRecord>>> {
     let params = query(raw.as_deref(), &["after", "limit"])?;
-    let after = number(&params, "after")?.unwrap_or(0);
-    let limit =
-        usize::try_from(number(&params, "limit")?.unwrap_or(1000).min(10_000)).unwrap_or(1000);
+    let after = number(&params, "after", i64::MAX as u64)?.unwrap_or(0);
+    let limit = usize::try_from(number(&params, "limit", 10_000)?.unwrap_or(1000)).unwrap_or(1000);
     Ok(Json(
         events::after(&ctl.db, keys::AUDIT, after, limit).await?,
     ))

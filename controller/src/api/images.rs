@@ -24,8 +24,14 @@ pub fn routes() -> Router<Arc<Ctl>> {
 }
 
 pub fn view(record: &ImageRecord) -> Image {
+    let spec = record.spec.clone();
     Image {
-        spec: record.spec.clone(),
+        name: spec.name,
+        pool: spec.pool,
+        source: spec.source,
+        sha256: spec.sha256,
+        kernel: spec.kernel,
+        cmdline: spec.cmdline,
         state: record.state,
         size_bytes: record.size_bytes,
         done_bytes: record.done_bytes,

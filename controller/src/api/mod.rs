@@ -113,6 +113,10 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body, or a 400 naming the field at fault (`nics[0].network`).
 pub fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
+    // Every request body is an object (serde would also read a struct from an array).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad("body", "want a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -164,13 +168,16 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A number parameter, or a 400 naming it.
-pub fn number(params: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+/// A number parameter within `max`, or a 400 naming it.
+pub fn number(params: &HashMap<String, String>, name: &str, max: u64) -> ApiResult<Option<u64>> {
     params
         .get(name)
-        .map(|v| {
-            v.parse()
-                .map_err(|_| ApiError::bad(name, format!("{v:?} is not a whole number")))
+        .map(|v| match v.parse::<u64>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(ApiError::bad(
+                name,
+                format!("{v:?} is not a whole number from 0 to {max}"),
+            )),
         })
         .transpose()
 }

@@ -132,7 +132,10 @@ async fn view(ctl: &Ctl, record: NetworkRecord) -> ApiResult<Network> {
         .kvs
         .len();
     Ok(Network {
-        spec: record.spec,
+        name: record.spec.name,
+        l2: record.spec.l2,
+        l3: record.spec.l3,
+        mtu: record.spec.mtu,
         nodes,
         allocated,
     })
@@ -294,7 +297,8 @@ async fn group_view(ctl: &Ctl, record: SecurityGroupRecord) -> ApiResult<Securit
         .collect();
     Ok(SecurityGroup {
         members: members(&record.spec.name, &vms),
-        spec: record.spec,
+        name: record.spec.name,
+        rules: record.spec.rules,
     })
 }
 

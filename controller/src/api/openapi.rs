@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "Triad controller", description = "The cluster's API: nodes, networks, images, volumes and VMs."),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     security(("bearer" = [])),
     paths(
         super::health,
@@ -47,6 +47,68 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The errors any operation may answer, on every operation that does not say them itself:
+/// 401 and 403 (auth), 400 (malformed), 404, 405, 409, 422 and 503 (the store or a node).
+#[derive(Debug)]
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                            "ErrorBody",
+                        ))))
+                        .build(),
+                )
+                .build()
+        };
+        let common = [
+            ("400", "the request is malformed: `field` names what"),
+            ("401", "no token, or one the controller does not know"),
+            ("403", "a read-only token asked for a change"),
+            ("404", "no such resource"),
+            ("405", "the resource does not take that method"),
+            ("409", "it conflicts with what exists"),
+            ("422", "well formed, but impossible: `field` names why"),
+            ("503", "the store or a node did not answer"),
+        ];
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let public = path == "/v1/health" || path == "/v1/openapi.json";
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (code, description) in common {
+                    if public && code != "503" {
+                        continue;
+                    }
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| RefOr::T(error(description)));
+                }
+            }
+        }
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components
+            .schemas
+            .entry("ErrorBody".to_owned())
+            .or_insert_with(|| <triad_api::ErrorBody as utoipa::PartialSchema>::schema());
     }
 }
 

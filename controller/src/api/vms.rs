@@ -88,7 +88,7 @@ pub async fn find(ctl: &Ctl, id: &str) -> ApiResult<crate::model::Versioned<VmRe
 }
 
 #[utoipa::path(get, path = "/v1/vms", tag = "vms",
-    params(("node" = Option<String>, Query), ("state" = Option<String>, Query), ("name" = Option<String>, Query)),
+    params(("node" = Option<String>, Query), ("state" = Option<VmState>, Query), ("name" = Option<String>, Query)),
     responses((status = 200, body = [Vm]), (status = 400, body = ErrorBody)))]
 async fn list(State(ctl): State<Arc<Ctl>>, RawQuery(raw): RawQuery) -> ApiResult<Json<Vec<Vm>>> {
     let params = query(raw.as_deref(), &["node", "state", "name"])?;
@@ -775,7 +775,7 @@ pub struct Console {
 }
 
 #[utoipa::path(get, path = "/v1/vms/{id}/console", tag = "vms",
-    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "the byte to start at")),
+    params(("id" = String, Path), ("after" = Option<i64>, Query, minimum = 0, description = "the byte to start at")),
     responses((status = 200, body = Console), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn console(
     State(ctl): State<Arc<Ctl>>,
@@ -783,7 +783,7 @@ async fn console(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Console>> {
     let params = query(raw.as_deref(), &["after"])?;
-    let after = number(&params, "after")?.unwrap_or(0);
+    let after = number(&params, "after", i64::MAX as u64)?.unwrap_or(0);
     let vm = find(&ctl, &id).await?.value;
     let Some(node) = vm.node.clone() else {
         return Err(ApiError::conflict(

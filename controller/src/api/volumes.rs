@@ -38,7 +38,9 @@ pub fn routes() -> Router<Arc<Ctl>> {
 
 fn view(record: &VolumeRecord) -> Volume {
     Volume {
-        spec: record.spec.clone(),
+        name: record.spec.name.clone(),
+        pool: record.spec.pool.clone(),
+        size_bytes: record.spec.size_bytes,
         volume: record.volume.clone(),
         vm: record.vm.clone(),
     }
