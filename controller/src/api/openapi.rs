@@ -108,7 +108,7 @@ impl Modify for CommonErrors {
         components
             .schemas
             .entry("ErrorBody".to_owned())
-            .or_insert_with(|| <triad_api::ErrorBody as utoipa::PartialSchema>::schema());
+            .or_insert_with(<triad_api::ErrorBody as utoipa::PartialSchema>::schema);
     }
 }
 
