@@ -122,7 +122,12 @@ fn create_to_running(runs: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
             .is_some_and(|a| a.iter().all(|n| n["connection"] == "connected")))
     })?;
     // Two CPUs a node: 50 one-vCPU VMs on three nodes need overcommit past the default 4.
-    call(&ctl, "PATCH", "/v1/settings", Some(json!({"cpu_overcommit": 16.0})))?;
+    call(
+        &ctl,
+        "PATCH",
+        "/v1/settings",
+        Some(json!({"cpu_overcommit": 16.0})),
+    )?;
     let file = cluster.shared.join("bench.raw");
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..16].copy_from_slice(b"TRIAD-TEST-IMAGE");
