@@ -29,6 +29,42 @@ pub fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {e}")))
 }
 
+/// What is wrong with a request body: the field at fault (`nics[0].mac`, or `body` for the
+/// whole) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyError {
+    pub field: String,
+    pub message: String,
+}
+
+/// A request body that must be a JSON object of type `T`, read naming the field at fault.
+pub fn object_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
+    let whole = |message: String| BodyError {
+        field: "body".into(),
+        message,
+    };
+    // serde would also read a struct from an array.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(whole("want a JSON object".into()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        // Syntax errors have no path ("?"), nor does the body as a whole (".").
+        let field = if path == "." || path == "?" {
+            "body".to_owned()
+        } else {
+            path
+        };
+        BodyError {
+            field,
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    de.end().map_err(|e| whole(e.to_string()))?;
+    Ok(value)
+}
+
 /// The answer to a path no route has.
 pub async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such resource".into())

@@ -77,11 +77,33 @@ pub struct Ctl {
     pub observed: RwLock<HashMap<String, Observed>>,
     /// VMs (and other keys) with a call to a node in flight, so that one is not made twice.
     pub busy: Mutex<HashSet<String>>,
-    /// What a node's daemons last said when asked to make a network or a group there, by
-    /// (`network/NAME`, node).
-    pub realize_errors: Mutex<HashMap<(String, String), String>>,
-    /// What was last put on each node, by (`network/NAME`, node): the spec's JSON.
-    pub sent: Mutex<HashMap<(String, String), String>>,
+    /// What a node's daemons last said when asked to make a network or a group there.
+    pub realize_errors: NodeNotes,
+    /// What was last put on each node: the spec's JSON.
+    pub sent: NodeNotes,
+}
+
+/// A note per (thing, node), where the thing is `network/NAME` or `security-group/NAME`.
+#[derive(Debug, Default)]
+pub struct NodeNotes(Mutex<HashMap<(String, String), String>>);
+
+impl NodeNotes {
+    pub fn get(&self, what: &str, node: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(what.to_owned(), node.to_owned()))
+            .cloned()
+    }
+
+    pub fn set(&self, what: &str, node: &str, note: Option<String>) {
+        let mut notes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (what.to_owned(), node.to_owned());
+        match note {
+            Some(n) => notes.insert(key, n),
+            None => notes.remove(&key),
+        };
+    }
 }
 
 impl Ctl {
@@ -93,8 +115,8 @@ impl Ctl {
             wake: tokio::sync::Notify::new(),
             observed: RwLock::default(),
             busy: Mutex::default(),
-            realize_errors: Mutex::default(),
-            sent: Mutex::default(),
+            realize_errors: NodeNotes::default(),
+            sent: NodeNotes::default(),
         })
     }
 
@@ -121,42 +143,13 @@ impl Ctl {
         let records = self.db.list::<NodeRecord>(keys::NODES).await?;
         let statuses: HashMap<String, NodeStatus> = self
             .db
-            .list_keyed::<NodeStatus>(keys::NODE_STATUS)
-            .await?
-            .into_iter()
-            .map(|(name, s)| (name, s.value))
-            .collect();
-        let vms: Vec<VmRecord> = self
-            .db
-            .list::<VmRecord>(keys::VMS)
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
+            .keyed_values::<NodeStatus>(keys::NODE_STATUS)
+            .await?;
+        let vms: Vec<VmRecord> = self.db.values::<VmRecord>(keys::VMS).await?;
         Ok(records
             .iter()
             .map(|r| api::node_view(&r.value, statuses.get(&r.value.join.name), &vms))
             .collect())
-    }
-
-    pub fn realize_error(&self, what: &str, node: &str) -> Option<String> {
-        self.realize_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(what.to_owned(), node.to_owned()))
-            .cloned()
-    }
-
-    pub fn set_realize_error(&self, what: &str, node: &str, error: Option<String>) {
-        let mut errors = self
-            .realize_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let key = (what.to_owned(), node.to_owned());
-        match error {
-            Some(e) => errors.insert(key, e),
-            None => errors.remove(&key),
-        };
     }
 
     /// Whether the controller reaches node `name`'s hostd.

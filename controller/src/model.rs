@@ -253,6 +253,29 @@ impl Db {
             .collect()
     }
 
+    /// The records under `prefix`, without their revisions.
+    pub async fn values<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, DbError> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
+    }
+
+    /// The records under `prefix` by the rest of their key (a name, an id), without revisions.
+    pub async fn keyed_values<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::HashMap<String, T>, DbError> {
+        Ok(self
+            .list_keyed(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, v)| (k, v.value))
+            .collect())
+    }
+
     /// The records under `prefix` with the rest of their key (a name, an id).
     pub async fn list_keyed<T: DeserializeOwned>(
         &self,
@@ -286,6 +309,11 @@ impl Db {
             .expect(key, Expect::ModRevision(revision))
             .put(key, encode(value));
         Ok(self.store.txn(txn).await?.is_some())
+    }
+
+    /// `txn` on the store: the new revision, or `None` when an expectation failed.
+    pub async fn txn(&self, txn: Txn) -> Result<Option<Revision>, DbError> {
+        Ok(self.store.txn(txn).await?)
     }
 
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), DbError> {

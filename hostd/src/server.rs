@@ -137,24 +137,7 @@ async fn pass_through(
 
 /// A JSON body, or a 400 naming the field at fault (`nics[0].mac`).
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
-    // Every request body is an object (serde would also read a struct from an array).
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(Error::invalid("body", "want a JSON object"));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        // Syntax errors have no path ("?"), nor does the body as a whole (".").
-        let field = if path == "." || path == "?" {
-            "body".to_owned()
-        } else {
-            path
-        };
-        Error::invalid(field, e.into_inner().to_string())
-    })?;
-    de.end()
-        .map_err(|e| Error::invalid("body", e.to_string()))?;
-    Ok(value)
+    triad_api::server::object_body(bytes).map_err(|e| Error::invalid(e.field, e.message))
 }
 
 /// Runs an agent call off the async workers: it waits on daemons and processes.

@@ -64,14 +64,7 @@ pub async fn current_settings(ctl: &Ctl) -> Result<Settings, crate::model::DbErr
 #[utoipa::path(get, path = "/v1/offerings", tag = "offerings",
     responses((status = 200, body = [Offering]), (status = 401, body = ErrorBody)))]
 async fn offerings(State(ctl): State<Arc<Ctl>>) -> ApiResult<Json<Vec<Offering>>> {
-    Ok(Json(
-        ctl.db
-            .list::<Offering>(keys::OFFERINGS)
-            .await?
-            .into_iter()
-            .map(|o| o.value)
-            .collect(),
-    ))
+    Ok(Json(ctl.db.values::<Offering>(keys::OFFERINGS).await?))
 }
 
 #[utoipa::path(get, path = "/v1/offerings/{name}", tag = "offerings", params(("name" = String, Path)),
@@ -317,13 +310,7 @@ fn group_view(record: AffinityGroupRecord, vms: &[VmRecord]) -> AffinityGroup {
 }
 
 async fn vm_records(ctl: &Ctl) -> ApiResult<Vec<VmRecord>> {
-    Ok(ctl
-        .db
-        .list::<VmRecord>(keys::VMS)
-        .await?
-        .into_iter()
-        .map(|v| v.value)
-        .collect())
+    Ok(ctl.db.values::<VmRecord>(keys::VMS).await?)
 }
 
 #[utoipa::path(get, path = "/v1/affinity-groups", tag = "affinity",

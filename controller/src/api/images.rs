@@ -126,14 +126,7 @@ async fn create(
         .expect(&key, Expect::Absent)
         .put(&key, encode(&record))
         .put(operations::key(&operation.id), encode(&operation));
-    if ctl
-        .db
-        .store
-        .txn(txn)
-        .await
-        .map_err(crate::model::DbError::from)?
-        .is_none()
-    {
+    if ctl.db.txn(txn).await?.is_none() {
         return Err(ApiError::conflict(
             Some("name"),
             format!("image {:?} exists", record.spec.name),

@@ -113,22 +113,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body, or a 400 naming the field at fault (`nics[0].network`).
 pub fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
-    // Every request body is an object (serde would also read a struct from an array).
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::bad("body", "want a JSON object"));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." || path == "?" {
-            "body".to_owned()
-        } else {
-            path
-        };
-        ApiError::bad(field, e.into_inner().to_string())
-    })?;
-    de.end().map_err(|e| ApiError::bad("body", e.to_string()))?;
-    Ok(value)
+    triad_api::server::object_body(bytes).map_err(|e| ApiError::bad(e.field, e.message))
 }
 
 /// Query parameters, refusing any not in `known`.

@@ -118,7 +118,8 @@ async fn view(ctl: &Ctl, record: NetworkRecord) -> ApiResult<Network> {
         } else if record.deleting {
             "deleted".to_owned()
         } else {
-            ctl.realize_error(&format!("network/{}", record.spec.name), &node)
+            ctl.realize_errors
+                .get(&format!("network/{}", record.spec.name), &node)
                 .unwrap_or_else(|| "pending".to_owned())
         };
         nodes.insert(node, state);
@@ -169,13 +170,7 @@ async fn create(
     bytes: Bytes,
 ) -> ApiResult<(StatusCode, Json<Network>)> {
     let spec: NetworkCreate = body(&bytes)?;
-    let others: Vec<NetworkRecord> = ctl
-        .db
-        .list::<NetworkRecord>(keys::NETWORKS)
-        .await?
-        .into_iter()
-        .map(|n| n.value)
-        .collect();
+    let others: Vec<NetworkRecord> = ctl.db.values::<NetworkRecord>(keys::NETWORKS).await?;
     check(&spec, &others)?;
     let record = NetworkRecord {
         spec,
@@ -288,13 +283,7 @@ async fn check_group(ctl: &Ctl, spec: &SecurityGroupCreate) -> ApiResult<()> {
 }
 
 async fn group_view(ctl: &Ctl, record: SecurityGroupRecord) -> ApiResult<SecurityGroup> {
-    let vms: Vec<VmRecord> = ctl
-        .db
-        .list::<VmRecord>(keys::VMS)
-        .await?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
+    let vms: Vec<VmRecord> = ctl.db.values::<VmRecord>(keys::VMS).await?;
     Ok(SecurityGroup {
         members: members(&record.spec.name, &vms),
         name: record.spec.name,
@@ -415,13 +404,7 @@ async fn remove_group(
     State(ctl): State<Arc<Ctl>>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let vms: Vec<VmRecord> = ctl
-        .db
-        .list::<VmRecord>(keys::VMS)
-        .await?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
+    let vms: Vec<VmRecord> = ctl.db.values::<VmRecord>(keys::VMS).await?;
     if vms
         .iter()
         .any(|vm| vm.nics.iter().any(|n| n.security_groups.contains(&name)))

@@ -440,14 +440,7 @@ async fn create(
             .expect(&key, Expect::Absent)
             .put(&key, encode(&vm))
             .put(operations::key(&operation.id), encode(&operation));
-        if ctl
-            .db
-            .store
-            .txn(txn)
-            .await
-            .map_err(crate::model::DbError::from)?
-            .is_some()
-        {
+        if ctl.db.txn(txn).await?.is_some() {
             events::emit(
                 &ctl.db,
                 &format!("vm/{}", vm.id),
@@ -560,14 +553,7 @@ async fn act(
             .expect(&key, Expect::ModRevision(held.revision))
             .put(&key, encode(&vm))
             .put(operations::key(&operation.id), encode(&operation));
-        if ctl
-            .db
-            .store
-            .txn(txn)
-            .await
-            .map_err(crate::model::DbError::from)?
-            .is_some()
-        {
+        if ctl.db.txn(txn).await?.is_some() {
             events::emit(
                 &ctl.db,
                 &format!("vm/{vm_id}"),

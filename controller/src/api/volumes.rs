@@ -198,12 +198,7 @@ async fn remove(State(ctl): State<Arc<Ctl>>, Path(name): Path<String>) -> ApiRes
     let txn = Txn::new()
         .expect(&key, Expect::ModRevision(held.revision))
         .delete(&key);
-    let deleted = ctl
-        .db
-        .store
-        .txn(txn)
-        .await
-        .map_err(crate::model::DbError::from)?;
+    let deleted = ctl.db.txn(txn).await?;
     if deleted.is_none() {
         return Err(ApiError::conflict(
             None,
@@ -326,14 +321,7 @@ async fn commit(
         .expect(&mkey, Expect::ModRevision(vm.revision))
         .put(&vkey, encode(volume))
         .put(&mkey, encode(&vm.value));
-    if ctl
-        .db
-        .store
-        .txn(txn)
-        .await
-        .map_err(crate::model::DbError::from)?
-        .is_none()
-    {
+    if ctl.db.txn(txn).await?.is_none() {
         return Err(ApiError::conflict(
             None,
             "the volume or the VM changed meanwhile; try again",

@@ -114,7 +114,7 @@ pub async fn import(ctl: &Ctl) -> Result<(), DbError> {
                         .put(&op_key, encode(&value));
                 }
             }
-            if ctl.db.store.txn(txn).await?.is_some() && ended {
+            if ctl.db.txn(txn).await?.is_some() && ended {
                 let (kind, message) = match &image.error {
                     Some(e) => ("import_failed", e.clone()),
                     None => (

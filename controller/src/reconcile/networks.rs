@@ -18,29 +18,27 @@ use crate::model::{
 };
 use crate::{events, hostd_client, Ctl};
 
-fn was_sent(ctl: &Ctl, what: &str, node: &str, spec: &str) -> bool {
-    ctl.sent
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&(what.to_owned(), node.to_owned()))
-        .is_some_and(|s| s == spec)
-}
-
-fn mark_sent(ctl: &Ctl, what: &str, node: &str, spec: Option<String>) {
-    let mut map = ctl.sent.lock().unwrap_or_else(|e| e.into_inner());
-    let key = (what.to_owned(), node.to_owned());
-    match spec {
-        Some(s) => map.insert(key, s),
-        None => map.remove(&key),
-    };
+/// Records how putting `what` on `node` went; a refusal that is new becomes an event.
+async fn note_put(ctl: &Ctl, what: &str, node: &str, put: Result<(), String>, spec: String) {
+    match put {
+        Ok(()) => {
+            ctl.realize_errors.set(what, node, None);
+            ctl.sent.set(what, node, Some(spec));
+        }
+        Err(e) => {
+            if ctl.realize_errors.get(what, node).as_deref() != Some(e.as_str()) {
+                events::emit(&ctl.db, what, "node_refused", format!("node {node}: {e}")).await;
+            }
+            ctl.realize_errors.set(what, node, Some(e));
+        }
+    }
 }
 
 /// Whether the security groups of the node are all there, as last sent.
 pub fn groups_sent(ctl: &Ctl, node: &str, groups: &[String]) -> bool {
-    let map = ctl.sent.lock().unwrap_or_else(|e| e.into_inner());
     groups
         .iter()
-        .all(|g| map.contains_key(&(format!("security-group/{g}"), node.to_owned())))
+        .all(|g| ctl.sent.get(&format!("security-group/{g}"), node).is_some())
 }
 
 /// Node `node`'s netd spec of `network`: the cluster's spec, with the other nodes as VXLAN peers.
@@ -86,13 +84,8 @@ struct Node {
 }
 
 async fn nodes(ctl: &Ctl) -> Result<Vec<Node>, DbError> {
-    let statuses: HashMap<String, NodeStatus> = ctl
-        .db
-        .list_keyed::<NodeStatus>(keys::NODE_STATUS)
-        .await?
-        .into_iter()
-        .map(|(n, s)| (n, s.value))
-        .collect();
+    let statuses: HashMap<String, NodeStatus> =
+        ctl.db.keyed_values::<NodeStatus>(keys::NODE_STATUS).await?;
     Ok(ctl
         .db
         .list::<NodeRecord>(keys::NODES)
@@ -129,35 +122,21 @@ pub async fn networks(ctl: &Ctl) -> Result<(), DbError> {
                     remaining += 1;
                     let id = name.clone();
                     let result = blocking(move || netd.delete_network(&id)).await;
-                    ctl.set_realize_error(&what, node_name, result.err());
-                    mark_sent(ctl, &what, node_name, None);
+                    ctl.realize_errors.set(&what, node_name, result.err());
+                    ctl.sent.set(&what, node_name, None);
                 }
                 continue;
             }
             let spec = node_spec(&network, &node.record, &records);
             let json = serde_json::to_string(&spec).unwrap_or_default();
-            if present && was_sent(ctl, &what, node_name, &json) {
+            if present && ctl.sent.get(&what, node_name).as_deref() == Some(json.as_str()) {
                 continue;
             }
             let id = name.clone();
-            match blocking(move || netd.put_network(&id, &spec)).await {
-                Ok(_) => {
-                    ctl.set_realize_error(&what, node_name, None);
-                    mark_sent(ctl, &what, node_name, Some(json));
-                }
-                Err(e) => {
-                    if ctl.realize_error(&what, node_name).as_deref() != Some(e.as_str()) {
-                        events::emit(
-                            &ctl.db,
-                            &what,
-                            "node_refused",
-                            format!("node {node_name}: {e}"),
-                        )
-                        .await;
-                    }
-                    ctl.set_realize_error(&what, node_name, Some(e));
-                }
-            }
+            let put = blocking(move || netd.put_network(&id, &spec))
+                .await
+                .map(drop);
+            note_put(ctl, &what, node_name, put, json).await;
         }
         if network.deleting && remaining == 0 {
             ctl.db.delete(&format!("{}{name}", keys::NETWORKS)).await?;
@@ -169,13 +148,7 @@ pub async fn networks(ctl: &Ctl) -> Result<(), DbError> {
 
 pub async fn groups(ctl: &Ctl) -> Result<(), DbError> {
     let nodes = nodes(ctl).await?;
-    let vms: Vec<VmRecord> = ctl
-        .db
-        .list::<VmRecord>(keys::VMS)
-        .await?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
+    let vms: Vec<VmRecord> = ctl.db.values::<VmRecord>(keys::VMS).await?;
     let groups = ctl
         .db
         .list::<SecurityGroupRecord>(keys::SECURITY_GROUPS)
@@ -206,36 +179,20 @@ pub async fn groups(ctl: &Ctl) -> Result<(), DbError> {
                 })
                 .await
                 {
-                    Ok(()) => mark_sent(ctl, &what, node_name, None),
+                    Ok(()) => ctl.sent.set(&what, node_name, None),
                     Err(e) => {
                         remaining += 1;
-                        ctl.set_realize_error(&what, node_name, Some(e));
+                        ctl.realize_errors.set(&what, node_name, Some(e));
                     }
                 }
                 continue;
             }
-            if was_sent(ctl, &what, node_name, &json) {
+            if ctl.sent.get(&what, node_name).as_deref() == Some(json.as_str()) {
                 continue;
             }
             let (id, spec) = (name.clone(), spec.clone());
-            match blocking(move || netd.put_group(&id, &spec)).await {
-                Ok(_) => {
-                    ctl.set_realize_error(&what, node_name, None);
-                    mark_sent(ctl, &what, node_name, Some(json.clone()));
-                }
-                Err(e) => {
-                    if ctl.realize_error(&what, node_name).as_deref() != Some(e.as_str()) {
-                        events::emit(
-                            &ctl.db,
-                            &what,
-                            "node_refused",
-                            format!("node {node_name}: {e}"),
-                        )
-                        .await;
-                    }
-                    ctl.set_realize_error(&what, node_name, Some(e));
-                }
-            }
+            let put = blocking(move || netd.put_group(&id, &spec)).await.map(drop);
+            note_put(ctl, &what, node_name, put, json.clone()).await;
         }
         if group.deleting && remaining == 0 {
             ctl.db

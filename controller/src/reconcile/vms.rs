@@ -160,7 +160,7 @@ async fn save(ctl: &Ctl, held: &Versioned<VmRecord>, mut next: VmRecord) -> Resu
                 .put(&op_key, encode(&op_value));
         }
     }
-    if ctl.db.store.txn(txn).await?.is_none() {
+    if ctl.db.txn(txn).await?.is_none() {
         return Ok(false);
     }
     if next.state != held.value.state {
@@ -383,7 +383,7 @@ async fn release(ctl: &Ctl, vm: &VmRecord) -> Result<(), DbError> {
                 }
             }
         }
-        if ctl.db.store.txn(txn).await?.is_some() {
+        if ctl.db.txn(txn).await?.is_some() {
             if let Some(op) = &current.value.operation {
                 operations::finish(&ctl.db, op, None).await?;
             }
