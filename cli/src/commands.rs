@@ -630,16 +630,16 @@ fn image(api: &Api, out: &Out, c: ImageCommand) -> Result<()> {
             name,
             pool,
             file,
-            url,
+            source_url,
             sha256,
             kernel,
             cmdline,
             no_wait,
         } => {
-            let source = match (file, url) {
+            let source = match (file, source_url) {
                 (Some(f), None) => json!({"kind": "file", "path": std::path::absolute(&f)?}),
                 (None, Some(u)) => json!({"kind": "url", "url": u}),
-                _ => bail!("give --file PATH or --url URL"),
+                _ => bail!("give --file PATH or --source-url URL"),
             };
             let mut body = json!({"name": name, "pool": pool, "source": source, "kernel": std::path::absolute(&kernel)?, "cmdline": cmdline});
             if let Some(s) = sha256 {

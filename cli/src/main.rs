@@ -287,8 +287,9 @@ pub enum ImageCommand {
         pool: String,
         #[arg(long)]
         file: Option<PathBuf>,
+        /// An http(s) URL each importing node fetches.
         #[arg(long)]
-        url: Option<String>,
+        source_url: Option<String>,
         #[arg(long)]
         sha256: Option<String>,
         /// The kernel its VMs boot (a file on every node).
@@ -402,6 +403,66 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("triad: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_do_not_swallow_a_subcommand_s_own() {
+        let cli = Cli::try_parse_from([
+            "triad",
+            "--url",
+            "unix:/c.sock",
+            "--token",
+            "admin-secret",
+            "node",
+            "join",
+            "n1",
+            "--address",
+            "10.0.0.1:7301",
+            "--node-token",
+            "node-secret",
+        ])
+        .unwrap();
+        assert_eq!(cli.token.as_deref(), Some("admin-secret"));
+        match cli.command {
+            Command::Node(NodeCommand::Join { node_token, .. }) => {
+                assert_eq!(node_token, "node-secret")
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "triad",
+            "--url",
+            "http://ctl:7300",
+            "image",
+            "import",
+            "g",
+            "--pool",
+            "p",
+            "--file",
+            "/f",
+            "--kernel",
+            "/k",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Image(ImageCommand::Import {
+                file, source_url, ..
+            }) => {
+                assert_eq!((file.is_some(), source_url), (true, None));
+            }
+            other => panic!("{other:?}"),
         }
     }
 }
