@@ -16,7 +16,7 @@ use crate::error::ErrorBody;
 use crate::hostd::{HostEvent, NodeInfo, SerialChunk, StateRequest, Vm, VmSpec};
 use crate::http::{send, ClientError, Endpoint};
 use crate::net::{
-    NetState, Network, NetworkSpec, Port, PortSpec, SecurityGroup, SecurityGroupSpec,
+    Eip, EipSpec, NetState, Network, NetworkSpec, Port, PortSpec, SecurityGroup, SecurityGroupSpec,
 };
 use crate::storage::{
     GrowRequest, Image, ImageRequest, PoolInfo, Snapshot, SnapshotRequest, Volume, VolumeClients,
@@ -344,6 +344,14 @@ impl NetdClient {
     /// Removes the port and its TAP; one already gone is no error.
     pub fn delete_port(&self, id: &str) -> Result<(), ClientError> {
         self.0.delete(&format!("/ports/{}", segment(id)))
+    }
+
+    pub fn put_eip(&self, id: &str, spec: &EipSpec) -> Result<Eip, ClientError> {
+        self.0.put(&format!("/eips/{}", segment(id)), spec)
+    }
+
+    pub fn delete_eip(&self, id: &str) -> Result<(), ClientError> {
+        self.0.delete(&format!("/eips/{}", segment(id)))
     }
 
     pub fn put_group(

@@ -326,6 +326,42 @@ pub struct Image {
     pub error: Option<String>,
 }
 
+/// `POST /v1/eips`: a public address of `network` mapped 1:1 to a VM's NIC, on whichever node
+/// the VM runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct EipCreate {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
+    pub name: String,
+    /// The public network (with addressing) the address is taken from.
+    pub network: String,
+    /// Taken from the network's ranges when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
+    pub ip: Option<Ipv4Addr>,
+    /// The VM's id (or its name, when only one VM has it).
+    pub vm: String,
+    /// The NIC (default `eth0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Eip {
+    pub name: String,
+    pub network: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
+    pub ip: Ipv4Addr,
+    /// The VM's id.
+    pub vm: String,
+    pub nic: String,
+    /// The node that holds it now, when its VM runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
 /// `POST /v1/affinity-groups`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

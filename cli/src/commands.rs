@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use crate::connect::Api;
 use crate::table::{cell, print};
 use crate::{
-    Cli, Command, EventCommand, GroupCommand, ImageCommand, NetCommand, NodeCommand, SgCommand,
-    TokenCommand, VmCommand, VolumeCommand,
+    Cli, Command, EipCommand, EventCommand, GroupCommand, ImageCommand, NetCommand, NodeCommand,
+    SgCommand, TokenCommand, VmCommand, VolumeCommand,
 };
 
 /// How long `--wait` waits.
@@ -27,6 +27,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Node(c) => node(&api, &out, c),
         Command::Net(c) => net(&api, &out, c),
         Command::Sg(c) => sg(&api, &out, c),
+        Command::Eip(c) => eip(&api, &out, c),
         Command::Image(c) => image(&api, &out, c),
         Command::Volume(c) => volume(&api, &out, c),
         Command::Group(c) => group(&api, &out, c),
@@ -620,6 +621,41 @@ fn sg(api: &Api, out: &Out, c: SgCommand) -> Result<()> {
                 &format!("security group {name} is being deleted"),
                 &Value::Null,
             )
+        }
+    }
+}
+
+fn eip(api: &Api, out: &Out, c: EipCommand) -> Result<()> {
+    match c {
+        EipCommand::Create {
+            name,
+            network,
+            vm,
+            ip,
+            nic,
+        } => {
+            let mut body = json!({"name": name, "network": network, "vm": vm});
+            if let Some(ip) = ip {
+                body["ip"] = Value::from(ip);
+            }
+            if let Some(nic) = nic {
+                body["nic"] = Value::from(nic);
+            }
+            let answer = api.post("/v1/eips", &body)?;
+            out.done(
+                &format!("EIP {name}: {} to {vm}", cell(&answer["ip"])),
+                &answer,
+            )
+        }
+        EipCommand::List => out.list(
+            &api.get("/v1/eips")?,
+            &["NAME", "IP", "NETWORK", "VM", "NIC", "NODE"],
+            &["name", "ip", "network", "vm", "nic", "node"],
+        ),
+        EipCommand::Show { name } => out.one(&api.get(&format!("/v1/eips/{}", seg(&name)))?),
+        EipCommand::Delete { name } => {
+            api.call::<Value>("DELETE", &format!("/v1/eips/{}", seg(&name)), None)?;
+            out.done(&format!("EIP {name} is being deleted"), &Value::Null)
         }
     }
 }

@@ -45,6 +45,9 @@ pub enum Command {
     /// Security groups.
     #[command(subcommand)]
     Sg(SgCommand),
+    /// Public addresses on VMs' NICs.
+    #[command(subcommand)]
+    Eip(EipCommand),
     /// Images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -268,6 +271,30 @@ pub enum SgCommand {
         name: String,
         #[arg(long = "rule")]
         rules: Vec<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EipCommand {
+    /// Map a public address of NETWORK to a VM's NIC (wherever the VM runs).
+    Create {
+        name: String,
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        vm: String,
+        /// Taken from the network's ranges when absent.
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        nic: Option<String>,
     },
     List,
     Show {

@@ -31,6 +31,7 @@ pub mod keys {
     pub const IMAGES: &str = "/triad/images/";
     pub const VOLUMES: &str = "/triad/volumes/";
     pub const AFFINITY_GROUPS: &str = "/triad/affinity-groups/";
+    pub const EIPS: &str = "/triad/eips/";
     pub const OFFERINGS: &str = "/triad/offerings/";
     pub const SETTINGS: &str = "/triad/settings";
     pub const TOKENS: &str = "/triad/tokens/";
@@ -168,6 +169,18 @@ pub struct VolumeRecord {
     /// Its id in the pool.
     pub volume: String,
     pub vm: Option<String>,
+}
+
+/// A public address on a VM's NIC: its node's netd maps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipRecord {
+    pub name: String,
+    pub network: String,
+    pub ip: std::net::Ipv4Addr,
+    pub vm: String,
+    pub nic: String,
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -238,6 +238,53 @@ fn vms_run_on_different_nodes_reach_each_other_and_go_without_a_trace() {
         a_pid
     );
 
+    // An EIP of a public network on A: its node's netd maps it, the others do not; A is
+    // not destroyed while it has one.
+    ok(
+        &ctl,
+        "POST",
+        "/v1/networks",
+        Some(
+            json!({"name": "public", "l2": {"kind": "novlan"}, "l3": {"cidr": "198.51.100.0/24", "gateway": "198.51.100.1"}}),
+        ),
+    );
+    wait_for("public on every node", TIMEOUT, || {
+        let n = ok(&ctl, "GET", "/v1/networks/public", None);
+        n["nodes"]
+            .as_object()?
+            .values()
+            .all(|s| s == "ready")
+            .then_some(())
+    });
+    let eip = ok(
+        &ctl,
+        "POST",
+        "/v1/eips",
+        Some(json!({"name": "a-public", "network": "public", "vm": a_id})),
+    );
+    assert_eq!(eip["ip"], "198.51.100.2", "{eip}");
+    let holds_eip = |node: &triad_tests::Node| {
+        NetdClient::new(&node.netd.socket)
+            .state()
+            .unwrap()
+            .eips
+            .iter()
+            .any(|e| e.id == "a-public")
+    };
+    wait_for("the EIP on A's node", TIMEOUT, || {
+        holds_eip(a_node).then_some(())
+    });
+    for other in cluster.nodes.iter().filter(|n| n.name != a_node.name) {
+        assert!(!holds_eip(other), "not on {}", other.name);
+    }
+    let (status, body) = admin(&ctl, "DELETE", &format!("/v1/vms/{a_id}"), None);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(admin(&ctl, "DELETE", "/v1/eips/a-public", None).0, 202);
+    wait_for("the EIP gone", TIMEOUT, || {
+        (admin(&ctl, "GET", "/v1/eips/a-public", None).0 == 404).then_some(())
+    });
+    assert!(!holds_eip(a_node));
+
     // Destroy A: its node keeps no VM, volume, port or address of it.
     let (status, _) = admin(&ctl, "DELETE", &format!("/v1/vms/{a_id}"), None);
     assert_eq!(status, 202);

@@ -7,6 +7,7 @@
 //! 403, 404, 409 (conflicts with what exists), 422 (well-formed but impossible) or 503.
 
 mod cluster;
+mod eips;
 mod images;
 mod networks;
 mod nodes;
@@ -179,6 +180,7 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
         .merge(images::routes())
         .merge(volumes::routes())
         .merge(vms::routes())
+        .merge(eips::routes())
         .layer(axum::middleware::from_fn_with_state(
             ctl.clone(),
             authenticate,

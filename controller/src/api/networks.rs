@@ -213,6 +213,19 @@ async fn remove(State(ctl): State<Arc<Ctl>>, Path(name): Path<String>) -> ApiRes
             format!("network {name:?} has {users} VMs on it"),
         ));
     }
+    let eips = ctl
+        .db
+        .values::<crate::model::EipRecord>(keys::EIPS)
+        .await?
+        .into_iter()
+        .filter(|e| e.network == name)
+        .count();
+    if eips > 0 {
+        return Err(ApiError::conflict(
+            None,
+            format!("network {name:?} has {eips} EIPs from it"),
+        ));
+    }
     let marked = ctl
         .db
         .modify::<NetworkRecord, ApiError>(&format!("{}{name}", keys::NETWORKS), |n| {

@@ -29,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         super::vms::list, super::vms::show, super::vms::create, super::vms::destroy,
         super::vms::start, super::vms::stop, super::vms::reboot, super::vms::set_ha,
         super::vms::placement, super::vms::console,
+        super::eips::list, super::eips::show, super::eips::create, super::eips::remove,
     ),
     tags(
         (name = "nodes"), (name = "vms"), (name = "networks"), (name = "images"), (name = "storage"),

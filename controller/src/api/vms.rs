@@ -663,12 +663,19 @@ async fn reboot(State(ctl): State<Arc<Ctl>>, Path(id): Path<String>) -> ApiResul
 /// Destroys the VM: its node removes it with its root volume and ports, then it is gone
 /// (404) and its addresses, MACs and data volumes are free.
 #[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms", params(("id" = String, Path)),
-    responses((status = 202, body = Accepted<Vm>), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = Accepted<Vm>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn destroy(
     State(ctl): State<Arc<Ctl>>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted<Vm>>)> {
     let found = find(&ctl, &id).await?;
+    let eips = ctl.db.values::<crate::model::EipRecord>(keys::EIPS).await?;
+    if let Some(eip) = eips.iter().find(|e| e.vm == found.value.id) {
+        return Err(ApiError::conflict(
+            None,
+            format!("EIP {:?} ({}) is on it: delete it first", eip.name, eip.ip),
+        ));
+    }
     if found.value.destroy {
         let operation = match &found.value.operation {
             Some(op) => ctl

@@ -4,10 +4,12 @@
 //! whenever a request wakes them; only the leading controller runs them.
 //!
 //! Order within a pass: the nodes are polled, networks and security groups made on them,
-//! images imported, pending VMs placed, then each VM's node is told what to do. Calls to
+//! images imported, pending VMs placed, each VM's node told what to do, and EIPs put on the
+//! nodes their VMs run on. Calls to
 //! nodes that may take long (an ensure, a remove) run as tasks of their own, at most one per
 //! VM at a time, so that one slow node holds up nothing else.
 
+mod eips;
 mod images;
 mod networks;
 mod nodes;
@@ -45,6 +47,7 @@ async fn pass(ctl: &Arc<Ctl>, polled: &mut nodes::Poller) -> Result<(), crate::m
     images::import(ctl).await?;
     place::pending(ctl).await?;
     vms::converge(ctl).await?;
+    eips::converge(ctl).await?;
     Ok(())
 }
 
