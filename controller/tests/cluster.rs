@@ -622,3 +622,133 @@ fn hostd_restarted_under_the_controller_readopts_its_vms() {
     assert_eq!(ensures(node, &id), 1);
     assert_eq!(vmms(node), 1);
 }
+
+#[test]
+fn data_volumes_attach_to_stopped_vms_grow_snapshot_and_roll_back() {
+    if !kvm_available("data_volumes_attach_to_stopped_vms_grow_snapshot_and_roll_back") {
+        return;
+    }
+    let cluster = Cluster::new("ctl-vol", 1);
+    let ctl = cluster.start_controller(0, None);
+    join_all(&cluster, &ctl);
+    network_and_image(&cluster, &ctl);
+    let node = &cluster.nodes[0];
+    let (status, vm) = admin(
+        &ctl,
+        "POST",
+        "/v1/vms",
+        Some(json!({"name": "db", "image": "guest", "memory_mib": 64})),
+    );
+    assert_eq!(status, 202, "{vm}");
+    let id = vm["resource"]["id"].as_str().unwrap().to_owned();
+    wait_state(&ctl, &id, "running");
+
+    let (status, body) = admin(
+        &ctl,
+        "POST",
+        "/v1/volumes",
+        Some(json!({"name": "data", "pool": "local", "size_bytes": 4 << 20})),
+    );
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (422, Some("pool")),
+        "a node's own pool: {body}"
+    );
+    let made = ok(
+        &ctl,
+        "POST",
+        "/v1/volumes",
+        Some(json!({"name": "data", "pool": "shared", "size_bytes": 4 << 20})),
+    );
+    let pool_volume = made["volume"].as_str().unwrap().to_owned();
+    assert!(StoragedClient::new(&node.storaged.socket)
+        .volume("shared", &pool_volume)
+        .unwrap()
+        .is_some());
+    let (status, body) = admin(
+        &ctl,
+        "POST",
+        "/v1/volumes/data/attach",
+        Some(json!({"vm": id})),
+    );
+    assert_eq!(status, 409, "a running VM: {body}");
+
+    ok(
+        &ctl,
+        "POST",
+        &format!("/v1/vms/{id}/stop"),
+        Some(json!({"force": true})),
+    );
+    wait_state(&ctl, &id, "stopped");
+    ok(
+        &ctl,
+        "POST",
+        "/v1/volumes/data/attach",
+        Some(json!({"vm": id})),
+    );
+    let (status, _) = admin(&ctl, "DELETE", "/v1/volumes/data", None);
+    assert_eq!(status, 409, "attached");
+    ok(
+        &ctl,
+        "POST",
+        "/v1/volumes/data/grow",
+        Some(json!({"size_bytes": 8 << 20})),
+    );
+    ok(
+        &ctl,
+        "POST",
+        "/v1/volumes/data/snapshots",
+        Some(json!({"name": "before"})),
+    );
+    let (status, _) = admin(
+        &ctl,
+        "POST",
+        "/v1/volumes/data/snapshots/before/rollback",
+        None,
+    );
+    assert_eq!(status, 204);
+    ok(&ctl, "POST", &format!("/v1/vms/{id}/start"), None);
+    let running = wait_state(&ctl, &id, "running");
+    assert_eq!(running["generation"], 2, "the attach made a new generation");
+    let held = HostdClient::new(&node.hostd.socket)
+        .vm(&id)
+        .unwrap()
+        .unwrap();
+    let disks: Vec<(&str, &str)> = held
+        .spec
+        .disks
+        .iter()
+        .map(|d| (d.id.as_str(), d.volume.as_str()))
+        .collect();
+    assert_eq!(
+        disks,
+        [
+            ("root", format!("vm-{id}").as_str()),
+            ("data", pool_volume.as_str())
+        ]
+    );
+    assert_eq!(
+        StoragedClient::new(&node.storaged.socket)
+            .volume("shared", &pool_volume)
+            .unwrap()
+            .unwrap()
+            .size_bytes,
+        8 << 20
+    );
+
+    // Destroying the VM frees the volume, and keeps it.
+    assert_eq!(admin(&ctl, "DELETE", &format!("/v1/vms/{id}"), None).0, 202);
+    wait_for("the VM gone", TIMEOUT, || {
+        (admin(&ctl, "GET", &format!("/v1/vms/{id}"), None).0 == 404).then_some(())
+    });
+    assert_eq!(ok(&ctl, "GET", "/v1/volumes/data", None)["vm"], Value::Null);
+    assert!(StoragedClient::new(&node.storaged.socket)
+        .volume("shared", &pool_volume)
+        .unwrap()
+        .is_some());
+    assert_eq!(admin(&ctl, "DELETE", "/v1/volumes/data", None).0, 204);
+    assert!(StoragedClient::new(&node.storaged.socket)
+        .volume("shared", &pool_volume)
+        .unwrap()
+        .is_none());
+}
