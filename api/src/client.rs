@@ -424,6 +424,14 @@ impl HostdClient {
         self.0.get(&format!("/events?after={after}"))
     }
 
+    /// The events after `after`, waiting up to `wait` for one when there is none yet.
+    pub fn wait_events(&self, after: u64, wait: Duration) -> Result<Vec<HostEvent>, ClientError> {
+        self.0.get(&format!(
+            "/events?after={after}&wait_ms={}",
+            wait.as_millis()
+        ))
+    }
+
     pub fn serial(&self, uuid: &str, after: u64) -> Result<SerialChunk, ClientError> {
         self.0
             .get(&format!("/vms/{}/serial?after={after}", segment(uuid)))

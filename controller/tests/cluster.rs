@@ -621,6 +621,21 @@ fn hostd_restarted_under_the_controller_readopts_its_vms() {
     );
     assert_eq!(ensures(node, &id), 1);
     assert_eq!(vmms(node), 1);
+
+    // Its VMM dies: a VM without HA stays stopped, and the controller says why.
+    let pid = i32::try_from(after.pid.unwrap()).unwrap();
+    // SAFETY: kill(2) on the test's own VMM; no memory effects.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let stopped = wait_state(&ctl, &id, "stopped");
+    assert!(
+        stopped["reason"]
+            .as_str()
+            .unwrap()
+            .contains("stopped by itself"),
+        "{stopped}"
+    );
+    assert_eq!(stopped["power"], "stopped");
+    assert_eq!(vmms(node), 0);
 }
 
 #[test]

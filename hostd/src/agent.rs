@@ -345,8 +345,9 @@ impl Agent {
         Ok(self.view(uuid, &rec, true))
     }
 
-    pub fn events(&self, after: u64) -> Vec<HostEvent> {
-        self.events.after(after)
+    /// `GET /events?after=SEQ[&wait_ms=N]`: with a wait, an empty answer comes only after it.
+    pub fn events(&self, after: u64, wait: Duration) -> Vec<HostEvent> {
+        self.events.after_or_wait(after, wait)
     }
 
     fn view(&self, uuid: &str, rec: &VmRecord, with_counters: bool) -> Vm {

@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use triad_api::hostd::{HostEvent, HostEventKind};
 
@@ -16,6 +17,8 @@ const KEEP: usize = 1000;
 pub struct Events {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Wakes those waiting for events (`after_or_wait`).
+    new: Condvar,
 }
 
 #[derive(Debug)]
@@ -44,6 +47,7 @@ impl Events {
                 next_seq,
                 lines_in_file,
             }),
+            new: Condvar::new(),
         }
     }
 
@@ -78,17 +82,36 @@ impl Events {
                 Err(e) => tracing::warn!("cutting back {}: {e}", self.path.display()),
             }
         }
+        self.new.notify_all();
+    }
+
+    /// The events after `seq`; when there are none yet, waits up to `wait` for one. The
+    /// controller waits here to hear of a change at once.
+    pub fn after_or_wait(&self, seq: u64, wait: Duration) -> Vec<HostEvent> {
+        let deadline = Instant::now() + wait;
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let found: Vec<HostEvent> = inner
+                .recent
+                .iter()
+                .filter(|e| e.seq > seq)
+                .cloned()
+                .collect();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !found.is_empty() || left.is_zero() {
+                return found;
+            }
+            inner = self
+                .new
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// The events after `seq`, oldest first.
     pub fn after(&self, seq: u64) -> Vec<HostEvent> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner
-            .recent
-            .iter()
-            .filter(|e| e.seq > seq)
-            .cloned()
-            .collect()
+        self.after_or_wait(seq, Duration::ZERO)
     }
 
     fn append(&self, event: &HostEvent) -> std::io::Result<()> {
@@ -138,6 +161,31 @@ mod tests {
         let seqs: Vec<u64> = log.after(0).iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
         assert_eq!(log.after(2)[0].message, "three");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_waiter_wakes_for_a_new_event_and_not_before() {
+        let dir = std::env::temp_dir().join(format!("hostd-events-wait-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::sync::Arc::new(Events::open(&dir));
+        log.emit(None, HostEventKind::HostdStarted, "old");
+        assert!(
+            log.after_or_wait(1, Duration::from_millis(50)).is_empty(),
+            "nothing new: empty after the wait"
+        );
+        let emitter = log.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            emitter.emit(Some("a"), HostEventKind::VmExited, "new");
+        });
+        let got = log.after_or_wait(1, Duration::from_secs(30));
+        assert_eq!(
+            got.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["new"]
+        );
+        t.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,7 +9,7 @@
 //! | `DELETE /vms/{uuid}` | remove it with what its ensures made (idempotent) |
 //! | `PUT /vms/{uuid}/state` | start, stop (graceful, then forced) or reboot it |
 //! | `GET /vms/{uuid}/serial?after=N` | its serial console output from byte N |
-//! | `GET /events?after=SEQ` | what happened since event SEQ |
+//! | `GET /events?after=SEQ[&wait_ms=N]` | what happened since event SEQ (waiting up to N ms for something) |
 //! | `ANY /netd/…`, `ANY /storaged/…` | the node's netd and storaged, passed through |
 //!
 //! Errors are `{"error", "field"?, "step"?}` with 400, 404, 409, 422, 502, 503 or 500. On TCP
@@ -211,6 +211,9 @@ async fn serial(
         .map(Json)
 }
 
+/// The longest `GET /events` waits for a new event.
+const MAX_WAIT_MS: u64 = 60_000;
+
 async fn events(
     State(agent): State<Arc<Agent>>,
     Query(query): Query<HashMap<String, String>>,
@@ -221,8 +224,21 @@ async fn events(
             .parse()
             .map_err(|_| Error::invalid("after", format!("{seq:?} is not an event number")))?,
     };
-    if let Some(other) = query.keys().find(|k| *k != "after") {
+    let wait_ms: u64 = match query.get("wait_ms") {
+        None => 0,
+        Some(ms) => ms
+            .parse()
+            .ok()
+            .filter(|ms| *ms <= MAX_WAIT_MS)
+            .ok_or_else(|| {
+                Error::invalid("wait_ms", format!("{ms:?} is not 0 to {MAX_WAIT_MS}"))
+            })?,
+    };
+    if let Some(other) = query.keys().find(|k| *k != "after" && *k != "wait_ms") {
         return Err(Error::invalid(other.as_str(), "unknown query parameter"));
     }
-    Ok(Json(agent.events(after)))
+    let wait = std::time::Duration::from_millis(wait_ms);
+    blocking(agent, move |a| Ok(a.events(after, wait)))
+        .await
+        .map(Json)
 }

@@ -1,8 +1,13 @@
 //! Polls every node's hostd: its capacity, pools, networks and VMs. A node that does not
 //! answer `DISCONNECT_AFTER` polls in a row is Disconnected. The status record is written
 //! only when it changes (and its last-seen time every `SEEN_EVERY`).
+//!
+//! Between polls, a watcher per node waits on hostd's event log (`GET /events?wait_ms=`): a
+//! VM that exits, restarts or stops on its node wakes the reconcilers at once, so a change is
+//! seen as it happens rather than at the next poll.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::{keys, now_ms, NodePool, NodeRecord, NodeStatus};
@@ -10,6 +15,8 @@ use crate::{events, hostd_client, Ctl, Observed};
 use triad_api::v1::Connection;
 
 const DISCONNECT_AFTER: u32 = 3;
+/// How long one wait on a node's event log lasts.
+const WATCH: Duration = Duration::from_secs(20);
 const SEEN_EVERY: u64 = 10_000;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -20,8 +27,13 @@ pub struct Poller {
 }
 
 impl Poller {
-    pub async fn poll(&mut self, ctl: &Ctl) -> Result<(), crate::model::DbError> {
+    pub async fn poll(&mut self, ctl: &Arc<Ctl>) -> Result<(), crate::model::DbError> {
         let records = ctl.db.list::<NodeRecord>(keys::NODES).await?;
+        for r in &records {
+            if ctl.try_busy(&format!("watch/{}", r.value.join.name)) {
+                tokio::spawn(watch(ctl.clone(), r.value.clone()));
+            }
+        }
         let calls = records.iter().map(|r| {
             let client = hostd_client(&r.value).with_timeout(TIMEOUT);
             let name = r.value.join.name.clone();
@@ -112,4 +124,34 @@ impl Poller {
         }
         Ok(())
     }
+}
+
+/// Wakes the reconcilers whenever node `record` logs an event, until it leaves the cluster.
+async fn watch(ctl: Arc<Ctl>, record: NodeRecord) {
+    let name = record.join.name.clone();
+    let key = format!("{}{name}", keys::NODES);
+    let client = hostd_client(&record).with_timeout(WATCH + TIMEOUT);
+    let mut after: Option<u64> = None;
+    while matches!(ctl.db.get::<NodeRecord>(&key).await, Ok(Some(_))) {
+        let (c, seen) = (client.clone(), after);
+        let answer = super::blocking(move || match seen {
+            Some(seq) => c.wait_events(seq, WATCH),
+            None => c.events(0),
+        })
+        .await;
+        match answer {
+            Ok(events) => {
+                if let Some(last) = events.last() {
+                    if after.is_some() {
+                        ctl.wake.notify_one();
+                    }
+                    after = Some(last.seq);
+                } else if after.is_none() {
+                    after = Some(0);
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    ctl.done(&format!("watch/{name}"));
 }
