@@ -47,7 +47,7 @@ pub async fn create(db: &Db, name: &str, role: Role, secret: &str) -> Result<boo
             format!("{}{hashed}", keys::TOKENS),
             crate::model::encode(&record),
         );
-    Ok(db.store.txn(txn).await?.is_some())
+    Ok(db.txn(txn).await?.is_some())
 }
 
 /// Deletes token `name`; false when there is none.
@@ -60,12 +60,12 @@ pub async fn delete(db: &Db, name: &str) -> Result<bool, DbError> {
         .expect(&name_key, Expect::ModRevision(hashed.revision))
         .delete(&name_key)
         .delete(format!("{}{}", keys::TOKENS, hashed.value));
-    Ok(db.store.txn(txn).await?.is_some())
+    Ok(db.txn(txn).await?.is_some())
 }
 
 /// The `admin` token's secret when this start made it (the store had no token at all).
 pub async fn bootstrap(db: &Db) -> Result<Option<String>, anyhow::Error> {
-    if !db.store.range(keys::TOKEN_NAMES).await?.kvs.is_empty() {
+    if !db.keys(keys::TOKEN_NAMES).await?.is_empty() {
         return Ok(None);
     }
     let secret = new_secret()?;

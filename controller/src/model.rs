@@ -266,6 +266,22 @@ impl Db {
             .collect()
     }
 
+    /// The rest of each key under `prefix` (an address, a MAC): for sets kept as keys.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, DbError> {
+        Ok(self
+            .store
+            .range(prefix)
+            .await?
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key[prefix.len()..].to_owned())
+            .collect())
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, DbError> {
+        Ok(self.store.get(key).await?.is_some())
+    }
+
     /// The records under `prefix`, without their revisions.
     pub async fn values<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, DbError> {
         Ok(self

@@ -12,7 +12,8 @@
 use std::collections::BTreeSet;
 
 use triad_api::v1::{
-    AffinityRule, Connection, Liveness, NodeEnable, NodeVerdict, Placement, Settings, Strength,
+    AffinityRule, Connection, Liveness, Node, NodeEnable, NodeVerdict, Placement, Settings,
+    Strength,
 };
 
 /// A node as the scheduler sees it.
@@ -31,6 +32,24 @@ pub struct NodeView {
     pub allocated_memory_mib: u64,
     pub pools: BTreeSet<String>,
     pub networks: BTreeSet<String>,
+}
+
+impl From<&Node> for NodeView {
+    fn from(n: &Node) -> Self {
+        Self {
+            name: n.name.clone(),
+            enable: n.enable,
+            connection: n.connection,
+            liveness: n.liveness,
+            cpus: n.cpus,
+            memory_mib: n.memory_mib,
+            reserved_memory_mib: n.reserved_memory_mib,
+            allocated_vcpus: n.allocated_vcpus,
+            allocated_memory_mib: n.allocated_memory_mib,
+            pools: n.pools.iter().cloned().collect(),
+            networks: n.networks.iter().cloned().collect(),
+        }
+    }
 }
 
 /// An affinity group the VM is in, with where its other VMs are.

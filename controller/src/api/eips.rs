@@ -113,10 +113,10 @@ async fn create(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<(StatusC
         None => {
             let taken = ctl
                 .db
-                .list_keyed::<String>(&taken_prefix)
+                .keys(&taken_prefix)
                 .await?
-                .into_iter()
-                .filter_map(|(ip, _)| ip.parse().ok())
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
                 .collect();
             ipam::allocate(&l3, &taken).ok_or_else(|| {
                 ApiError::unprocessable(

@@ -119,39 +119,12 @@ pub fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
 
 /// Query parameters, refusing any not in `known`.
 pub fn query(raw: Option<&str>, known: &[&str]) -> ApiResult<HashMap<String, String>> {
-    let mut out = HashMap::new();
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k);
-        if !known.contains(&k.as_str()) {
-            return Err(ApiError::bad(k, "unknown query parameter"));
-        }
-        out.insert(k, percent_decode(v));
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::bad("query", e.to_string()))?;
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad(k.as_str(), "unknown query parameter"));
     }
-    Ok(out)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(pairs.into_iter().collect())
 }
 
 /// A number parameter within `max`, or a 400 naming it.

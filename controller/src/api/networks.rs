@@ -126,11 +126,8 @@ async fn view(ctl: &Ctl, record: NetworkRecord) -> ApiResult<Network> {
     }
     let allocated = ctl
         .db
-        .store
-        .range(&format!("{}{}/", keys::IPS, record.spec.name))
-        .await
-        .map_err(crate::model::DbError::from)?
-        .kvs
+        .keys(&format!("{}{}/", keys::IPS, record.spec.name))
+        .await?
         .len();
     Ok(Network {
         name: record.spec.name,

@@ -275,29 +275,25 @@ async fn prepare(
     // A VM no node could ever hold is refused now rather than left pending for ever.
     let nodes = ctl.nodes().await?;
     let settings = super::cluster::current_settings(ctl).await?;
-    let known: Vec<_> = nodes.iter().filter(|n| n.cpus > 0).collect();
-    if !known.is_empty() {
-        let max_cpus = known
-            .iter()
-            .map(|n| f64::from(n.cpus) * settings.cpu_overcommit)
-            .fold(0.0, f64::max);
+    let capacities: Vec<(f64, f64)> = nodes
+        .iter()
+        .filter(|n| n.cpus > 0)
+        .map(|n| crate::scheduler::capacity(&n.into(), &settings))
+        .collect();
+    if !capacities.is_empty() {
+        let max_cpus = capacities.iter().map(|c| c.0).fold(0.0, f64::max);
         if f64::from(vcpus) > max_cpus {
             return Err(ApiError::unprocessable(
                 "vcpus",
                 format!("{vcpus} vCPUs is more than any node has ({max_cpus:.0} with overcommit)"),
             ));
         }
-        let max_mib = known
-            .iter()
-            .map(|n| {
-                n.memory_mib
-                    .saturating_sub(n.reserved_memory_mib)
-                    .saturating_sub(settings.reserved_memory_mib) as f64
-                    * settings.memory_overcommit
-            })
-            .fold(0.0, f64::max);
+        let max_mib = capacities.iter().map(|c| c.1).fold(0.0, f64::max);
         if memory_mib as f64 > max_mib {
-            return Err(ApiError::unprocessable("memory_mib", format!("{memory_mib} MiB is more than any node has ({max_mib:.0} MiB with overcommit, less reserves)")));
+            return Err(ApiError::unprocessable(
+                "memory_mib",
+                format!("{memory_mib} MiB is more than any node has ({max_mib:.0} MiB with overcommit, less reserves)"),
+            ));
         }
     }
     let cmdline = [image.spec.cmdline.as_str(), extra.as_str()]
@@ -349,19 +345,15 @@ async fn create(
         let mut vm = template.clone();
         vm.id = uuid()?;
         vm.disks[0].volume = format!("vm-{}", vm.id);
-        let taken_macs: BTreeSet<Mac> = ctl
+        let mut macs: BTreeSet<Mac> = ctl
             .db
-            .store
-            .range(keys::MACS)
-            .await
-            .map_err(crate::model::DbError::from)?
-            .kvs
+            .keys(keys::MACS)
+            .await?
             .iter()
-            .filter_map(|kv| kv.key[keys::MACS.len()..].parse().ok())
+            .filter_map(|m| m.parse().ok())
             .collect();
         let mut txn = Txn::new();
         let mut ips_by_network: HashMap<String, BTreeSet<std::net::Ipv4Addr>> = HashMap::new();
-        let mut macs = taken_macs.clone();
         for (i, nic) in req.nics.iter().enumerate() {
             let (_, l3) = l3_of(&ctl, &nic.network).await?.ok_or_else(|| {
                 ApiError::unprocessable(
@@ -377,13 +369,10 @@ async fn create(
                         let prefix = format!("{}{}/", keys::IPS, nic.network);
                         let taken = ctl
                             .db
-                            .store
-                            .range(&prefix)
-                            .await
-                            .map_err(crate::model::DbError::from)?
-                            .kvs
+                            .keys(&prefix)
+                            .await?
                             .iter()
-                            .filter_map(|kv| kv.key[prefix.len()..].parse().ok())
+                            .filter_map(|ip| ip.parse().ok())
                             .collect();
                         ips_by_network.insert(nic.network.clone(), taken);
                     }
@@ -441,38 +430,18 @@ async fn create(
             .put(&key, encode(&vm))
             .put(operations::key(&operation.id), encode(&operation));
         if ctl.db.txn(txn).await?.is_some() {
-            events::emit(
-                &ctl.db,
-                &format!("vm/{}", vm.id),
-                "created",
-                format!(
-                    "{} ({} vCPUs, {} MiB, image {})",
-                    vm.request.name, vm.vcpus, vm.memory_mib, vm.request.image
-                ),
-            )
-            .await;
-            ctl.wake.notify_one();
-            return Ok((
-                StatusCode::ACCEPTED,
-                Json(Accepted {
-                    operation,
-                    resource: vm.view(),
-                }),
-            ));
+            let what = format!(
+                "{} ({} vCPUs, {} MiB, image {})",
+                vm.request.name, vm.vcpus, vm.memory_mib, vm.request.image
+            );
+            return Ok(accepted(&ctl, &vm, operation, "created", what).await);
         }
         // Someone took an address, a MAC or a volume meanwhile: one the request named is a
         // conflict; otherwise look again.
         for (i, nic) in req.nics.iter().enumerate() {
             if let Some(ip) = nic.ip {
                 let key = keys::ip(&nic.network, ip);
-                if ctl
-                    .db
-                    .store
-                    .get(&key)
-                    .await
-                    .map_err(crate::model::DbError::from)?
-                    .is_some()
-                {
+                if ctl.db.exists(&key).await? {
                     return Err(ApiError::conflict(
                         Some(&format!("nics[{i}].ip")),
                         format!("{ip} is in use"),
@@ -480,14 +449,7 @@ async fn create(
                 }
             }
             if let Some(mac) = nic.mac {
-                if ctl
-                    .db
-                    .store
-                    .get(&format!("{}{mac}", keys::MACS))
-                    .await
-                    .map_err(crate::model::DbError::from)?
-                    .is_some()
-                {
+                if ctl.db.exists(&format!("{}{mac}", keys::MACS)).await? {
                     return Err(ApiError::conflict(
                         Some(&format!("nics[{i}].mac")),
                         format!("MAC {mac} is in use"),
@@ -511,6 +473,25 @@ async fn create(
     Err(ApiError::Unavailable(
         "the store kept changing under the create; try again".into(),
     ))
+}
+
+/// The 202 for a change to `vm` the store took: the event, the reconcilers woken, the answer.
+async fn accepted(
+    ctl: &Ctl,
+    vm: &VmRecord,
+    operation: triad_api::v1::Operation,
+    kind: &str,
+    message: String,
+) -> (StatusCode, Json<Accepted<Vm>>) {
+    events::emit(&ctl.db, &format!("vm/{}", vm.id), kind, message).await;
+    ctl.wake.notify_one();
+    (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            operation,
+            resource: vm.view(),
+        }),
+    )
 }
 
 /// Applies `change` to VM `id` with a new operation of `kind`; 202 with both.
@@ -554,21 +535,8 @@ async fn act(
             .put(&key, encode(&vm))
             .put(operations::key(&operation.id), encode(&operation));
         if ctl.db.txn(txn).await?.is_some() {
-            events::emit(
-                &ctl.db,
-                &format!("vm/{vm_id}"),
-                kind,
-                format!("requested ({})", operation.id),
-            )
-            .await;
-            ctl.wake.notify_one();
-            return Ok((
-                StatusCode::ACCEPTED,
-                Json(Accepted {
-                    operation,
-                    resource: vm.view(),
-                }),
-            ));
+            let what = format!("requested ({})", operation.id);
+            return Ok(accepted(ctl, &vm, operation, kind, what).await);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use triad_api::v1::{PlacementReport, PowerState, VmState};
 
 use crate::api::current_settings;
-use crate::model::{keys, now_ms, AffinityGroupRecord, DbError, NodeStatus, VmRecord};
+use crate::model::{keys, now_ms, AffinityGroupRecord, DbError, VmRecord};
 use crate::scheduler::{place, GroupView, NodeView, Request};
 use crate::{events, Ctl};
 
@@ -23,32 +23,7 @@ pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
     }
     pending.sort_by_key(|v| (v.value.created_unix_ms, v.value.id.clone()));
     let settings = current_settings(ctl).await?;
-    let statuses = ctl.db.list_keyed::<NodeStatus>(keys::NODE_STATUS).await?;
-    let nodes = ctl.nodes().await?;
-    let mut views: Vec<NodeView> = nodes
-        .iter()
-        .map(|n| {
-            let status = statuses
-                .iter()
-                .find(|(name, _)| *name == n.name)
-                .map(|(_, s)| &s.value);
-            NodeView {
-                name: n.name.clone(),
-                enable: n.enable,
-                connection: n.connection,
-                liveness: n.liveness,
-                cpus: n.cpus,
-                memory_mib: n.memory_mib,
-                reserved_memory_mib: n.reserved_memory_mib,
-                allocated_vcpus: n.allocated_vcpus,
-                allocated_memory_mib: n.allocated_memory_mib,
-                pools: status
-                    .map(|s| s.pools.iter().map(|p| p.name.clone()).collect())
-                    .unwrap_or_default(),
-                networks: n.networks.iter().cloned().collect(),
-            }
-        })
-        .collect();
+    let mut views: Vec<NodeView> = ctl.nodes().await?.iter().map(NodeView::from).collect();
     let groups = ctl
         .db
         .list::<AffinityGroupRecord>(keys::AFFINITY_GROUPS)
