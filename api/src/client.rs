@@ -13,14 +13,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::ErrorBody;
-use crate::hostd::{HostEvent, NodeInfo, SerialChunk, StateRequest, Vm, VmSpec};
+use crate::hostd::{
+    ClusterSpec, HostEvent, NodeInfo, PeerView, SerialChunk, StateRequest, Vm, VmSpec,
+};
 use crate::http::{send, ClientError, Endpoint};
 use crate::net::{
     Eip, EipSpec, NetState, Network, NetworkSpec, Port, PortSpec, SecurityGroup, SecurityGroupSpec,
 };
 use crate::storage::{
-    GrowRequest, Image, ImageRequest, PoolInfo, Snapshot, SnapshotRequest, Volume, VolumeClients,
-    VolumeRequest,
+    BlocklistRequest, GrowRequest, Heartbeat, Image, ImageRequest, PoolInfo, Snapshot,
+    SnapshotRequest, Volume, VolumeClients, VolumeRequest,
 };
 use crate::vmm::{VmAction, VmActionRequest, VmConfig, VmInfo, VmMetrics};
 
@@ -226,6 +228,18 @@ impl StoragedClient {
     pub fn delete_volume(&self, pool: &str, id: &str) -> Result<(), ClientError> {
         self.0
             .delete(&format!("/pools/{}/volumes/{}", segment(pool), segment(id)))
+    }
+
+    /// Every node's storage heartbeat on a shared-mount pool.
+    pub fn heartbeats(&self, pool: &str) -> Result<Vec<Heartbeat>, ClientError> {
+        self.0.get(&format!("/pools/{}/heartbeats", segment(pool)))
+    }
+
+    /// Fences a Ceph client of the pool's cluster.
+    pub fn blocklist(&self, pool: &str, req: &BlocklistRequest) -> Result<(), ClientError> {
+        self.0
+            .post::<_, serde_json::Value>(&format!("/pools/{}/blocklist", segment(pool)), req)
+            .map(drop)
     }
 
     pub fn volume_clients(&self, pool: &str, id: &str) -> Result<VolumeClients, ClientError> {
@@ -435,6 +449,22 @@ impl HostdClient {
     pub fn serial(&self, uuid: &str, after: u64) -> Result<SerialChunk, ClientError> {
         self.0
             .get(&format!("/vms/{}/serial?after={after}", segment(uuid)))
+    }
+
+    /// The peers the node hears, and whether it hears a majority.
+    pub fn peers(&self) -> Result<PeerView, ClientError> {
+        self.0.get("/peers")
+    }
+
+    /// The cluster the node heartbeats by, or `None` when none has been set.
+    pub fn cluster(&self) -> Result<Option<ClusterSpec>, ClientError> {
+        not_found_is_none(self.0.get("/cluster"))
+    }
+
+    pub fn set_cluster(&self, spec: &ClusterSpec) -> Result<(), ClientError> {
+        self.0
+            .put::<_, serde_json::Value>("/cluster", spec)
+            .map(drop)
     }
 }
 

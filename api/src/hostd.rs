@@ -48,6 +48,11 @@ pub struct HostdConfig {
     pub restart_backoff_ms: u64,
     #[serde(default = "default_restart_backoff_max_ms")]
     pub restart_backoff_max_ms: u64,
+    /// The local addresses peer heartbeats go from and are heard on, `ADDR:PORT`, one per
+    /// probe network (management and storage; never the VM data network). Empty: the node
+    /// sends and hears none, and its self-fencer never acts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<SocketAddr>,
 }
 
 fn default_socket() -> PathBuf {
@@ -288,6 +293,94 @@ pub struct NodeInfo {
     pub storaged_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netd_error: Option<String>,
+    /// Where its peers' heartbeats reach it (`HostdConfig::probes`).
+    #[serde(default)]
+    pub probes: Vec<SocketAddr>,
+}
+
+/// `PUT /cluster`: the cluster as the controller sees it. hostd keeps it in its state
+/// directory, so that heartbeats and the self-fencer go on while no controller is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// The HMAC-SHA256 key that signs heartbeats: 64 hex digits, the same on every node.
+    pub key: String,
+    /// Every node of the cluster, this one included.
+    pub nodes: Vec<ClusterNode>,
+    pub timers: HaTimers,
+    /// What the self-fencer does in a minority partition.
+    pub fence: FenceMode,
+}
+
+/// A node as its peers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNode {
+    pub name: String,
+    /// Its probe addresses, in the same network order on every node.
+    pub probes: Vec<SocketAddr>,
+}
+
+/// The liveness timers, the same on every node and the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaTimers {
+    /// How often each node sends each peer a heartbeat on each probe network.
+    pub interval_ms: u64,
+    /// A peer no heartbeat came from, on any probe network, for this long is unreachable.
+    pub suspect_after_ms: u64,
+    /// A node that heard less than a majority (itself included) for this long fences itself.
+    pub fence_after_ms: u64,
+}
+
+impl Default for HaTimers {
+    fn default() -> Self {
+        Self {
+            interval_ms: 200,
+            suspect_after_ms: 800,
+            fence_after_ms: 600,
+        }
+    }
+}
+
+/// What a node in a minority partition does with its VMs on shared storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FenceMode {
+    /// Nothing: HA is off or disarmed.
+    #[default]
+    Off,
+    /// Keeps them running; the majority restarts them only with a fencing proof.
+    Permissive,
+    /// Kills them `fence_after_ms` after it lost the majority, before the majority's
+    /// deadline to restart them.
+    Force,
+}
+
+/// `GET /peers`: what this node hears of its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub node: String,
+    /// Every other node of the cluster this node knows.
+    pub peers: Vec<PeerSeen>,
+    /// The nodes it hears, itself included, and the cluster's size.
+    pub hears: usize,
+    pub of: usize,
+    /// How long it has heard less than a majority; absent while it hears one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minority_for_ms: Option<u64>,
+    /// What the self-fencer did since the node lost its majority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSeen {
+    pub name: String,
+    /// A heartbeat came on some probe network within `suspect_after_ms`.
+    pub reachable: bool,
+    /// Per probe network: how long ago its last heartbeat came (absent: none yet).
+    pub heard_ms_ago: Vec<Option<u64>>,
 }
 
 /// `GET /events?after=SEQ`: what happened to this node's VMs, oldest first.
@@ -323,6 +416,10 @@ pub enum HostEventKind {
     VmRemoved,
     /// hostd started (after a restart: what it found).
     HostdStarted,
+    /// The self-fencer killed the VM: the node heard less than a majority of its cluster.
+    VmFenced,
+    /// The node lost or regained its majority.
+    Quorum,
 }
 
 /// `triad-hostd diag`: everything the node's daemons say, gathered from their local sockets.

@@ -153,6 +153,10 @@ pub enum Placement {
 pub struct Settings {
     pub ha_enabled: bool,
     pub ha_policy: HaPolicy,
+    /// Set before a planned stop of the whole cluster: no node fences itself and no VM is
+    /// moved, until it is cleared.
+    #[serde(default)]
+    pub ha_disarmed: bool,
     /// vCPUs placed per host CPU (1.0 to 16.0).
     pub cpu_overcommit: f64,
     /// Memory placed per MiB of host memory less its reserve (1.0 to 4.0).
@@ -167,6 +171,7 @@ impl Default for Settings {
         Self {
             ha_enabled: true,
             ha_policy: HaPolicy::Permissive,
+            ha_disarmed: false,
             cpu_overcommit: 4.0,
             memory_overcommit: 1.0,
             reserved_memory_mib: 0,
@@ -184,6 +189,8 @@ pub struct SettingsPatch {
     pub ha_enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha_policy: Option<HaPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_disarmed: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16))]
     pub cpu_overcommit: Option<f64>,

@@ -6,8 +6,10 @@
 pub mod api;
 pub mod auth;
 pub mod events;
+pub mod ha;
 pub mod ipam;
 pub mod leader;
+pub mod liveness;
 pub mod model;
 pub mod operations;
 pub mod reconcile;
@@ -44,6 +46,43 @@ pub struct ControllerConfig {
     /// printed once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ha: HaConfig,
+}
+
+/// The liveness and fencing timers (docs/ha.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// What every hostd heartbeats and fences by.
+    pub heartbeat: triad_api::hostd::HaTimers,
+    /// How long a strict majority must miss a node before it is Dead.
+    pub confirm_after_ms: u64,
+    /// How often the controller asks each node which peers it hears.
+    pub poll_ms: u64,
+    /// Added to every fencing deadline: the self-fencer's kill and clock rates differ.
+    pub margin_ms: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Default::default(),
+            confirm_after_ms: 400,
+            poll_ms: 200,
+            margin_ms: 200,
+        }
+    }
+}
+
+impl HaConfig {
+    /// How long after anybody last heard a node its self-fencer has surely acted, and its
+    /// storage heartbeat must have stopped for, before its VMs may run elsewhere.
+    pub fn fence_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.heartbeat.suspect_after_ms + self.heartbeat.fence_after_ms + self.margin_ms,
+        )
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -81,6 +120,11 @@ pub struct Ctl {
     pub realize_errors: NodeNotes,
     /// What was last put on each node: the spec's JSON.
     pub sent: NodeNotes,
+    pub ha: HaConfig,
+    pub detector: Mutex<liveness::Detector>,
+    /// Each (smp pool, node)'s storage heartbeat as last read, and since when it has not
+    /// moved, by this controller's clock.
+    pub storage_beats: Mutex<HashMap<(String, String), (u64, Instant)>>,
 }
 
 /// A note per (thing, node), where the thing is `network/NAME` or `security-group/NAME`.
@@ -107,7 +151,13 @@ impl NodeNotes {
 }
 
 impl Ctl {
-    pub fn new(db: Db, store_kind: &'static str) -> Arc<Self> {
+    pub fn new(db: Db, store_kind: &'static str, ha: HaConfig) -> Arc<Self> {
+        let timers = liveness::Timers {
+            confirm_after: std::time::Duration::from_millis(ha.confirm_after_ms),
+            report_stale: std::time::Duration::from_millis(
+                ha.heartbeat.suspect_after_ms.max(3 * ha.poll_ms),
+            ),
+        };
         Arc::new(Self {
             db,
             store_kind,
@@ -117,6 +167,9 @@ impl Ctl {
             busy: Mutex::default(),
             realize_errors: NodeNotes::default(),
             sent: NodeNotes::default(),
+            ha,
+            detector: Mutex::new(liveness::Detector::new(timers)),
+            storage_beats: Mutex::default(),
         })
     }
 
@@ -209,7 +262,7 @@ pub async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
             "etcd",
         ),
     };
-    let ctl = Ctl::new(Db::new(store), kind);
+    let ctl = Ctl::new(Db::new(store), kind, config.ha);
     if let Some(secret) = auth::bootstrap(&ctl.db).await? {
         println!("triad-controller: the admin token (shown this once): {secret}");
         if let Some(file) = &config.admin_token_file {

@@ -42,6 +42,8 @@ pub mod keys {
     pub const PLACEMENTS: &str = "/triad/placements/";
     pub const SEQ: &str = "/triad/seq/";
     pub const LEADER: &str = "/triad/leader";
+    /// The HMAC key of heartbeats, made at the first start.
+    pub const CLUSTER_KEY: &str = "/triad/cluster-key";
 
     pub fn ip(network: &str, ip: std::net::Ipv4Addr) -> String {
         format!("{IPS}{network}/{ip}")
@@ -81,6 +83,9 @@ pub struct NodeStatus {
     pub networks: Vec<String>,
     pub last_seen_unix_ms: Option<u64>,
     pub error: Option<String>,
+    /// Where its peers' heartbeats reach it.
+    #[serde(default)]
+    pub probes: Vec<std::net::SocketAddr>,
 }
 
 /// A VM: what was asked, what was made of it (addresses, disks), where it is placed and in

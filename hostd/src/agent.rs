@@ -21,6 +21,7 @@ use triad_api::vmm::{
 
 use crate::error::chain;
 use crate::events::Events;
+use crate::peers::Peers;
 use crate::process;
 use crate::state::{DirLock, State, StateFile, VmRecord, VmmRecord};
 use crate::{validate, Error};
@@ -58,6 +59,7 @@ pub struct Agent {
     myself: Weak<Agent>,
     /// What the controller presents over TCP.
     token: String,
+    peers: Arc<Peers>,
     _lock: DirLock,
 }
 
@@ -87,7 +89,10 @@ enum Watch {
 
 impl Agent {
     /// Takes the state directory, reads the state file and brings the node back to it:
-    /// unfinished ensures undone, running VMMs adopted, VMs that should run started.
+    /// unfinished ensures undone and running VMMs adopted. A VM whose VMM ended while hostd
+    /// was down (the node lost power, say) is not started again here: the controller may
+    /// have restarted it elsewhere meanwhile, so it stays stopped until the controller
+    /// starts it.
     pub fn open(config: HostdConfig) -> Result<Arc<Self>, Error> {
         let dir = config.state_dir.clone();
         let dir = &dir;
@@ -105,6 +110,7 @@ impl Agent {
                 .to_owned(),
         };
         let vmm_binary = config.vmm_binary.clone().unwrap_or_else(default_vmm_binary);
+        let peers = Peers::open(&node, dir, &config.probes)?;
         let agent = Arc::new_cyclic(|myself| Self {
             storaged: StoragedClient::new(&config.storaged_socket),
             netd: NetdClient::new(&config.netd_socket),
@@ -122,10 +128,12 @@ impl Agent {
             known: Mutex::default(),
             myself: myself.clone(),
             token,
+            peers,
             _lock: lock,
             config,
         });
         agent.reconcile()?;
+        agent.peers.start(Arc::downgrade(&agent));
         Ok(agent)
     }
 
@@ -135,6 +143,11 @@ impl Agent {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The node's heartbeats: `GET /peers`, `PUT /cluster`.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// `GET /vms/{uuid}/serial?after=N`: at most 64 KiB of the serial log from byte `after`.
@@ -220,7 +233,7 @@ impl Agent {
             .iter()
             .map(|(u, r)| (u.clone(), r.clone()))
             .collect();
-        let (mut adopted, mut undone, mut to_start) = (0, 0, Vec::new());
+        let (mut adopted, mut undone, mut held) = (0, 0, 0);
         for (uuid, rec) in &records {
             let running = rec
                 .vmm
@@ -257,17 +270,17 @@ impl Agent {
                     );
                     adopted += 1;
                 }
-                None => {
-                    if rec.vmm.is_some() {
-                        self.update(uuid, |r| {
-                            r.vmm = None;
-                            r.last_exit = Some("ended while hostd was not running".into());
-                        })?;
-                    }
-                    if rec.desired == Power::Running {
-                        to_start.push(uuid.clone());
-                    }
+                None if rec.desired == Power::Running => {
+                    self.update(uuid, |r| {
+                        r.vmm = None;
+                        r.desired = Power::Stopped;
+                        r.last_exit = Some(
+                            "ended while hostd was not running; it waits for the controller".into(),
+                        );
+                    })?;
+                    held += 1;
                 }
+                None => {}
             }
         }
         let known: BTreeSet<&String> = records.iter().map(|(u, _)| u).collect();
@@ -284,15 +297,60 @@ impl Agent {
             None,
             HostEventKind::HostdStarted,
             format!(
-                "{} VMs: {adopted} VMMs adopted, {} to start, {undone} unfinished ensures undone",
+                "{} VMs: {adopted} VMMs adopted, {held} ended while hostd was down (stopped until \
+                 the controller starts them), {undone} unfinished ensures undone",
                 records.len() - undone,
-                to_start.len()
             ),
         );
-        for uuid in to_start {
-            self.keep_running(uuid, Duration::ZERO);
-        }
         Ok(())
+    }
+
+    /// The self-fencer: kills the VMMs of the VMs with a disk on shared storage, which the
+    /// majority may restart elsewhere, and leaves them stopped; says what it did.
+    pub fn fence(&self, why: &str) -> String {
+        // A pool storaged cannot name counts as shared: killing too much is the safe side.
+        let local: BTreeSet<String> = self
+            .storaged
+            .pools()
+            .map(|pools| {
+                pools
+                    .into_iter()
+                    .filter(|p| p.kind == triad_api::storage::PoolKind::Local)
+                    .map(|p| p.name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let shared: Vec<String> = self
+            .lock_state()
+            .vms
+            .iter()
+            .filter(|(_, r)| r.spec.disks.iter().any(|d| !local.contains(&d.pool)))
+            .map(|(u, _)| u.clone())
+            .collect();
+        let mut killed = 0;
+        for uuid in &shared {
+            let op = self.op_lock(uuid);
+            let _op = op.lock().unwrap_or_else(|e| e.into_inner());
+            let running = self.lock_live().contains_key(uuid);
+            let _ = self.update(uuid, |r| r.desired = Power::Stopped);
+            if running {
+                self.stop_vmm(uuid, Duration::ZERO);
+                let _ = self.update(uuid, |r| r.last_exit = Some(format!("fenced: {why}")));
+                self.events.emit(
+                    Some(uuid),
+                    HostEventKind::VmFenced,
+                    format!("killed: {why}"),
+                );
+                killed += 1;
+            }
+        }
+        let what = format!("{killed} VMs on shared storage killed: {why}");
+        tracing::warn!("self-fencer: {what}");
+        what
+    }
+
+    pub fn quorum_event(&self, message: &str) {
+        self.events.emit(None, HostEventKind::Quorum, message);
     }
 
     pub fn node(&self) -> NodeInfo {
@@ -322,6 +380,7 @@ impl Agent {
             networks,
             storaged_error,
             netd_error,
+            probes: self.config.probes.clone(),
         }
     }
 

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod diag;
 pub mod error;
 pub mod events;
+pub mod peers;
 pub mod process;
 pub mod server;
 pub mod state;

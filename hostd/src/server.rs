@@ -10,6 +10,8 @@
 //! | `PUT /vms/{uuid}/state` | start, stop (graceful, then forced) or reboot it |
 //! | `GET /vms/{uuid}/serial?after=N` | its serial console output from byte N |
 //! | `GET /events?after=SEQ[&wait_ms=N]` | what happened since event SEQ (waiting up to N ms for something) |
+//! | `GET /peers` | the peers this node hears, and whether it hears a majority |
+//! | `GET /cluster`, `PUT /cluster` | the cluster the heartbeats and the self-fencer go by |
 //! | `ANY /netd/…`, `ANY /storaged/…` | the node's netd and storaged, passed through |
 //!
 //! Errors are `{"error", "field"?, "step"?}` with 400, 404, 409, 422, 502, 503 or 500. On TCP
@@ -27,7 +29,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use triad_api::hostd::{HostEvent, NodeInfo, SerialChunk, StateRequest, Vm, VmSpec};
+use triad_api::hostd::{
+    ClusterSpec, HostEvent, NodeInfo, PeerView, SerialChunk, StateRequest, Vm, VmSpec,
+};
 
 use crate::{Agent, Error};
 
@@ -39,6 +43,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms/{uuid}/state", axum::routing::put(set_state))
         .route("/vms/{uuid}/serial", get(serial))
         .route("/events", get(events))
+        .route("/peers", get(peers))
+        .route("/cluster", get(cluster).put(set_cluster))
         .route("/netd/{*rest}", any(to_netd))
         .route("/storaged/{*rest}", any(to_storaged))
         .fallback(triad_api::server::not_found)
@@ -152,6 +158,24 @@ async fn blocking<T: Send + 'static>(
 
 async fn node(State(agent): State<Arc<Agent>>) -> Result<Json<NodeInfo>, Error> {
     blocking(agent, |a| Ok(a.node())).await.map(Json)
+}
+
+async fn peers(State(agent): State<Arc<Agent>>) -> Json<PeerView> {
+    Json(agent.peers().view())
+}
+
+async fn cluster(State(agent): State<Arc<Agent>>) -> Result<Json<ClusterSpec>, Error> {
+    agent
+        .peers()
+        .cluster()
+        .map(Json)
+        .ok_or_else(|| Error::NotFound("no cluster has been set (PUT /cluster)".into()))
+}
+
+async fn set_cluster(State(agent): State<Arc<Agent>>, bytes: Bytes) -> Result<StatusCode, Error> {
+    let spec: ClusterSpec = body(&bytes)?;
+    blocking(agent, move |a| a.peers().set_cluster(spec)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Vec<Vm>>, Error> {

@@ -59,14 +59,12 @@ pub struct VmmRecord {
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
-    dir: PathBuf,
 }
 
 impl StateFile {
     pub fn new(dir: &Path) -> Self {
         Self {
             path: dir.join("state.json"),
-            dir: dir.to_owned(),
         }
     }
 
@@ -88,18 +86,23 @@ impl StateFile {
     }
 
     pub fn save(&self, state: &State) -> Result<(), Error> {
-        let fail =
-            |e: std::io::Error| Error::System(format!("writing {}: {e}", self.path.display()));
         let json = serde_json::to_vec_pretty(state).map_err(|e| Error::System(e.to_string()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-        f.write_all(&json).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, &self.path).map_err(fail)?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail)
+        write_atomically(&self.path, &json)
     }
+}
+
+/// Replaces `path` with `bytes` whole: a temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let fail = |e: std::io::Error| Error::System(format!("writing {}: {e}", path.display()));
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    f.write_all(bytes).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)
 }
 
 /// Holds `dir/lock` (flock) for as long as it lives: one hostd per state directory.

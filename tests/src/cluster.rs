@@ -26,6 +26,9 @@ pub const LINKS: [(&str, &str, &str); 3] = [
 /// The TCP port each node's hostd serves the controller on, on its management address.
 pub const HOSTD_PORT: u16 = 7301;
 
+/// The UDP port of each node's peer heartbeats, on its management and storage addresses.
+pub const HEARTBEAT_PORT: u16 = 7302;
+
 /// The TCP port of the controller's API.
 pub const CONTROLLER_PORT: u16 = 7300;
 
@@ -208,12 +211,19 @@ impl Node {
             .to_owned()
     }
 
-    /// Kills every process of the node: its daemons and its VMMs.
+    /// Kills every process of the node: its daemons and its VMMs (a power loss).
     pub fn kill_all(&mut self) {
         self.hostd.kill9();
         kill_processes_under(&self.dir);
         self.netd.kill9();
         self.storaged.kill9();
+    }
+
+    /// Starts the node's daemons again on their state, as after a reboot.
+    pub fn power_on(&mut self) {
+        self.netd.restart();
+        self.storaged.restart();
+        self.hostd.restart();
     }
 
     /// Cuts the node off link `link` (an index in `LINKS`), or brings it back.
@@ -306,6 +316,7 @@ impl Cluster {
                     "socket": node_dir.join("storaged.sock"),
                     "node": node_name,
                     "staging_dir": node_dir.join("staging"),
+                    "heartbeat_ms": 200,
                     "pools": [
                         {"name": "local", "kind": "local", "path": node_dir.join("local")},
                         {"name": "shared", "kind": "smp", "path": shared},
@@ -327,6 +338,10 @@ impl Cluster {
                     "reserved_memory_mib": 0,
                     "restart_backoff_ms": 200,
                     "restart_backoff_max_ms": 2000,
+                    "probes": [
+                        format!("{}:{HEARTBEAT_PORT}", node_addr(0, index)),
+                        format!("{}:{HEARTBEAT_PORT}", node_addr(1, index)),
+                    ],
                 }),
             );
             nodes.push(Node {

@@ -143,6 +143,9 @@ async fn patch_settings(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<
         if let Some(v) = patch.ha_enabled {
             s.ha_enabled = v;
         }
+        if let Some(v) = patch.ha_disarmed {
+            s.ha_disarmed = v;
+        }
         if let Some(v) = patch.ha_policy {
             s.ha_policy = v;
         }

@@ -5,11 +5,13 @@
 //!
 //! Order within a pass: the nodes are polled, networks and security groups made on them,
 //! images imported, pending VMs placed, each VM's node told what to do, and EIPs put on the
-//! nodes their VMs run on. Calls to
+//! nodes their VMs run on. The liveness loop (`ha`) runs beside them on a shorter period.
+//! Calls to
 //! nodes that may take long (an ensure, a remove) run as tasks of their own, at most one per
 //! VM at a time, so that one slow node holds up nothing else.
 
 mod eips;
+mod ha;
 mod images;
 mod networks;
 mod nodes;
@@ -26,6 +28,7 @@ const PERIOD: Duration = Duration::from_secs(1);
 
 /// Runs the reconcilers for ever (while this controller leads).
 pub async fn run(ctl: Arc<Ctl>) {
+    tokio::spawn(ha::run(ctl.clone()));
     let mut polled = nodes::Poller::default();
     loop {
         if ctl.is_leader() {

@@ -2,6 +2,9 @@
 //! answer `DISCONNECT_AFTER` polls in a row is Disconnected. The status record is written
 //! only when it changes (and its last-seen time every `SEEN_EVERY`).
 //!
+//! A node holding a VM the store places elsewhere (or does not know) holds an old copy, one
+//! HA restarted elsewhere while the node was dead, say: the copy is removed there.
+//!
 //! Between polls, a watcher per node waits on hostd's event log (`GET /events?wait_ms=`): a
 //! VM that exits, restarts or stops on its node wakes the reconcilers at once, so a change is
 //! seen as it happens rather than at the next poll.
@@ -10,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::model::{keys, now_ms, NodePool, NodeRecord, NodeStatus};
+use crate::model::{keys, now_ms, NodePool, NodeRecord, NodeStatus, VmRecord};
 use crate::{events, hostd_client, Ctl, Observed};
 use triad_api::v1::Connection;
 
@@ -43,6 +46,13 @@ impl Poller {
             }
         });
         let answers = futures_util::future::join_all(calls).await;
+        let owners: HashMap<String, Option<String>> = ctl
+            .db
+            .values::<VmRecord>(keys::VMS)
+            .await?
+            .into_iter()
+            .map(|v| (v.id, v.node))
+            .collect();
         for (name, answer) in answers {
             let key = format!("{}{name}", keys::NODE_STATUS);
             let held = ctl.db.get::<NodeStatus>(&key).await?;
@@ -50,6 +60,12 @@ impl Poller {
             match answer {
                 Ok((info, vms)) => {
                     self.misses.remove(&name);
+                    for held in &vms {
+                        let owner = owners.get(&held.uuid);
+                        if owner.is_none_or(|o| o.as_deref() != Some(name.as_str())) {
+                            remove_stale(ctl, records_of(&records, &name), held);
+                        }
+                    }
                     ctl.observed
                         .write()
                         .unwrap_or_else(|e| e.into_inner())
@@ -74,6 +90,7 @@ impl Poller {
                         })
                         .collect();
                     status.networks = info.networks;
+                    status.probes = info.probes;
                     status.error = info
                         .storaged_error
                         .map(|e| format!("storaged: {e}"))
@@ -124,6 +141,45 @@ impl Poller {
         }
         Ok(())
     }
+}
+
+fn records_of<'a>(
+    records: &'a [crate::model::Versioned<NodeRecord>],
+    name: &str,
+) -> Option<&'a NodeRecord> {
+    records
+        .iter()
+        .map(|r| &r.value)
+        .find(|r| r.join.name == name)
+}
+
+/// Removes from `node` a VM the store does not place there: the node must not start or keep
+/// a copy it no longer owns. Volumes the VM's ensures did not make are kept.
+fn remove_stale(ctl: &Arc<Ctl>, node: Option<&NodeRecord>, held: &triad_api::hostd::Vm) {
+    let Some(node) = node.cloned() else {
+        return;
+    };
+    let busy = format!("stale/{}/{}", node.join.name, held.uuid);
+    if !ctl.try_busy(&busy) {
+        return;
+    }
+    let (ctl, uuid, generation) = (ctl.clone(), held.uuid.clone(), held.spec.generation);
+    tokio::spawn(async move {
+        let client = hostd_client(&node);
+        let u = uuid.clone();
+        let message = match super::blocking(move || client.remove(&u)).await {
+            Ok(()) => format!(
+                "node {} held generation {generation}, which it no longer owns: removed there",
+                node.join.name
+            ),
+            Err(e) => format!(
+                "node {} holds generation {generation}, which it no longer owns; removing it: {e}",
+                node.join.name
+            ),
+        };
+        events::emit(&ctl.db, &format!("vm/{uuid}"), "stale-copy", message).await;
+        ctl.done(&busy);
+    });
 }
 
 /// Wakes the reconcilers whenever node `record` logs an event, until it leaves the cluster.

@@ -1,10 +1,10 @@
-//! Places pending VMs, oldest first: each placement takes the node's room and counts for the
+//! Places pending VMs (and the VMs HA is recovering), oldest first: each placement takes the node's room and counts for the
 //! affinity of the VMs placed after it in the same pass. A VM that fits nowhere stays Pending
 //! with the reason per node (and an event when the reason changes).
 
 use std::collections::BTreeSet;
 
-use triad_api::v1::{PlacementReport, PowerState, VmState};
+use triad_api::v1::{Liveness, PlacementReport, PowerState, VmState};
 
 use crate::api::current_settings;
 use crate::model::{keys, now_ms, AffinityGroupRecord, DbError, VmRecord};
@@ -15,7 +15,11 @@ pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
     let vms = ctl.db.list::<VmRecord>(keys::VMS).await?;
     let mut pending: Vec<_> = vms
         .iter()
-        .filter(|v| v.value.state == VmState::Pending && v.value.node.is_none() && !v.value.destroy)
+        .filter(|v| {
+            matches!(v.value.state, VmState::Pending | VmState::Recovering)
+                && v.value.node.is_none()
+                && !v.value.destroy
+        })
         .cloned()
         .collect();
     if pending.is_empty() {
@@ -28,10 +32,17 @@ pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
         .db
         .list::<AffinityGroupRecord>(keys::AFFINITY_GROUPS)
         .await?;
-    // Where each VM in some group is: (its groups, its node).
+    // Where each VM in some group is: (its groups, its node). A VM on a dead node runs
+    // nowhere: it holds no other VM to its node or away from it.
+    let dead: BTreeSet<&str> = views
+        .iter()
+        .filter(|n| n.liveness == Liveness::Dead)
+        .map(|n| n.name.as_str())
+        .collect();
     let mut placed: Vec<(Vec<String>, String)> = vms
         .iter()
         .filter(|v| !v.value.destroy)
+        .filter(|v| v.value.node.as_deref().is_none_or(|n| !dead.contains(n)))
         .filter_map(|v| {
             Some((
                 v.value.request.affinity_groups.clone(),
@@ -88,6 +99,7 @@ pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
                 next.generation += 1;
                 next.reason = None;
                 next.state = match vm.power {
+                    _ if vm.state == VmState::Recovering => VmState::Recovering,
                     PowerState::Running => VmState::Starting,
                     PowerState::Stopped => VmState::Stopping,
                 };

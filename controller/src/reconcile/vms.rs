@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use triad_api::client::StoragedClient;
 use triad_api::hostd::{
-    DiskSpec, NicSpec, Power, PowerAction, StateRequest, Vm as HostVm, VmPhase, VmSpec,
+    DiskSpec, HaLevel, NicSpec, Power, PowerAction, StateRequest, Vm as HostVm, VmPhase, VmSpec,
 };
 use triad_api::storage::VolumeSource;
-use triad_api::v1::{Connection, PowerState, VmState};
+use triad_api::v1::{Connection, Liveness, PowerState, VmState};
 use triad_api::vmm::BootConfig;
 
 use super::blocking;
@@ -129,6 +129,15 @@ fn state_of(phase: VmPhase, power: PowerState) -> VmState {
 /// Writes `next` over `held` when it differs; ends the VM's operation once it got where it
 /// was asked to go. False when the record changed meanwhile.
 async fn save(ctl: &Ctl, held: &Versioned<VmRecord>, mut next: VmRecord) -> Result<bool, DbError> {
+    // A VM HA restarts elsewhere is Recovering until it runs there.
+    if held.value.state == VmState::Recovering
+        && matches!(
+            next.state,
+            VmState::Starting | VmState::Stopped | VmState::Unknown
+        )
+    {
+        next.state = VmState::Recovering;
+    }
     let arrived = matches!(
         (next.power, next.state),
         (PowerState::Running, VmState::Running) | (PowerState::Stopped, VmState::Stopped)
@@ -192,6 +201,10 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
         .await?
         .map(|s| s.value)
         .unwrap_or_default();
+    if status.liveness == Liveness::Dead {
+        // The HA loop decides what becomes of a dead node's VMs.
+        return Ok(());
+    }
     let mut next = vm.clone();
     if status.connection != Connection::Connected {
         let why = format!(
@@ -263,6 +276,11 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
             let request = |action, timeout_ms| StateRequest { action, timeout_ms };
             let uuid = vm.id.clone();
             let act = match (vm.power, there.phase) {
+                // hostd holds a NeverStop VM stopped when it was fenced, or when its VMM
+                // ended while hostd was down: this node still owns it, so it runs again.
+                (PowerState::Running, VmPhase::Stopped) if vm.ha == HaLevel::NeverStop => {
+                    Some(request(PowerAction::Start, None))
+                }
                 (PowerState::Running, VmPhase::Stopped) if vm.state == VmState::Running => {
                     // It stopped by itself: a VM without HA stays stopped.
                     next.power = PowerState::Stopped;
@@ -355,7 +373,7 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
 }
 
 /// Frees a destroyed VM's addresses, MACs, volumes and records, in one transaction.
-async fn release(ctl: &Ctl, vm: &VmRecord) -> Result<(), DbError> {
+pub(super) async fn release(ctl: &Ctl, vm: &VmRecord) -> Result<(), DbError> {
     loop {
         let key = format!("{}{}", keys::VMS, vm.id);
         let Some(current) = ctl.db.get::<VmRecord>(&key).await? else {
