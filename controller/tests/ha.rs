@@ -205,3 +205,139 @@ fn stored_counter(cluster: &Cluster, vm: &Value) -> u64 {
     let bytes = std::fs::read(cluster.shared.join(format!("{volume}.raw"))).unwrap();
     u64::from_le_bytes(bytes[..8].try_into().unwrap())
 }
+
+/// The counter values in `node`'s serial log of VM `id` (what it printed there, even after
+/// the node died).
+fn counted_on(node: &Node, id: &str) -> Vec<u64> {
+    std::fs::read_to_string(node.dir.join("hostd/vms").join(id).join("serial.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+/// (b) The node is cut off its management and storage networks, under policy Force: its
+/// self-fencer kills its copy before the majority restarts the VM elsewhere, so the two
+/// never write at once; when the links come back the old copy is removed.
+#[test]
+fn an_isolated_node_fences_itself_under_force_and_its_vm_runs_elsewhere() {
+    if !kvm_available("an_isolated_node_fences_itself_under_force_and_its_vm_runs_elsewhere") {
+        return;
+    }
+    let (cluster, ctl) = ha_cluster("ha-cut");
+    ok(
+        &ctl,
+        "PATCH",
+        "/v1/settings",
+        Some(json!({"ha_policy": "force"})),
+    );
+    let keep = create(&ctl, "keep", "never_stop", "together");
+    let running = wait_state(&ctl, &keep, "running");
+    let victim = node_of(&cluster, &running);
+    let victim_name = victim.name.clone();
+    wait_for("the counter to count", TIMEOUT, || {
+        (counted(&ctl, &keep).len() >= 3).then_some(())
+    });
+    wait_for("the node to be told policy Force", TIMEOUT, || {
+        HostdClient::new(&victim.hostd.socket)
+            .cluster()
+            .ok()
+            .flatten()
+            .filter(|c| c.fence == triad_api::hostd::FenceMode::Force)
+    });
+
+    victim.set_link(0, false);
+    victim.set_link(1, false);
+    let moved = wait_for("keep running on another node", TIMEOUT, || {
+        let v = vm(&ctl, &keep);
+        (v["state"] == "running" && v["node"] != victim_name.as_str()).then_some(v)
+    });
+    let hostd = HostdClient::new(&victim.hostd.socket);
+    assert_eq!(vmms_of(victim, &keep), 0, "the isolated copy is fenced");
+    let fenced = hostd.events(0).unwrap();
+    assert!(
+        fenced
+            .iter()
+            .any(|e| e.kind == triad_api::hostd::HostEventKind::VmFenced
+                && e.vm.as_deref() == Some(keep.as_str())),
+        "{fenced:?}"
+    );
+    assert!(hostd.peers().unwrap().fenced.is_some());
+    let new_values = wait_for("the counter to go on", TIMEOUT, || {
+        let v = counted(&ctl, &keep);
+        (v.len() >= 3).then_some(v)
+    });
+    let old_values = counted_on(victim, &keep);
+    let (last_old, first_new) = (*old_values.last().unwrap(), new_values[0]);
+    assert!(
+        first_new == last_old + 1 || first_new == last_old + 2,
+        "the new copy went on from {first_new} after the old one's {last_old}"
+    );
+
+    victim.set_link(0, true);
+    victim.set_link(1, true);
+    wait_for("the node alive again", TIMEOUT, || {
+        (liveness(&ctl, &victim_name) == "alive").then_some(())
+    });
+    wait_for("the old copy removed", TIMEOUT, || {
+        hostd.vm(&keep).unwrap().is_none().then_some(())
+    });
+    assert_eq!(vmms_of(node_of(&cluster, &moved), &keep), 1);
+}
+
+/// (c) Only the VM data network is cut: heartbeats go on over management and storage, so
+/// the node stays alive and nothing moves.
+#[test]
+fn a_cut_data_network_alone_moves_nothing() {
+    if !kvm_available("a_cut_data_network_alone_moves_nothing") {
+        return;
+    }
+    let (cluster, ctl) = ha_cluster("ha-data");
+    let keep = create(&ctl, "keep", "never_stop", "together");
+    let running = wait_state(&ctl, &keep, "running");
+    let victim = node_of(&cluster, &running);
+    let before = events(&ctl, &format!("node/{}", victim.name)).len();
+    victim.set_link(2, false);
+    // Three times the longest a failover waits.
+    std::thread::sleep(Duration::from_secs(6));
+    let now = vm(&ctl, &keep);
+    assert_eq!(now["state"], "running", "{now}");
+    assert_eq!(now["node"], running["node"]);
+    assert_eq!(now["generation"], running["generation"]);
+    for n in &cluster.nodes {
+        assert_eq!(liveness(&ctl, &n.name), "alive", "{}", n.name);
+    }
+    let after = events(&ctl, &format!("node/{}", victim.name));
+    assert_eq!(after.len(), before, "no suspicion: {after:?}");
+    victim.set_link(2, true);
+}
+
+/// (e) Two of three nodes lose power: no majority is left, so nothing is decided and no VM
+/// moves. When they return, the NeverStop VM runs again on its own node.
+#[test]
+fn with_two_of_three_nodes_down_nothing_moves_and_their_return_restarts_the_vm() {
+    if !kvm_available("with_two_of_three_nodes_down_nothing_moves_and_their_return_restarts_the_vm")
+    {
+        return;
+    }
+    let (mut cluster, ctl) = ha_cluster("ha-two");
+    let keep = create(&ctl, "keep", "never_stop", "together");
+    let running = wait_state(&ctl, &keep, "running");
+    let home = node_of(&cluster, &running).index;
+    let other = (0..3).find(|i| *i != home).unwrap();
+    cluster.nodes[home].kill_all();
+    cluster.nodes[other].kill_all();
+    std::thread::sleep(Duration::from_secs(6));
+    let now = vm(&ctl, &keep);
+    assert_eq!(now["node"], running["node"], "{now}");
+    assert_eq!(now["generation"], running["generation"], "{now}");
+    for n in &cluster.nodes {
+        assert_ne!(liveness(&ctl, &n.name), "dead", "{}", n.name);
+    }
+    cluster.nodes[home].power_on();
+    cluster.nodes[other].power_on();
+    let back = wait_state(&ctl, &keep, "running");
+    assert_eq!(back["node"], running["node"], "{back}");
+    assert_eq!(vmms_of(&cluster.nodes[home], &keep), 1);
+}
