@@ -53,6 +53,46 @@ pub enum Decision {
     Release,
 }
 
+/// Policy Force: the node is taken as fenced once its self-fencer's `deadline` has passed
+/// since anybody last heard it (`quiet` ago; `None`: never heard).
+pub fn force_proof(quiet: Option<std::time::Duration>, deadline: std::time::Duration) -> Proof {
+    match quiet {
+        Some(q) if q < deadline => Proof::Missing(format!(
+            "its self-fencer's deadline is {} ms after anybody last heard it, {} ms ago",
+            deadline.as_millis(),
+            q.as_millis()
+        )),
+        _ => Proof::Proven(format!(
+            "the majority's vote (policy Force; its self-fencer had {} ms to act)",
+            deadline.as_millis()
+        )),
+    }
+}
+
+/// An smp pool: the node's storage heartbeat on `pool` has stood still for `still` (`None`:
+/// not read yet), which proves it fenced past `deadline`.
+pub fn smp_proof(
+    pool: &str,
+    still: Option<std::time::Duration>,
+    deadline: std::time::Duration,
+) -> Proof {
+    match still {
+        Some(q) if q >= deadline => Proof::Proven(format!(
+            "its storage heartbeat on {pool} has stood still for {} ms",
+            q.as_millis()
+        )),
+        Some(q) => Proof::Missing(format!(
+            "its storage heartbeat on {pool} has stood still for {} of the {} ms that prove it \
+             fenced",
+            q.as_millis(),
+            deadline.as_millis()
+        )),
+        None => Proof::Missing(format!(
+            "no storage heartbeat of it on {pool} has been read yet"
+        )),
+    }
+}
+
 pub fn decide(vm: &VmFacts, node: &str, switches: Switches, proof: &Proof) -> Decision {
     let proven = match proof {
         Proof::Proven(how) => Some(how),

@@ -16,7 +16,7 @@ use triad_api::v1::{HaPolicy, Liveness, PowerState, Settings, VmState};
 
 use super::blocking;
 use crate::api::current_settings;
-use crate::ha::{decide, Decision, Proof, Switches, VmFacts};
+use crate::ha::{decide, force_proof, smp_proof, Decision, Proof, Switches, VmFacts};
 use crate::model::{keys, DbError, NodeRecord, NodeStatus, VmRecord};
 use crate::{events, hostd_client, Ctl};
 
@@ -246,17 +246,7 @@ async fn proof(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .last_heard(node);
-        return match heard.map(|h| h.elapsed()) {
-            Some(quiet) if quiet < deadline => Proof::Missing(format!(
-                "its self-fencer's deadline is {} ms after anybody last heard it, {} ms ago",
-                deadline.as_millis(),
-                quiet.as_millis()
-            )),
-            _ => Proof::Proven(format!(
-                "the majority's vote (policy Force; its self-fencer had {} ms to act)",
-                deadline.as_millis()
-            )),
-        };
+        return force_proof(heard.map(|h| h.elapsed()), deadline);
     }
     let pools: BTreeSet<&String> = vm.disks.iter().map(|d| &d.pool).collect();
     let mut how = Vec::new();
@@ -269,24 +259,9 @@ async fn proof(
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&(pool.clone(), node.to_owned()))
                     .map(|(_, since)| since.elapsed());
-                match still {
-                    Some(quiet) if quiet >= deadline => how.push(format!(
-                        "its storage heartbeat on {pool} has stood still for {} ms",
-                        quiet.as_millis()
-                    )),
-                    Some(quiet) => {
-                        return Proof::Missing(format!(
-                            "its storage heartbeat on {pool} has stood still for {} of the {} ms \
-                             that prove it fenced",
-                            quiet.as_millis(),
-                            deadline.as_millis()
-                        ))
-                    }
-                    None => {
-                        return Proof::Missing(format!(
-                            "no storage heartbeat of it on {pool} has been read yet"
-                        ))
-                    }
+                match smp_proof(pool, still, deadline) {
+                    Proof::Proven(h) => how.push(h),
+                    missing => return missing,
                 }
             }
             Some(PoolKind::Ceph) => match blocklist(ctl, node, vm, pool, records).await {
