@@ -83,6 +83,10 @@ pub struct Node {
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub data_address: Ipv4Addr,
     pub enable: NodeEnable,
+    /// Entering maintenance: locked while its VMs are moved off or stopped; it becomes
+    /// Maintenance when none runs there any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub entering_maintenance: bool,
     pub connection: Connection,
     pub liveness: Liveness,
     /// What its hostd last said, when it has said anything.

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use crate::connect::Api;
 use crate::table::{cell, print};
 use crate::{
-    Cli, Command, EipCommand, EventCommand, GroupCommand, ImageCommand, NetCommand, NodeCommand,
-    SgCommand, TokenCommand, VmCommand, VolumeCommand,
+    Cli, Command, EipCommand, EventCommand, GroupCommand, ImageCommand, MaintenanceStep,
+    NetCommand, NodeCommand, SgCommand, TokenCommand, VmCommand, VolumeCommand,
 };
 
 /// How long `--wait` waits.
@@ -408,6 +408,22 @@ fn node(api: &Api, out: &Out, c: NodeCommand) -> Result<()> {
         NodeCommand::Unlock { node } => act_node(api, out, &node, "unlock"),
         NodeCommand::Enable { node } => act_node(api, out, &node, "enable"),
         NodeCommand::Disable { node } => act_node(api, out, &node, "disable"),
+        NodeCommand::Maintenance { step, node } => {
+            let step = match step {
+                MaintenanceStep::Enter => "enter",
+                MaintenanceStep::Exit => "exit",
+            };
+            let answer = api.post(
+                &format!("/v1/nodes/{}/maintenance/{step}", seg(&node)),
+                &json!({}),
+            )?;
+            let state = if answer["entering_maintenance"] == true {
+                "entering maintenance (its VMs are moving off)".to_owned()
+            } else {
+                cell(&answer["enable"])
+            };
+            out.done(&format!("node {node}: {state}"), &answer)
+        }
         NodeCommand::Remove { node } => {
             api.call::<Value>("DELETE", &format!("/v1/nodes/{}", seg(&node)), None)?;
             out.done(&format!("node {node} removed"), &Value::Null)

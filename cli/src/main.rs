@@ -179,6 +179,14 @@ pub enum VmCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MaintenanceStep {
+    /// Lock it, move its shared-storage VMs to other nodes, stop its local-storage VMs.
+    Enter,
+    /// Locked again: `unlock` gives it new VMs.
+    Exit,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Join a node: its hostd's address and token (`triad-hostd token` on it).
@@ -206,6 +214,11 @@ pub enum NodeCommand {
         node: String,
     },
     Disable {
+        node: String,
+    },
+    /// Empty the node for work on it (`enter`), or take it back, locked (`exit`).
+    Maintenance {
+        step: MaintenanceStep,
         node: String,
     },
     Remove {

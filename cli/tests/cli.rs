@@ -196,6 +196,41 @@ fn an_operator_runs_a_vm_from_the_command_line_and_sees_the_node_without_the_con
     assert!(diag.contains("web") && diag.contains("running"), "{diag}");
     ctl.daemon.restart();
 
+    // Maintenance on the only node: web has nowhere to go, so it is stopped.
+    let node_name = node.name.as_str();
+    let entering = ok(&ctl, &["node", "maintenance", "enter", node_name]);
+    assert!(entering.contains("maintenance"), "{entering}");
+    wait_for(
+        "the node in maintenance",
+        std::time::Duration::from_secs(30),
+        || {
+            let node: serde_json::Value =
+                serde_json::from_str(&ok(&ctl, &["--json", "node", "show", node_name])).unwrap();
+            (node["enable"] == "maintenance").then_some(())
+        },
+    );
+    let web = ok(&ctl, &["vm", "show", "web"]);
+    assert!(
+        web.contains("stopped") && web.contains("no other node can take it"),
+        "{web}"
+    );
+    let err = refused(&ctl, &["node", "unlock", node_name]);
+    assert!(
+        err.contains("409") && err.contains("maintenance exit"),
+        "{err}"
+    );
+    let left = ok(&ctl, &["node", "maintenance", "exit", node_name]);
+    assert!(left.contains("locked"), "{left}");
+    let err = refused(&ctl, &["node", "maintenance", "exit", node_name]);
+    assert!(err.contains("not in maintenance"), "{err}");
+    let usage = triad(&ctl, &["node", "maintenance", "leave", node_name]);
+    let err = String::from_utf8_lossy(&usage.stderr);
+    assert_eq!(usage.status.code(), Some(2), "{err}");
+    assert!(err.contains("enter") && err.contains("exit"), "{err}");
+    ok(&ctl, &["node", "unlock", node_name]);
+    let started = ok(&ctl, &["vm", "start", "web", "--wait"]);
+    assert!(started.contains("running"), "{started}");
+
     let stopped = ok(&ctl, &["vm", "stop", "web", "--force", "--wait"]);
     assert!(stopped.contains("stopped"), "{stopped}");
     ok(&ctl, &["vm", "destroy", "web", "--wait"]);

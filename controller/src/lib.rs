@@ -10,6 +10,7 @@ pub mod ha;
 pub mod ipam;
 pub mod leader;
 pub mod liveness;
+pub mod maintenance;
 pub mod model;
 pub mod operations;
 pub mod reconcile;

@@ -61,6 +61,9 @@ pub struct NodeRecord {
     pub join: NodeJoin,
     pub enable: NodeEnable,
     pub joined_unix_ms: u64,
+    /// `maintenance enter` asked: the node is Locked until its VMs are off, then Maintenance.
+    #[serde(default)]
+    pub entering_maintenance: bool,
 }
 
 /// A pool as a node reported it.
@@ -88,6 +91,17 @@ pub struct NodeStatus {
     pub probes: Vec<std::net::SocketAddr>,
 }
 
+/// Each pool's kind, as the nodes report them.
+pub fn pool_kinds<'a>(
+    statuses: impl IntoIterator<Item = &'a NodeStatus>,
+) -> std::collections::BTreeMap<String, PoolKind> {
+    statuses
+        .into_iter()
+        .flat_map(|s| s.pools.iter())
+        .map(|p| (p.name.clone(), p.kind))
+        .collect()
+}
+
 /// A VM: what was asked, what was made of it (addresses, disks), where it is placed and in
 /// which state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +124,10 @@ pub struct VmRecord {
     pub destroy: bool,
     pub state: VmState,
     pub node: Option<String>,
+    /// Its node is entering maintenance: the VM stops there, then leaves the node to be
+    /// placed elsewhere (a running VM is Migrating until it runs again).
+    #[serde(default)]
+    pub moving_off: bool,
     pub generation: u64,
     pub reason: Option<String>,
     /// The operation that the current change belongs to.
@@ -118,6 +136,14 @@ pub struct VmRecord {
 }
 
 impl VmRecord {
+    /// Whether every disk is on a pool that other nodes reach too (`kinds`: each pool's kind,
+    /// as the nodes report them), so that the VM can run on another node.
+    pub fn on_shared_storage(&self, kinds: &std::collections::BTreeMap<String, PoolKind>) -> bool {
+        self.disks
+            .iter()
+            .all(|d| matches!(kinds.get(&d.pool), Some(PoolKind::Smp | PoolKind::Ceph)))
+    }
+
     pub fn view(&self) -> triad_api::v1::Vm {
         triad_api::v1::Vm {
             id: self.id.clone(),

@@ -10,15 +10,20 @@ use triad_tests::{kvm_available, wait_for, Cluster, Controller, Node};
 mod common;
 use common::*;
 
-/// A VM made from the test guest with `cmdline` appended, placed in `group`.
+/// A counting VM made from the test guest (on the shared pool), placed in `group`.
 fn create(ctl: &Controller, name: &str, ha: &str, group: &str) -> String {
+    create_from(ctl, name, ha, "guest", &[group])
+}
+
+/// A VM made from `image` with the guest's counter on, in `groups`.
+fn create_from(ctl: &Controller, name: &str, ha: &str, image: &str, groups: &[&str]) -> String {
     let (status, vm) = admin(
         ctl,
         "POST",
         "/v1/vms",
         Some(
-            json!({"name": name, "image": "guest", "memory_mib": 64, "ha": ha,
-            "nics": [{"network": "lan"}], "affinity_groups": [group],
+            json!({"name": name, "image": image, "memory_mib": 64, "ha": ha,
+            "nics": [{"network": "lan"}], "affinity_groups": groups,
             "cmdline": "triad.counter"}),
         ),
     );
@@ -340,4 +345,146 @@ fn with_two_of_three_nodes_down_nothing_moves_and_their_return_restarts_the_vm()
     let back = wait_state(&ctl, &keep, "running");
     assert_eq!(back["node"], running["node"], "{back}");
     assert_eq!(vmms_of(&cluster.nodes[home], &keep), 1);
+}
+
+/// Waits for an event of `resource` that `matches` (events are written just after the change
+/// they tell of).
+fn wait_event(ctl: &Controller, resource: &str, matches: impl Fn(&str) -> bool) {
+    wait_for(&format!("the event of {resource}"), TIMEOUT, || {
+        events(ctl, resource)
+            .iter()
+            .any(|e| matches(e))
+            .then_some(())
+    });
+}
+
+fn node_action(ctl: &Controller, node: &str, action: &str) -> (u16, Value) {
+    admin(ctl, "POST", &format!("/v1/nodes/{node}/{action}"), None)
+}
+
+fn enable_of(ctl: &Controller, node: &str) -> Value {
+    ok(ctl, "GET", &format!("/v1/nodes/{node}"), None)["enable"].clone()
+}
+
+/// Maintenance: entering it moves the node's shared-storage VM to the one other node that
+/// takes VMs (its counter going on from its disk) and stops its local-storage VM there; with
+/// no node to take it, a VM is stopped and says why. Leaving it locks the node.
+#[test]
+fn maintenance_moves_shared_vms_off_stops_local_ones_and_exit_locks_the_node() {
+    if !kvm_available("maintenance_moves_shared_vms_off_stops_local_ones_and_exit_locks_the_node") {
+        return;
+    }
+    let (cluster, ctl) = ha_cluster("ha-maint");
+    let [a, b, c] = [0, 1, 2].map(|i| cluster.nodes[i].name.clone());
+    let file = cluster.shared.join("guest-disk.raw");
+    let (status, answer) = admin(
+        &ctl,
+        "POST",
+        "/v1/images",
+        Some(
+            json!({"name": "guest-local", "pool": "local", "source": {"kind": "file", "path": file},
+            "kernel": triad_tests::guest_elf(), "cmdline": "triad.blk=ro triad.net=dhcp"}),
+        ),
+    );
+    assert_eq!(status, 202, "{answer}");
+    wait_for("the local image on every node", TIMEOUT, || {
+        (ok(&ctl, "GET", "/v1/images/guest-local", None)["state"] == "ready").then_some(())
+    });
+    // Both VMs on a: the other nodes are locked while they are placed.
+    for n in [&b, &c] {
+        assert_eq!(node_action(&ctl, n, "lock").0, 200);
+    }
+    let shared = create(&ctl, "shared", "never_stop", "together");
+    let local = create_from(&ctl, "local", "never_stop", "guest-local", &[]);
+    let before = wait_state(&ctl, &shared, "running");
+    assert_eq!(wait_state(&ctl, &local, "running")["node"], a.as_str());
+    assert_eq!(before["node"], a.as_str());
+    assert_eq!(node_action(&ctl, &b, "unlock").0, 200);
+    let counted_on_a = wait_for("the counter to count", TIMEOUT, || {
+        let v = counted(&ctl, &shared);
+        (v.len() >= 2).then_some(v)
+    });
+
+    let (status, entering) = node_action(&ctl, &a, "maintenance/enter");
+    assert_eq!(status, 200, "{entering}");
+    assert_eq!(entering["enable"], "locked", "{entering}");
+    let (status, again) = node_action(&ctl, &a, "maintenance/enter");
+    assert_eq!(status, 200, "entering twice is entering once: {again}");
+    let (status, refused) = node_action(&ctl, &a, "unlock");
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("maintenance exit"),
+        "{refused}"
+    );
+    wait_for("a in maintenance", TIMEOUT, || {
+        (enable_of(&ctl, &a) == "maintenance").then_some(())
+    });
+    let moved = wait_state(&ctl, &shared, "running");
+    assert_eq!(moved["node"], b.as_str(), "{moved}");
+    assert!(moved["generation"].as_u64() > before["generation"].as_u64());
+    let values = wait_for("the counter to go on on b", TIMEOUT, || {
+        let v = counted(&ctl, &shared);
+        (v.len() >= 2).then_some(v)
+    });
+    assert!(
+        values[0] > *counted_on_a.last().unwrap(),
+        "it goes on from what it counted on a: {counted_on_a:?} then {values:?}"
+    );
+    assert!(values.windows(2).all(|w| w[1] == w[0] + 1), "{values:?}");
+    let stopped = vm(&ctl, &local);
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    assert_eq!(stopped["power"], "stopped", "{stopped}");
+    assert_eq!(stopped["node"], a.as_str(), "{stopped}");
+    wait_event(&ctl, &format!("vm/{local}"), |e| {
+        e.starts_with("stopping: node") && e.contains("local storage")
+    });
+    assert_eq!(vmms_of(&cluster.nodes[0], &shared), 0);
+    assert_eq!(vmms_of(&cluster.nodes[0], &local), 0);
+    wait_event(&ctl, &format!("node/{a}"), |e| {
+        e.starts_with("maintenance: in maintenance")
+    });
+
+    let (status, left) = node_action(&ctl, &a, "maintenance/exit");
+    assert_eq!(status, 200, "{left}");
+    assert_eq!(left["enable"], "locked");
+    let (status, refused) = node_action(&ctl, &a, "maintenance/exit");
+    assert_eq!(status, 409, "{refused}");
+    let (status, refused) = node_action(&ctl, &a, "maintenance/leave");
+    assert_eq!(status, 404, "{refused}");
+    let (status, refused) = node_action(&ctl, "nowhere", "maintenance/enter");
+    assert_eq!(status, 404, "{refused}");
+
+    // b empties with a and c locked: the shared VM has nowhere to go and is stopped.
+    assert_eq!(node_action(&ctl, &b, "maintenance/enter").0, 200);
+    wait_for("b in maintenance", TIMEOUT, || {
+        (enable_of(&ctl, &b) == "maintenance").then_some(())
+    });
+    let nowhere = wait_state(&ctl, &shared, "stopped");
+    assert_eq!(nowhere["power"], "stopped", "{nowhere}");
+    assert!(nowhere["node"].is_null(), "{nowhere}");
+    assert!(
+        nowhere["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no other node can take it"),
+        "{nowhere}"
+    );
+    wait_event(&ctl, &format!("vm/{shared}"), |e| {
+        e.starts_with("stopped: no other node can take it (")
+    });
+    assert_eq!(vmms_of(&cluster.nodes[1], &shared), 0);
+
+    // Back in service, the VMs start again when asked.
+    assert_eq!(node_action(&ctl, &b, "maintenance/exit").0, 200);
+    for n in [&a, &b, &c] {
+        assert_eq!(node_action(&ctl, n, "unlock").0, 200);
+        assert_eq!(enable_of(&ctl, n), "enabled");
+    }
+    ok(&ctl, "POST", &format!("/v1/vms/{shared}/start"), None);
+    ok(&ctl, "POST", &format!("/v1/vms/{local}/start"), None);
+    wait_state(&ctl, &shared, "running");
+    assert_eq!(wait_state(&ctl, &local, "running")["node"], a.as_str());
 }

@@ -1,4 +1,4 @@
-//! Nodes: join, list, show, remove, and whether they take new VMs.
+//! Nodes: join, list, show, remove, whether they take new VMs, and maintenance.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use triad_api::client::HostdClient;
-use triad_api::v1::{Node, NodeEnable, NodeJoin};
+use triad_api::v1::{Connection, Liveness, Node, NodeEnable, NodeJoin};
 use triad_api::ErrorBody;
 
 use super::{body, ApiError, ApiResult};
@@ -21,6 +21,7 @@ pub fn routes() -> Router<Arc<Ctl>> {
         .route("/v1/nodes", get(list).post(join))
         .route("/v1/nodes/{name}", get(show).delete(remove))
         .route("/v1/nodes/{name}/{action}", post(act))
+        .route("/v1/nodes/{name}/maintenance/{step}", post(maintenance))
 }
 
 /// The node as the API shows it.
@@ -36,6 +37,7 @@ pub fn view(record: &NodeRecord, status: Option<&NodeStatus>, vms: &[VmRecord]) 
         address: record.join.address.clone(),
         data_address: data_address(&record.join),
         enable: record.enable,
+        entering_maintenance: record.entering_maintenance,
         connection: status.connection,
         liveness: status.liveness,
         version: status.version,
@@ -134,6 +136,7 @@ async fn join(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<(StatusCod
         join: join.clone(),
         enable: NodeEnable::Enabled,
         joined_unix_ms: now_ms(),
+        entering_maintenance: false,
     };
     let key = format!("{}{}", keys::NODES, join.name);
     if !ctl.db.create(&key, &record).await? {
@@ -224,7 +227,13 @@ async fn act(
             match (action.as_str(), record.enable) {
                 (_, NodeEnable::Maintenance) => Err(ApiError::conflict(
                     None,
-                    format!("node {name:?} is in maintenance: leave it first"),
+                    format!("node {name:?} is in maintenance: leave it first (maintenance exit)"),
+                )),
+                _ if record.entering_maintenance => Err(ApiError::conflict(
+                    None,
+                    format!(
+                        "node {name:?} is entering maintenance: leave it first (maintenance exit)"
+                    ),
                 )),
                 ("unlock", NodeEnable::Disabled) => Err(ApiError::conflict(
                     None,
@@ -248,6 +257,82 @@ async fn act(
             format!("{:?} -> {:?}", from.unwrap_or_default(), target),
         )
         .await;
+    }
+    ctl.wake.notify_one();
+    show(State(ctl), Path(name)).await
+}
+
+/// `enter`: the node is locked, its VMs on shared storage move to other nodes (stopped there,
+/// started elsewhere), its running VMs on local storage stop; then it is in Maintenance.
+/// `exit`: the node is Locked again (`unlock` gives it new VMs). Entering twice is entering
+/// once; exiting a node not in maintenance is refused.
+#[utoipa::path(post, path = "/v1/nodes/{name}/maintenance/{step}", tag = "nodes",
+    params(("name" = String, Path), ("step" = String, Path, description = "enter or exit")),
+    responses((status = 200, body = Node), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn maintenance(
+    State(ctl): State<Arc<Ctl>>,
+    Path((name, step)): Path<(String, String)>,
+) -> ApiResult<Json<Node>> {
+    let entering = match step.as_str() {
+        "enter" => true,
+        "exit" => false,
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "maintenance has no step {step:?}: enter or exit"
+            )))
+        }
+    };
+    let status = ctl
+        .db
+        .get::<NodeStatus>(&format!("{}{name}", keys::NODE_STATUS))
+        .await?
+        .map(|s| s.value)
+        .unwrap_or_default();
+    let key = format!("{}{name}", keys::NODES);
+    let mut message = None;
+    let changed = ctl
+        .db
+        .modify::<NodeRecord, ApiError>(&key, |record| {
+            let inside = record.entering_maintenance || record.enable == NodeEnable::Maintenance;
+            message = None;
+            if entering && !inside {
+                if status.connection != Connection::Connected || status.liveness != Liveness::Alive
+                {
+                    return Err(ApiError::conflict(
+                        None,
+                        format!(
+                            "node {name:?} is {:?} and {:?}: its VMs cannot be stopped there \
+                             (lock or disable it; HA moves a dead node's VMs)",
+                            status.connection, status.liveness
+                        )
+                        .to_lowercase(),
+                    ));
+                }
+                message = Some(format!("entering maintenance from {:?}", record.enable));
+                record.enable = NodeEnable::Locked;
+                record.entering_maintenance = true;
+            } else if !entering && inside {
+                message = Some(if record.entering_maintenance {
+                    "left maintenance before it was empty: locked".to_owned()
+                } else {
+                    "left maintenance: locked".to_owned()
+                });
+                record.enable = NodeEnable::Locked;
+                record.entering_maintenance = false;
+            } else if !entering && !inside {
+                return Err(ApiError::conflict(
+                    None,
+                    format!("node {name:?} is not in maintenance"),
+                ));
+            }
+            Ok(())
+        })
+        .await?;
+    if changed.is_none() {
+        return Err(ApiError::NotFound(format!("no node {name:?}")));
+    }
+    if let Some(message) = message {
+        events::emit(&ctl.db, &format!("node/{name}"), "maintenance", message).await;
     }
     ctl.wake.notify_one();
     show(State(ctl), Path(name)).await

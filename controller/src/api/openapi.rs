@@ -13,6 +13,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         super::health,
         super::nodes::list, super::nodes::show, super::nodes::join, super::nodes::remove, super::nodes::act,
+        super::nodes::maintenance,
         super::cluster::offerings, super::cluster::offering, super::cluster::create_offering, super::cluster::delete_offering,
         super::cluster::settings, super::cluster::patch_settings,
         super::cluster::tokens, super::cluster::create_token, super::cluster::delete_token,

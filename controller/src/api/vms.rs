@@ -322,6 +322,7 @@ async fn prepare(
         destroy: false,
         state: VmState::Pending,
         node: None,
+        moving_off: false,
         generation: 0,
         reason: None,
         operation: None,

@@ -17,7 +17,7 @@ use triad_api::v1::{HaPolicy, Liveness, PowerState, Settings, VmState};
 use super::blocking;
 use crate::api::current_settings;
 use crate::ha::{decide, force_proof, smp_proof, Decision, Proof, Switches, VmFacts};
-use crate::model::{keys, DbError, NodeRecord, NodeStatus, VmRecord};
+use crate::model::{keys, pool_kinds, DbError, NodeRecord, NodeStatus, VmRecord};
 use crate::{events, hostd_client, Ctl};
 
 /// Runs for ever; acts while this controller leads.
@@ -332,11 +332,7 @@ async fn recover(
     settings: &Settings,
     dead: &[String],
 ) -> Result<(), DbError> {
-    let kinds: BTreeMap<String, PoolKind> = statuses
-        .values()
-        .flat_map(|s| s.pools.iter())
-        .map(|p| (p.name.clone(), p.kind))
-        .collect();
+    let kinds = pool_kinds(statuses.values());
     let switches = Switches {
         enabled: settings.ha_enabled,
         disarmed: settings.ha_disarmed,
@@ -353,10 +349,7 @@ async fn recover(
         let facts = VmFacts {
             ha: vm.ha,
             power: vm.power,
-            shared: vm
-                .disks
-                .iter()
-                .all(|d| matches!(kinds.get(&d.pool), Some(PoolKind::Smp | PoolKind::Ceph))),
+            shared: vm.on_shared_storage(&kinds),
             destroy: vm.destroy,
         };
         let wants_proof = facts.destroy
@@ -374,6 +367,7 @@ async fn recover(
             }
             Decision::Recover(why) => {
                 next.node = None;
+                next.moving_off = false;
                 next.state = VmState::Recovering;
                 next.reason = Some(why);
             }

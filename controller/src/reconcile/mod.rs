@@ -4,15 +4,16 @@
 //! whenever a request wakes them; only the leading controller runs them.
 //!
 //! Order within a pass: the nodes are polled, networks and security groups made on them,
-//! images imported, pending VMs placed, each VM's node told what to do, and EIPs put on the
-//! nodes their VMs run on. The liveness loop (`ha`) runs beside them on a shorter period.
-//! Calls to
-//! nodes that may take long (an ensure, a remove) run as tasks of their own, at most one per
-//! VM at a time, so that one slow node holds up nothing else.
+//! images imported, nodes entering maintenance emptied, pending VMs placed, each VM's node
+//! told what to do, and EIPs put on the nodes their VMs run on. The liveness loop (`ha`) runs
+//! beside them on a shorter period. Calls to nodes that may take long (an ensure, a remove)
+//! run as tasks of their own, at most one per VM at a time, so that one slow node holds up
+//! nothing else.
 
 mod eips;
 mod ha;
 mod images;
+mod maintenance;
 mod networks;
 mod nodes;
 mod place;
@@ -48,6 +49,7 @@ async fn pass(ctl: &Arc<Ctl>, polled: &mut nodes::Poller) -> Result<(), crate::m
     networks::networks(ctl).await?;
     networks::groups(ctl).await?;
     images::import(ctl).await?;
+    maintenance::empty(ctl).await?;
     place::pending(ctl).await?;
     vms::converge(ctl).await?;
     eips::converge(ctl).await?;

@@ -1,6 +1,7 @@
-//! Places pending VMs (and the VMs HA is recovering), oldest first: each placement takes the node's room and counts for the
-//! affinity of the VMs placed after it in the same pass. A VM that fits nowhere stays Pending
-//! with the reason per node (and an event when the reason changes).
+//! Places pending VMs (and the VMs HA is recovering or maintenance moves), oldest first: each
+//! placement takes the node's room and counts for the affinity of the VMs placed after it in
+//! the same pass. A VM that fits nowhere stays Pending with the reason per node (and an event
+//! when the reason changes); one that maintenance moved off its node is stopped instead.
 
 use std::collections::BTreeSet;
 
@@ -16,8 +17,10 @@ pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
     let mut pending: Vec<_> = vms
         .iter()
         .filter(|v| {
-            matches!(v.value.state, VmState::Pending | VmState::Recovering)
-                && v.value.node.is_none()
+            matches!(
+                v.value.state,
+                VmState::Pending | VmState::Recovering | VmState::Migrating
+            ) && v.value.node.is_none()
                 && !v.value.destroy
         })
         .cloned()
@@ -99,7 +102,7 @@ pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
                 next.generation += 1;
                 next.reason = None;
                 next.state = match vm.power {
-                    _ if vm.state == VmState::Recovering => VmState::Recovering,
+                    _ if matches!(vm.state, VmState::Recovering | VmState::Migrating) => vm.state,
                     PowerState::Running => VmState::Starting,
                     PowerState::Stopped => VmState::Stopping,
                 };
@@ -112,6 +115,25 @@ pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
                         &format!("vm/{}", vm.id),
                         "placed",
                         format!("on node {node} (generation {})", next.generation),
+                    )
+                    .await;
+                }
+            }
+            None if vm.state == VmState::Migrating => {
+                // It left its node for maintenance and no other takes it: it stays stopped
+                // until an operator starts it.
+                next.power = PowerState::Stopped;
+                next.state = VmState::Stopped;
+                next.reason = Some(format!(
+                    "no other node can take it ({})",
+                    decision.why_pending(&views, &request)
+                ));
+                if ctl.db.update(&key, held.revision, &next).await? {
+                    events::emit(
+                        &ctl.db,
+                        &format!("vm/{}", vm.id),
+                        "stopped",
+                        next.reason.clone().unwrap_or_default(),
                     )
                     .await;
                 }

@@ -129,14 +129,16 @@ fn state_of(phase: VmPhase, power: PowerState) -> VmState {
 /// Writes `next` over `held` when it differs; ends the VM's operation once it got where it
 /// was asked to go. False when the record changed meanwhile.
 async fn save(ctl: &Ctl, held: &Versioned<VmRecord>, mut next: VmRecord) -> Result<bool, DbError> {
-    // A VM HA restarts elsewhere is Recovering until it runs there.
-    if held.value.state == VmState::Recovering
+    // A VM HA restarts elsewhere is Recovering until it runs there; a running VM moving off
+    // a node is Migrating until it runs on the next one.
+    let moving = held.value.state == VmState::Migrating && next.power == PowerState::Running;
+    if (held.value.state == VmState::Recovering || moving)
         && matches!(
             next.state,
-            VmState::Starting | VmState::Stopped | VmState::Unknown
+            VmState::Starting | VmState::Stopping | VmState::Stopped | VmState::Unknown
         )
     {
-        next.state = VmState::Recovering;
+        next.state = held.value.state;
     }
     let arrived = matches!(
         (next.power, next.state),
@@ -272,6 +274,22 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
                 held_there.spec.generation, vm.generation
             ));
         }
+        Some(there) if there.spec.generation == vm.generation && vm.moving_off => {
+            if there.phase == VmPhase::Stopped {
+                leave(&mut next, &node);
+            } else {
+                let (h, uuid) = (hostd.clone(), vm.id.clone());
+                let stop = StateRequest {
+                    action: PowerAction::Stop,
+                    timeout_ms: Some(10_000),
+                };
+                match blocking(move || h.set_state(&uuid, &stop)).await {
+                    Ok(now) if now.phase == VmPhase::Stopped => leave(&mut next, &node),
+                    Ok(_) => {}
+                    Err(e) => next.reason = Some(format!("stopping it on node {node}: {e}")),
+                }
+            }
+        }
         Some(there) if there.spec.generation == vm.generation => {
             let request = |action, timeout_ms| StateRequest { action, timeout_ms };
             let uuid = vm.id.clone();
@@ -315,6 +333,21 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
                     Err(e) => next.reason = Some(format!("node {node}: {e}")),
                 }
             }
+        }
+        older if vm.moving_off => {
+            // No copy of this generation is there: one of an older generation goes first.
+            if let Some(old) = older {
+                let (h, uuid) = (hostd.clone(), vm.id.clone());
+                if let Err(e) = blocking(move || h.remove(&uuid)).await {
+                    next.reason = Some(format!(
+                        "node {node} could not remove generation {}: {e}",
+                        old.spec.generation
+                    ));
+                    save(ctl, &held, next).await?;
+                    return Ok(());
+                }
+            }
+            leave(&mut next, &node);
         }
         older => {
             if let Some(n) = vm
@@ -370,6 +403,18 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
     }
     save(ctl, &held, next).await?;
     Ok(())
+}
+
+/// The VM, stopped on `node`, leaves it for the scheduler to place elsewhere; a running VM
+/// is Migrating until it runs there.
+fn leave(next: &mut VmRecord, node: &str) {
+    next.node = None;
+    next.moving_off = false;
+    next.state = match next.power {
+        PowerState::Running => VmState::Migrating,
+        PowerState::Stopped => VmState::Stopped,
+    };
+    next.reason = Some(format!("moved off node {node}"));
 }
 
 /// Frees a destroyed VM's addresses, MACs, volumes and records, in one transaction.
