@@ -488,3 +488,157 @@ fn maintenance_moves_shared_vms_off_stops_local_ones_and_exit_locks_the_node() {
     wait_state(&ctl, &shared, "running");
     assert_eq!(wait_state(&ctl, &local, "running")["node"], a.as_str());
 }
+
+/// Whether any node was ever declared dead (its events say so).
+fn anybody_declared_dead(ctl: &Controller, cluster: &Cluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .flat_map(|n| events(ctl, &format!("node/{}", n.name)))
+        .filter(|e| e.starts_with("dead:"))
+        .collect()
+}
+
+/// (d) The controller is killed: the VMs run on and the nodes, hearing each other, fence
+/// nothing. A node that loses power meanwhile comes back holding its VMs stopped (nobody
+/// may have restarted them elsewhere); the restarted controller starts the NeverStop one
+/// again where it is, at the same generation, and keeps the one without HA stopped.
+#[test]
+fn d_a_killed_controller_stops_nothing_and_a_restarted_one_converges() {
+    if !kvm_available("d_a_killed_controller_stops_nothing_and_a_restarted_one_converges") {
+        return;
+    }
+    let (mut cluster, mut ctl) = ha_cluster("ha-ctl");
+    let keep = create(&ctl, "keep", "never_stop", "together");
+    let plain = create(&ctl, "plain", "none", "together");
+    let running = wait_state(&ctl, &keep, "running");
+    wait_state(&ctl, &plain, "running");
+    let home = node_of(&cluster, &running).index;
+
+    ctl.daemon.kill9();
+    let before = counted_on(&cluster.nodes[home], &keep);
+    std::thread::sleep(Duration::from_secs(3));
+    let later = counted_on(&cluster.nodes[home], &keep);
+    assert!(later.len() > before.len(), "the VM counts on: {later:?}");
+    assert_eq!(vmms_of(&cluster.nodes[home], &keep), 1);
+    assert_eq!(vmms_of(&cluster.nodes[home], &plain), 1);
+    for n in &cluster.nodes {
+        let peers = HostdClient::new(&n.hostd.socket).peers().unwrap();
+        assert_eq!(peers.hears, 3, "{}: {peers:?}", n.name);
+        assert!(peers.fenced.is_none(), "{}: {peers:?}", n.name);
+    }
+
+    cluster.nodes[home].kill_all();
+    cluster.nodes[home].power_on();
+    let hostd = HostdClient::new(&cluster.nodes[home].hostd.socket);
+    let held = wait_for("the node back, holding its VMs", TIMEOUT, || {
+        hostd.vm(&keep).ok().flatten()
+    });
+    assert_eq!(held.phase, triad_api::hostd::VmPhase::Stopped, "{held:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(vmms_of(&cluster.nodes[home], &keep), 0, "it waits");
+
+    ctl.daemon.restart();
+    wait_for("the node to run it again", TIMEOUT, || {
+        (hostd.vm(&keep).ok()??.phase == triad_api::hostd::VmPhase::Running).then_some(())
+    });
+    let back = wait_state(&ctl, &keep, "running");
+    assert_eq!(back["node"], running["node"], "{back}");
+    assert_eq!(back["generation"], running["generation"], "{back}");
+    assert_eq!(vmms_of(&cluster.nodes[home], &keep), 1);
+    wait_state(&ctl, &plain, "stopped");
+    wait_event(&ctl, &format!("vm/{plain}"), |e| {
+        e.starts_with("stopped: it stopped by itself")
+    });
+    assert_eq!(vmms_of(&cluster.nodes[home], &plain), 0);
+    let counted_after = wait_for("the counter to go on", TIMEOUT, || {
+        let v = counted(&ctl, &keep);
+        (v.last() > later.last()).then_some(v)
+    });
+    assert!(
+        counted_after.windows(2).all(|w| w[1] > w[0]),
+        "{counted_after:?}"
+    );
+    assert!(anybody_declared_dead(&ctl, &cluster).is_empty());
+}
+
+/// (g) Every node loses power at once: the controller, hearing nobody, decides nothing; then
+/// it dies too. When all come back, the NeverStop VM starts by itself on its node at its
+/// generation, and the VM without HA stays stopped.
+#[test]
+fn g_after_a_whole_cluster_power_loss_never_stop_vms_start_and_others_stay_stopped() {
+    if !kvm_available(
+        "g_after_a_whole_cluster_power_loss_never_stop_vms_start_and_others_stay_stopped",
+    ) {
+        return;
+    }
+    let (mut cluster, mut ctl) = ha_cluster("ha-all");
+    let keep = create(&ctl, "keep", "never_stop", "together");
+    let plain = create(&ctl, "plain", "none", "together");
+    let running = wait_state(&ctl, &keep, "running");
+    wait_state(&ctl, &plain, "running");
+
+    for n in &mut cluster.nodes {
+        n.kill_all();
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let unseen = vm(&ctl, &keep);
+    assert_eq!(unseen["node"], running["node"], "{unseen}");
+    assert_eq!(unseen["generation"], running["generation"], "{unseen}");
+    assert!(anybody_declared_dead(&ctl, &cluster).is_empty());
+    ctl.daemon.kill9();
+    for n in &mut cluster.nodes {
+        n.power_on();
+    }
+    ctl.daemon.restart();
+
+    let home = node_of(&cluster, &running);
+    let hostd = HostdClient::new(&home.hostd.socket);
+    wait_for("the node to run it again", TIMEOUT, || {
+        (hostd.vm(&keep).ok()??.phase == triad_api::hostd::VmPhase::Running).then_some(())
+    });
+    let back = wait_state(&ctl, &keep, "running");
+    assert_eq!(back["node"], running["node"], "{back}");
+    assert_eq!(back["generation"], running["generation"], "{back}");
+    assert_eq!(vmms_of(home, &keep), 1);
+    wait_state(&ctl, &plain, "stopped");
+    wait_event(&ctl, &format!("vm/{plain}"), |e| {
+        e.starts_with("stopped: it stopped by itself")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(vmms_of(home, &plain), 0, "a VM without HA stays down");
+    assert!(
+        anybody_declared_dead(&ctl, &cluster).is_empty(),
+        "{:?}",
+        anybody_declared_dead(&ctl, &cluster)
+    );
+}
+
+/// (h) Every core busy (the nodes share this machine's CPUs, so this loads all of them):
+/// heartbeats still arrive, nobody is declared dead, and the VM stays where it is.
+#[test]
+fn h_cpu_stress_on_every_node_fails_nothing_over() {
+    if !kvm_available("h_cpu_stress_on_every_node_fails_nothing_over") {
+        return;
+    }
+    let (cluster, ctl) = ha_cluster("ha-stress");
+    let keep = create(&ctl, "keep", "never_stop", "together");
+    let running = wait_state(&ctl, &keep, "running");
+    let stress = triad_tests::cluster::CpuStress::start(Duration::from_secs(20));
+    assert!(stress.threads() >= 2, "{} threads", stress.threads());
+    stress.join();
+    let now = vm(&ctl, &keep);
+    assert_eq!(now["state"], "running", "{now}");
+    assert_eq!(now["node"], running["node"], "{now}");
+    assert_eq!(now["generation"], running["generation"], "{now}");
+    assert_eq!(vmms_of(node_of(&cluster, &now), &keep), 1);
+    assert!(
+        anybody_declared_dead(&ctl, &cluster).is_empty(),
+        "{:?}",
+        anybody_declared_dead(&ctl, &cluster)
+    );
+    for n in &cluster.nodes {
+        let peers = HostdClient::new(&n.hostd.socket).peers().unwrap();
+        assert!(peers.fenced.is_none(), "{}: {peers:?}", n.name);
+    }
+}

@@ -497,3 +497,40 @@ pub fn kill_processes_under(dir: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Busy loops on every core of this machine, twice over, for a while: the nodes of the harness
+/// share its CPUs, so this stresses all of them at once.
+#[derive(Debug)]
+pub struct CpuStress {
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl CpuStress {
+    pub fn start(lasting: Duration) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let until = Instant::now() + lasting;
+        let threads = (0..cores * 2)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut spins = 0u64;
+                    while Instant::now() < until {
+                        spins = std::hint::black_box(spins.wrapping_add(1));
+                    }
+                    spins
+                })
+            })
+            .collect();
+        Self { threads }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Waits until the loops end.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -299,8 +299,11 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
                 (PowerState::Running, VmPhase::Stopped) if vm.ha == HaLevel::NeverStop => {
                     Some(request(PowerAction::Start, None))
                 }
-                (PowerState::Running, VmPhase::Stopped) if vm.state == VmState::Running => {
-                    // It stopped by itself: a VM without HA stays stopped.
+                (PowerState::Running, VmPhase::Stopped)
+                    if matches!(vm.state, VmState::Running | VmState::Unknown) =>
+                {
+                    // It stopped by itself, or with its node while out of sight: a VM
+                    // without HA stays stopped.
                     next.power = PowerState::Stopped;
                     next.state = VmState::Stopped;
                     next.reason = Some(format!(
