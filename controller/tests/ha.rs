@@ -5,106 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use triad_api::client::HostdClient;
-use triad_tests::{kvm_available, wait_for, Cluster, Controller, Node};
+use triad_tests::{kvm_available, wait_for, Cluster, Controller};
 
 mod common;
 use common::*;
-
-/// A counting VM made from the test guest (on the shared pool), placed in `group`.
-fn create(ctl: &Controller, name: &str, ha: &str, group: &str) -> String {
-    create_from(ctl, name, ha, "guest", &[group])
-}
-
-/// A VM made from `image` with the guest's counter on, in `groups`.
-fn create_from(ctl: &Controller, name: &str, ha: &str, image: &str, groups: &[&str]) -> String {
-    let (status, vm) = admin(
-        ctl,
-        "POST",
-        "/v1/vms",
-        Some(
-            json!({"name": name, "image": image, "memory_mib": 64, "ha": ha,
-            "nics": [{"network": "lan"}], "affinity_groups": groups,
-            "cmdline": "triad.counter"}),
-        ),
-    );
-    assert_eq!(status, 202, "{vm}");
-    vm["resource"]["id"].as_str().unwrap().to_owned()
-}
-
-/// The values the guest's counter printed on its current node.
-fn counted(ctl: &Controller, id: &str) -> Vec<u64> {
-    console(ctl, id)
-        .lines()
-        .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
-        .filter_map(|v| v.trim().parse().ok())
-        .collect()
-}
-
-fn vm(ctl: &Controller, id: &str) -> Value {
-    ok(ctl, "GET", &format!("/v1/vms/{id}"), None)
-}
-
-fn liveness(ctl: &Controller, node: &str) -> String {
-    ok(ctl, "GET", &format!("/v1/nodes/{node}"), None)["liveness"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// The events of `resource` as `kind: message` lines.
-fn events(ctl: &Controller, resource: &str) -> Vec<String> {
-    ok(ctl, "GET", &format!("/v1/events?resource={resource}"), None)
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e["kind"].as_str().unwrap_or(""),
-                e["message"].as_str().unwrap_or("")
-            )
-        })
-        .collect()
-}
-
-/// VMM processes of VM `id` on `node`.
-fn vmms_of(node: &Node, id: &str) -> usize {
-    triad_tests::cluster::processes_under(&node.dir.join("hostd/vms").join(id))
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--api-sock"))
-        })
-        .count()
-}
-
-/// A cluster with its controller, nodes joined, `lan`, the guest image and a hard affinity
-/// group `together`, so that the test's VMs share a node.
-fn ha_cluster(name: &str) -> (Cluster, Controller) {
-    let cluster = Cluster::new(name, 3);
-    let ctl = cluster.start_controller(0, None);
-    join_all(&cluster, &ctl);
-    network_and_image(&cluster, &ctl);
-    ok(
-        &ctl,
-        "POST",
-        "/v1/affinity-groups",
-        Some(json!({"name": "together", "rule": {"kind": "vm_affinity"}, "strength": "hard"})),
-    );
-    wait_for("every node alive with its peers heard", TIMEOUT, || {
-        cluster
-            .nodes
-            .iter()
-            .all(|n| {
-                HostdClient::new(&n.hostd.socket)
-                    .peers()
-                    .is_ok_and(|p| p.hears == 3)
-            })
-            .then_some(())
-    });
-    (cluster, ctl)
-}
 
 /// (a) Power loss: every process of the NeverStop VM's node is killed. The VM runs on
 /// another node within seconds, its counter going on from what its disk held; the VM
@@ -202,24 +106,6 @@ fn a_dead_nodes_never_stop_vm_runs_elsewhere_and_the_returning_node_runs_no_old_
     );
     let after = counted(&ctl, &keep);
     assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "{after:?}");
-}
-
-/// The counter as the VM's root volume holds it (little-endian at byte 0), on the shared pool.
-fn stored_counter(cluster: &Cluster, vm: &Value) -> u64 {
-    let volume = vm["disks"][0]["volume"].as_str().unwrap();
-    let bytes = std::fs::read(cluster.shared.join(format!("{volume}.raw"))).unwrap();
-    u64::from_le_bytes(bytes[..8].try_into().unwrap())
-}
-
-/// The counter values in `node`'s serial log of VM `id` (what it printed there, even after
-/// the node died).
-fn counted_on(node: &Node, id: &str) -> Vec<u64> {
-    std::fs::read_to_string(node.dir.join("hostd/vms").join(id).join("serial.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
-        .filter_map(|v| v.trim().parse().ok())
-        .collect()
 }
 
 /// (b) The node is cut off its management and storage networks, under policy Force: its
@@ -345,17 +231,6 @@ fn with_two_of_three_nodes_down_nothing_moves_and_their_return_restarts_the_vm()
     let back = wait_state(&ctl, &keep, "running");
     assert_eq!(back["node"], running["node"], "{back}");
     assert_eq!(vmms_of(&cluster.nodes[home], &keep), 1);
-}
-
-/// Waits for an event of `resource` that `matches` (events are written just after the change
-/// they tell of).
-fn wait_event(ctl: &Controller, resource: &str, matches: impl Fn(&str) -> bool) {
-    wait_for(&format!("the event of {resource}"), TIMEOUT, || {
-        events(ctl, resource)
-            .iter()
-            .any(|e| matches(e))
-            .then_some(())
-    });
 }
 
 fn node_action(ctl: &Controller, node: &str, action: &str) -> (u16, Value) {

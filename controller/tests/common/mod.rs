@@ -1,12 +1,14 @@
-//! What the controller's tests share: calls to its API, and a cluster with its nodes joined,
-//! the `lan` network and the test guest's image.
+//! What the controller's tests (and its failover benchmark) share: calls to its API, a
+//! cluster with its nodes joined, the `lan` network and the test guest's image, and the HA
+//! cluster with the counting guest.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use triad_api::client::HostdClient;
 use triad_api::http::{send, Endpoint};
-use triad_tests::{guest_elf, wait_for, Cluster, Controller};
+use triad_tests::{guest_elf, wait_for, Cluster, Controller, Node};
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -130,4 +132,129 @@ pub fn console(ctl: &Controller, id: &str) -> String {
 pub fn node_of<'a>(cluster: &'a Cluster, vm: &Value) -> &'a triad_tests::Node {
     let name = vm["node"].as_str().expect("placed");
     cluster.nodes.iter().find(|n| n.name == name).unwrap()
+}
+
+/// A counting VM made from the test guest (on the shared pool), placed in `group`.
+pub fn create(ctl: &Controller, name: &str, ha: &str, group: &str) -> String {
+    create_from(ctl, name, ha, "guest", &[group])
+}
+
+/// A VM made from `image` with the guest's counter on, in `groups`.
+pub fn create_from(ctl: &Controller, name: &str, ha: &str, image: &str, groups: &[&str]) -> String {
+    let (status, vm) = admin(
+        ctl,
+        "POST",
+        "/v1/vms",
+        Some(
+            json!({"name": name, "image": image, "memory_mib": 64, "ha": ha,
+            "nics": [{"network": "lan"}], "affinity_groups": groups,
+            "cmdline": "triad.counter"}),
+        ),
+    );
+    assert_eq!(status, 202, "{vm}");
+    vm["resource"]["id"].as_str().unwrap().to_owned()
+}
+
+/// The values the guest's counter printed on its current node.
+pub fn counted(ctl: &Controller, id: &str) -> Vec<u64> {
+    console(ctl, id)
+        .lines()
+        .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+pub fn vm(ctl: &Controller, id: &str) -> Value {
+    ok(ctl, "GET", &format!("/v1/vms/{id}"), None)
+}
+
+pub fn liveness(ctl: &Controller, node: &str) -> String {
+    ok(ctl, "GET", &format!("/v1/nodes/{node}"), None)["liveness"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The events of `resource` as `kind: message` lines.
+pub fn events(ctl: &Controller, resource: &str) -> Vec<String> {
+    ok(ctl, "GET", &format!("/v1/events?resource={resource}"), None)
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["kind"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// VMM processes of VM `id` on `node`.
+pub fn vmms_of(node: &Node, id: &str) -> usize {
+    triad_tests::cluster::processes_under(&node.dir.join("hostd/vms").join(id))
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--api-sock"))
+        })
+        .count()
+}
+
+/// A cluster with its controller, nodes joined, `lan`, the guest image and a hard affinity
+/// group `together`, so that the test's VMs share a node.
+pub fn ha_cluster(name: &str) -> (Cluster, Controller) {
+    let cluster = Cluster::new(name, 3);
+    let ctl = cluster.start_controller(0, None);
+    join_all(&cluster, &ctl);
+    network_and_image(&cluster, &ctl);
+    ok(
+        &ctl,
+        "POST",
+        "/v1/affinity-groups",
+        Some(json!({"name": "together", "rule": {"kind": "vm_affinity"}, "strength": "hard"})),
+    );
+    wait_for("every node alive with its peers heard", TIMEOUT, || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| {
+                HostdClient::new(&n.hostd.socket)
+                    .peers()
+                    .is_ok_and(|p| p.hears == 3)
+            })
+            .then_some(())
+    });
+    (cluster, ctl)
+}
+
+/// The counter as the VM's root volume holds it (little-endian at byte 0), on the shared pool.
+pub fn stored_counter(cluster: &Cluster, vm: &Value) -> u64 {
+    let volume = vm["disks"][0]["volume"].as_str().unwrap();
+    let bytes = std::fs::read(cluster.shared.join(format!("{volume}.raw"))).unwrap();
+    u64::from_le_bytes(bytes[..8].try_into().unwrap())
+}
+
+/// The counter values in `node`'s serial log of VM `id` (what it printed there, even after
+/// the node died).
+pub fn counted_on(node: &Node, id: &str) -> Vec<u64> {
+    std::fs::read_to_string(node.dir.join("hostd/vms").join(id).join("serial.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+/// Waits for an event of `resource` that `matches` (events are written just after the change
+/// they tell of).
+pub fn wait_event(ctl: &Controller, resource: &str, matches: impl Fn(&str) -> bool) {
+    wait_for(&format!("the event of {resource}"), TIMEOUT, || {
+        events(ctl, resource)
+            .iter()
+            .any(|e| matches(e))
+            .then_some(())
+    });
 }
