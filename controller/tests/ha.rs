@@ -517,3 +517,87 @@ fn h_cpu_stress_on_every_node_fails_nothing_over() {
         assert!(peers.fenced.is_none(), "{}: {peers:?}", n.name);
     }
 }
+
+/// (a) on Ceph: the VM's root disk is an RBD image on a real Ceph cluster (on the storage
+/// network). When its node loses power, the controller blocklists the node's Ceph clients of
+/// that image through a live node's storaged (the fencing proof), and only then starts the VM
+/// elsewhere, which takes the image's exclusive lock; its counter goes on after the old
+/// copy's.
+#[test]
+fn ceph_a_dead_nodes_vm_runs_elsewhere_once_its_ceph_clients_are_blocklisted() {
+    if !kvm_available("ceph_a_dead_nodes_vm_runs_elsewhere_once_its_ceph_clients_are_blocklisted") {
+        return;
+    }
+    let (mut cluster, ctl) = ha_cluster("ha-ceph");
+    let _ceph = cluster.start_ceph("rbd");
+    wait_for("every node with the Ceph pool", TIMEOUT, || {
+        let nodes = ok(&ctl, "GET", "/v1/nodes", None);
+        nodes
+            .as_array()?
+            .iter()
+            .all(|n| {
+                n["connection"] == "connected"
+                    && n["pools"]
+                        .as_array()
+                        .is_some_and(|p| p.contains(&json!("rbd")))
+            })
+            .then_some(())
+    });
+    let file = cluster.shared.join("guest-disk.raw");
+    let (status, answer) = admin(
+        &ctl,
+        "POST",
+        "/v1/images",
+        Some(
+            json!({"name": "guest-rbd", "pool": "rbd", "source": {"kind": "file", "path": file},
+            "kernel": triad_tests::guest_elf(), "cmdline": "triad.blk=ro triad.net=dhcp"}),
+        ),
+    );
+    assert_eq!(status, 202, "{answer}");
+    wait_for("the image in Ceph", TIMEOUT, || {
+        let image = ok(&ctl, "GET", "/v1/images/guest-rbd", None);
+        assert_ne!(image["state"], "failed", "{image}");
+        (image["state"] == "ready").then_some(())
+    });
+    let keep = create_from(&ctl, "keep", "never_stop", "guest-rbd", &[]);
+    let running = wait_state(&ctl, &keep, "running");
+    let victim = node_of(&cluster, &running).index;
+    let victim_name = cluster.nodes[victim].name.clone();
+    wait_for("the counter to count", TIMEOUT, || {
+        (counted(&ctl, &keep).len() >= 2).then_some(())
+    });
+
+    cluster.nodes[victim].kill_all();
+    let died = Instant::now();
+    let old = counted_on(&cluster.nodes[victim], &keep);
+    let moved = wait_for("keep running on another node", TIMEOUT, || {
+        let v = vm(&ctl, &keep);
+        (v["state"] == "running" && v["node"] != victim_name.as_str()).then_some(v)
+    });
+    eprintln!(
+        "failover on Ceph: {} ms from power loss to running on {}",
+        died.elapsed().as_millis(),
+        moved["node"]
+    );
+    wait_event(&ctl, &format!("vm/{keep}"), |e| {
+        e.starts_with("recovering:") && e.contains("Ceph clients of rbd are blocklisted")
+    });
+    let values = wait_for("the counter to go on", TIMEOUT, || {
+        let v = counted(&ctl, &keep);
+        (v.len() >= 2).then_some(v)
+    });
+    assert!(
+        values[0] > *old.last().unwrap(),
+        "the new copy goes on after the old: {old:?} then {values:?}"
+    );
+
+    cluster.nodes[victim].power_on();
+    let returned = HostdClient::new(&cluster.nodes[victim].hostd.socket);
+    wait_for(
+        "the old copy removed from the returned node",
+        TIMEOUT,
+        || returned.vm(&keep).unwrap().is_none().then_some(()),
+    );
+    assert_eq!(vmms_of(&cluster.nodes[victim], &keep), 0);
+    assert_eq!(vmms_of(node_of(&cluster, &moved), &keep), 1);
+}

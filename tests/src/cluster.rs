@@ -455,6 +455,60 @@ impl Cluster {
     pub fn switch(&self) -> &Ns {
         &self.switch
     }
+
+    /// A Ceph cluster in the switch namespace, listening on the storage network (as a real
+    /// cluster's would, so a node cut off storage loses it), with pool `POOL` of kind `ceph`
+    /// added to every node's storaged. About half a minute.
+    pub fn start_ceph(&mut self, pool: &str) -> Ceph {
+        let addr = format!("{}.254", LINKS[1].2);
+        self.switch
+            .ip(&["addr", "add", &format!("{addr}/24"), "dev", LINKS[1].1]);
+        let dir = self.dir.path().join("ceph");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.switch.name])
+            .arg(crate::workspace_root().join("scripts/dev-ceph"))
+            .arg("up")
+            .arg(&dir)
+            .args(["--owner", &std::process::id().to_string(), "--addr", &addr])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running scripts/dev-ceph");
+        assert!(
+            out.status.success(),
+            "dev-ceph up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ceph = Ceph {
+            conf: dir.join("ceph.conf"),
+            dir,
+        };
+        for node in &mut self.nodes {
+            let mut config = node.storaged.config();
+            config["pools"].as_array_mut().unwrap().push(json!({
+                "name": pool, "kind": "ceph", "rbd_pool": "rbd", "ceph": {"conf": ceph.conf},
+            }));
+            node.storaged.reconfigure(config);
+        }
+        ceph
+    }
+}
+
+/// A Ceph cluster of `Cluster::start_ceph`: 1 monitor, 1 manager, 3 OSDs, pool `rbd`. Taken
+/// down on drop (and when the test process ends, if it crashed first).
+#[derive(Debug)]
+pub struct Ceph {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+}
+
+impl Drop for Ceph {
+    fn drop(&mut self) {
+        let _ = Command::new(crate::workspace_root().join("scripts/dev-ceph"))
+            .arg("down")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output();
+    }
 }
 
 fn node_addr(link: usize, index: usize) -> String {
