@@ -318,6 +318,11 @@ fn maintenance_moves_shared_vms_off_stops_local_ones_and_exit_locks_the_node() {
     });
     assert_eq!(vmms_of(&cluster.nodes[0], &shared), 0);
     assert_eq!(vmms_of(&cluster.nodes[0], &local), 0);
+    let (status, refused) = admin(&ctl, "POST", &format!("/v1/vms/{local}/start"), None);
+    assert_eq!(
+        status, 409,
+        "a VM is not started on a node in maintenance: {refused}"
+    );
     wait_event(&ctl, &format!("node/{a}"), |e| {
         e.starts_with("maintenance: in maintenance")
     });

@@ -548,6 +548,21 @@ async fn start(
     State(ctl): State<Arc<Ctl>>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted<Vm>>)> {
+    // A VM still on a node in maintenance has its disks there: it would run on that node.
+    if let Some(node) = find(&ctl, &id).await?.value.node {
+        let record = ctl
+            .db
+            .get::<crate::model::NodeRecord>(&format!("{}{node}", keys::NODES))
+            .await?;
+        if record.is_some_and(|r| {
+            r.value.entering_maintenance || r.value.enable == triad_api::v1::NodeEnable::Maintenance
+        }) {
+            return Err(ApiError::conflict(
+                None,
+                format!("its node {node} is in maintenance: exit maintenance first"),
+            ));
+        }
+    }
     act(&ctl, &id, "vm.start", |vm| {
         vm.power = PowerState::Running;
         vm.no_restart = false;

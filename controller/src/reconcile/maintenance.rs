@@ -10,7 +10,7 @@ use triad_api::v1::{Connection, Liveness, NodeEnable, PowerState, VmState};
 
 use crate::maintenance::{plan, Step};
 use crate::model::{keys, pool_kinds, DbError, NodeRecord, NodeStatus, VmRecord};
-use crate::{events, Ctl};
+use crate::{events, operations, Ctl};
 
 pub async fn empty(ctl: &Ctl) -> Result<(), DbError> {
     let entering: Vec<NodeRecord> = ctl
@@ -34,12 +34,16 @@ pub async fn empty(ctl: &Ctl) -> Result<(), DbError> {
         if !reachable {
             continue;
         }
-        let plan = plan(&name, &vms, &kinds);
-        for (id, step) in plan.steps {
+        let todo = plan(&name, &vms, &kinds);
+        for (id, step) in todo.steps {
             apply(ctl, &name, &id, step).await?;
         }
-        if plan.empty {
-            finish(ctl, &name).await?;
+        if todo.empty {
+            // Read again: a VM may have been started there since.
+            let now = ctl.db.values::<VmRecord>(keys::VMS).await?;
+            if plan(&name, &now, &kinds).empty {
+                finish(ctl, &name).await?;
+            }
         }
     }
     Ok(())
@@ -48,9 +52,11 @@ pub async fn empty(ctl: &Ctl) -> Result<(), DbError> {
 async fn apply(ctl: &Ctl, node: &str, id: &str, step: Step) -> Result<(), DbError> {
     let key = format!("{}{id}", keys::VMS);
     let mut applied = false;
+    let mut superseded = None;
     ctl.db
         .modify::<VmRecord, DbError>(&key, |vm| {
             applied = vm.node.as_deref() == Some(node) && !vm.destroy;
+            superseded = None;
             if !applied {
                 return Ok(());
             }
@@ -69,11 +75,20 @@ async fn apply(ctl: &Ctl, node: &str, id: &str, step: Step) -> Result<(), DbErro
                     vm.stop_force = false;
                     vm.state = VmState::Stopping;
                     vm.reason = Some(why.clone());
+                    superseded = vm.operation.take();
                 }
             }
             Ok(())
         })
         .await?;
+    if let Some(op) = superseded.filter(|_| applied) {
+        operations::finish(
+            &ctl.db,
+            &op,
+            Some(format!("superseded: node {node} is entering maintenance")),
+        )
+        .await?;
+    }
     if applied {
         let (kind, message) = match step {
             Step::MoveOff => ("moving", format!("off node {node}, entering maintenance")),

@@ -10,7 +10,7 @@ use triad_api::v1::{Liveness, PlacementReport, PowerState, VmState};
 use crate::api::current_settings;
 use crate::model::{keys, now_ms, AffinityGroupRecord, DbError, VmRecord};
 use crate::scheduler::{place, GroupView, NodeView, Request};
-use crate::{events, Ctl};
+use crate::{events, operations, Ctl};
 
 pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
     let vms = ctl.db.list::<VmRecord>(keys::VMS).await?;
@@ -124,11 +124,16 @@ pub async fn pending(ctl: &Ctl) -> Result<(), DbError> {
                 // until an operator starts it.
                 next.power = PowerState::Stopped;
                 next.state = VmState::Stopped;
-                next.reason = Some(format!(
+                let why = format!(
                     "no other node can take it ({})",
                     decision.why_pending(&views, &request)
-                ));
+                );
+                next.reason = Some(why.clone());
+                let asked = next.operation.take();
                 if ctl.db.update(&key, held.revision, &next).await? {
+                    if let Some(op) = asked {
+                        operations::finish(&ctl.db, &op, Some(why)).await?;
+                    }
                     events::emit(
                         &ctl.db,
                         &format!("vm/{}", vm.id),

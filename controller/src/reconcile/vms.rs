@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use triad_api::client::StoragedClient;
+use triad_api::client::{HostdClient, StoragedClient};
 use triad_api::hostd::{
     DiskSpec, HaLevel, NicSpec, Power, PowerAction, StateRequest, Vm as HostVm, VmPhase, VmSpec,
 };
@@ -260,6 +260,15 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
         }
         return release(ctl, &vm).await;
     }
+    if vm.moving_off {
+        match stopped_there(&hostd, &vm, &node).await {
+            Ok(true) => leave(&mut next, &node),
+            Ok(false) => {}
+            Err(e) => next.reason = Some(e),
+        }
+        save(ctl, &held, next).await?;
+        return Ok(());
+    }
     let observed: Option<HostVm> = ctl
         .observed
         .read()
@@ -274,22 +283,6 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
                 held_there.spec.generation, vm.generation
             ));
         }
-        Some(there) if there.spec.generation == vm.generation && vm.moving_off => {
-            if there.phase == VmPhase::Stopped {
-                leave(&mut next, &node);
-            } else {
-                let (h, uuid) = (hostd.clone(), vm.id.clone());
-                let stop = StateRequest {
-                    action: PowerAction::Stop,
-                    timeout_ms: Some(10_000),
-                };
-                match blocking(move || h.set_state(&uuid, &stop)).await {
-                    Ok(now) if now.phase == VmPhase::Stopped => leave(&mut next, &node),
-                    Ok(_) => {}
-                    Err(e) => next.reason = Some(format!("stopping it on node {node}: {e}")),
-                }
-            }
-        }
         Some(there) if there.spec.generation == vm.generation => {
             let request = |action, timeout_ms| StateRequest { action, timeout_ms };
             let uuid = vm.id.clone();
@@ -300,10 +293,11 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
                     Some(request(PowerAction::Start, None))
                 }
                 (PowerState::Running, VmPhase::Stopped)
-                    if matches!(vm.state, VmState::Running | VmState::Unknown) =>
+                    if vm.state == VmState::Running
+                        || (vm.state == VmState::Unknown && vm.operation.is_none()) =>
                 {
-                    // It stopped by itself, or with its node while out of sight: a VM
-                    // without HA stays stopped.
+                    // It stopped by itself, or with its node while out of sight after it had
+                    // run as asked (no start is pending): a VM without HA stays stopped.
                     next.power = PowerState::Stopped;
                     next.state = VmState::Stopped;
                     next.reason = Some(format!(
@@ -336,21 +330,6 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
                     Err(e) => next.reason = Some(format!("node {node}: {e}")),
                 }
             }
-        }
-        older if vm.moving_off => {
-            // No copy of this generation is there: one of an older generation goes first.
-            if let Some(old) = older {
-                let (h, uuid) = (hostd.clone(), vm.id.clone());
-                if let Err(e) = blocking(move || h.remove(&uuid)).await {
-                    next.reason = Some(format!(
-                        "node {node} could not remove generation {}: {e}",
-                        old.spec.generation
-                    ));
-                    save(ctl, &held, next).await?;
-                    return Ok(());
-                }
-            }
-            leave(&mut next, &node);
         }
         older => {
             if let Some(n) = vm
@@ -406,6 +385,39 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
     }
     save(ctl, &held, next).await?;
     Ok(())
+}
+
+/// Stops the VM on `node` for it to move off, asking hostd itself (the last poll may be
+/// stale): true once nothing of it runs there. A copy of another generation is removed.
+async fn stopped_there(hostd: &HostdClient, vm: &VmRecord, node: &str) -> Result<bool, String> {
+    let (h, uuid) = (hostd.clone(), vm.id.clone());
+    let there = blocking(move || h.vm(&uuid))
+        .await
+        .map_err(|e| format!("asking node {node} for it: {e}"))?;
+    let (h, uuid) = (hostd.clone(), vm.id.clone());
+    match there {
+        None => Ok(true),
+        Some(t) if t.spec.generation != vm.generation => {
+            blocking(move || h.remove(&uuid)).await.map_err(|e| {
+                format!(
+                    "node {node} could not remove generation {}: {e}",
+                    t.spec.generation
+                )
+            })?;
+            Ok(true)
+        }
+        Some(t) if t.phase == VmPhase::Stopped => Ok(true),
+        Some(_) => {
+            let stop = StateRequest {
+                action: PowerAction::Stop,
+                timeout_ms: Some(10_000),
+            };
+            let now = blocking(move || h.set_state(&uuid, &stop))
+                .await
+                .map_err(|e| format!("stopping it on node {node}: {e}"))?;
+            Ok(now.phase == VmPhase::Stopped)
+        }
+    }
 }
 
 /// The VM, stopped on `node`, leaves it for the scheduler to place elsewhere; a running VM

@@ -157,7 +157,13 @@ pub fn create_from(ctl: &Controller, name: &str, ha: &str, image: &str, groups: 
 
 /// The values the guest's counter printed on its current node.
 pub fn counted(ctl: &Controller, id: &str) -> Vec<u64> {
-    console(ctl, id)
+    counter_lines(&console(ctl, id))
+}
+
+/// The counter's values in a serial log's complete lines: the guest may be writing the last.
+pub fn counter_lines(log: &str) -> Vec<u64> {
+    let complete = log.rfind('\n').map_or("", |end| &log[..end]);
+    complete
         .lines()
         .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
         .filter_map(|v| v.trim().parse().ok())
@@ -240,12 +246,10 @@ pub fn stored_counter(cluster: &Cluster, vm: &Value) -> u64 {
 /// The counter values in `node`'s serial log of VM `id` (what it printed there, even after
 /// the node died).
 pub fn counted_on(node: &Node, id: &str) -> Vec<u64> {
-    std::fs::read_to_string(node.dir.join("hostd/vms").join(id).join("serial.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("TRIAD-COUNTER "))
-        .filter_map(|v| v.trim().parse().ok())
-        .collect()
+    counter_lines(
+        &std::fs::read_to_string(node.dir.join("hostd/vms").join(id).join("serial.log"))
+            .unwrap_or_default(),
+    )
 }
 
 /// Waits for an event of `resource` that `matches` (events are written just after the change
