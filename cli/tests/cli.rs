@@ -209,11 +209,12 @@ fn an_operator_runs_a_vm_from_the_command_line_and_sees_the_node_without_the_con
             (node["enable"] == "maintenance").then_some(())
         },
     );
-    let web = ok(&ctl, &["vm", "show", "web"]);
-    assert!(
-        web.contains("stopped") && web.contains("no other node can take it"),
-        "{web}"
-    );
+    // It left the node; the scheduler then finds no other for it.
+    let web = wait_for("web stopped", std::time::Duration::from_secs(30), || {
+        let web = ok(&ctl, &["vm", "show", "web"]);
+        web.contains("stopped").then_some(web)
+    });
+    assert!(web.contains("no other node can take it"), "{web}");
     let err = refused(&ctl, &["node", "unlock", node_name]);
     assert!(
         err.contains("409") && err.contains("maintenance exit"),
