@@ -118,7 +118,7 @@ async fn pass(ctl: &Arc<Ctl>, pushed: &mut HashMap<String, ClusterSpec>) -> Resu
         })
         .cloned()
         .collect();
-    read_storage_beats(ctl, &records, &statuses, &dead).await;
+    read_storage_beats(ctl, &records, &statuses).await;
     if !dead.is_empty() {
         recover(ctl, &records, &statuses, &settings, &dead).await?;
     }
@@ -173,22 +173,15 @@ async fn cluster_spec(
     })
 }
 
-/// The smp pools' storage heartbeats, read on a live node: notes since when each node's beat
-/// has stood still. Read only while some node is dead or suspect, when they are wanted.
+/// The smp pools' storage heartbeats, read on a live node every pass: notes since when each
+/// node's beat has stood still, by this controller's clock. Read always, not only once a node
+/// is suspect, so that "since" is within a pass of the node's last write: a proof that began
+/// at the first read after suspicion would add up to the time suspicion took.
 async fn read_storage_beats(
     ctl: &Ctl,
     records: &[NodeRecord],
     statuses: &HashMap<String, NodeStatus>,
-    dead: &[String],
 ) {
-    let suspect = statuses.values().any(|s| s.liveness != Liveness::Alive);
-    if dead.is_empty() && !suspect {
-        ctl.storage_beats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        return;
-    }
     let alive = |name: &str| {
         ctl.detector
             .lock()
