@@ -251,20 +251,7 @@ fn maintenance_moves_shared_vms_off_stops_local_ones_and_exit_locks_the_node() {
     }
     let (cluster, ctl) = ha_cluster("ha-maint");
     let [a, b, c] = [0, 1, 2].map(|i| cluster.nodes[i].name.clone());
-    let file = cluster.shared.join("guest-disk.raw");
-    let (status, answer) = admin(
-        &ctl,
-        "POST",
-        "/v1/images",
-        Some(
-            json!({"name": "guest-local", "pool": "local", "source": {"kind": "file", "path": file},
-            "kernel": triad_tests::guest_elf(), "cmdline": "triad.blk=ro triad.net=dhcp"}),
-        ),
-    );
-    assert_eq!(status, 202, "{answer}");
-    wait_for("the local image on every node", TIMEOUT, || {
-        (ok(&ctl, "GET", "/v1/images/guest-local", None)["state"] == "ready").then_some(())
-    });
+    import_image(&cluster, &ctl, "guest-local", "local");
     // Both VMs on a: the other nodes are locked while they are placed.
     for n in [&b, &c] {
         assert_eq!(node_action(&ctl, n, "lock").0, 200);
@@ -548,22 +535,7 @@ fn ceph_a_dead_nodes_vm_runs_elsewhere_once_its_ceph_clients_are_blocklisted() {
             })
             .then_some(())
     });
-    let file = cluster.shared.join("guest-disk.raw");
-    let (status, answer) = admin(
-        &ctl,
-        "POST",
-        "/v1/images",
-        Some(
-            json!({"name": "guest-rbd", "pool": "rbd", "source": {"kind": "file", "path": file},
-            "kernel": triad_tests::guest_elf(), "cmdline": "triad.blk=ro triad.net=dhcp"}),
-        ),
-    );
-    assert_eq!(status, 202, "{answer}");
-    wait_for("the image in Ceph", TIMEOUT, || {
-        let image = ok(&ctl, "GET", "/v1/images/guest-rbd", None);
-        assert_ne!(image["state"], "failed", "{image}");
-        (image["state"] == "ready").then_some(())
-    });
+    import_image(&cluster, &ctl, "guest-rbd", "rbd");
     let keep = create_from(&ctl, "keep", "never_stop", "guest-rbd", &[]);
     let running = wait_state(&ctl, &keep, "running");
     let victim = node_of(&cluster, &running).index;
@@ -605,4 +577,65 @@ fn ceph_a_dead_nodes_vm_runs_elsewhere_once_its_ceph_clients_are_blocklisted() {
     );
     assert_eq!(vmms_of(&cluster.nodes[victim], &keep), 0);
     assert_eq!(vmms_of(node_of(&cluster, &moved), &keep), 1);
+}
+
+/// Disarmed for a planned stop: every hostd's self-fencer stands down and a dead node's
+/// NeverStop VM waits where it was, saying why; re-armed, it runs on another node.
+#[test]
+fn disarmed_ha_moves_nothing_and_rearmed_it_recovers_the_vm() {
+    if !kvm_available("disarmed_ha_moves_nothing_and_rearmed_it_recovers_the_vm") {
+        return;
+    }
+    let (mut cluster, ctl) = ha_cluster("ha-disarm");
+    let keep = create(&ctl, "keep", "never_stop", "together");
+    let running = wait_state(&ctl, &keep, "running");
+    ok(
+        &ctl,
+        "PATCH",
+        "/v1/settings",
+        Some(json!({"ha_disarmed": true})),
+    );
+    wait_for("every self-fencer off", TIMEOUT, || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| {
+                HostdClient::new(&n.hostd.socket)
+                    .cluster()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|c| c.fence == triad_api::hostd::FenceMode::Off)
+            })
+            .then_some(())
+    });
+    let victim = node_of(&cluster, &running).index;
+    let victim_name = cluster.nodes[victim].name.clone();
+    cluster.nodes[victim].kill_all();
+    wait_for("the node dead", TIMEOUT, || {
+        (liveness(&ctl, &victim_name) == "dead").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let waiting = vm(&ctl, &keep);
+    assert_eq!(waiting["node"], victim_name.as_str(), "{waiting}");
+    assert_eq!(waiting["generation"], running["generation"], "{waiting}");
+    assert_eq!(waiting["state"], "unknown", "{waiting}");
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disarmed"),
+        "{waiting}"
+    );
+
+    ok(
+        &ctl,
+        "PATCH",
+        "/v1/settings",
+        Some(json!({"ha_disarmed": false})),
+    );
+    let moved = wait_for("keep running on another node", TIMEOUT, || {
+        let v = vm(&ctl, &keep);
+        (v["state"] == "running" && v["node"] != victim_name.as_str()).then_some(v)
+    });
+    assert!(moved["generation"].as_u64() > running["generation"].as_u64());
 }

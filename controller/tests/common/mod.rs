@@ -92,19 +92,26 @@ pub fn network_and_image(cluster: &Cluster, ctl: &Controller) {
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..16].copy_from_slice(b"TRIAD-TEST-IMAGE");
     std::fs::write(&file, bytes).unwrap();
+    import_image(cluster, ctl, "guest", "shared");
+}
+
+/// The test guest's disk (made by `network_and_image`) imported as image `name` into `pool`,
+/// its operation succeeded.
+pub fn import_image(cluster: &Cluster, ctl: &Controller, name: &str, pool: &str) {
+    let file = cluster.shared.join("guest-disk.raw");
     let (status, answer) = admin(
         ctl,
         "POST",
         "/v1/images",
         Some(
-            json!({"name": "guest", "pool": "shared", "source": {"kind": "file", "path": file},
+            json!({"name": name, "pool": pool, "source": {"kind": "file", "path": file},
             "kernel": guest_elf(), "cmdline": "triad.blk=ro triad.net=dhcp"}),
         ),
     );
     assert_eq!(status, 202, "{answer}");
     let op = answer["operation"]["id"].as_str().unwrap().to_owned();
-    wait_for("the image imported", TIMEOUT, || {
-        let image = ok(ctl, "GET", "/v1/images/guest", None);
+    wait_for(&format!("image {name} imported"), TIMEOUT, || {
+        let image = ok(ctl, "GET", &format!("/v1/images/{name}"), None);
         assert_ne!(image["state"], "failed", "{image}");
         (image["state"] == "ready").then_some(())
     });
