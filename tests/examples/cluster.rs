@@ -3,12 +3,14 @@
 //! controller on the embedded store, writes READY_FILE (JSON: the controller's socket and
 //! token, each node's address, token, data address and hostd config), then holds everything
 //! until SIGTERM or SIGINT, when it takes it all down again. SIGUSR1 starts the controller
-//! again (after it was killed, say) on the same store.
+//! again (after it was killed, say) on the same store. SIGUSR2 carries out the order in
+//! `READY_FILE.power`: `off NODE` kills every process of the node (a power loss), `on NODE`
+//! starts its daemons again.
 
 use std::time::Duration;
 
 use serde_json::json;
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -20,12 +22,12 @@ fn main() {
         eprintln!("cluster: NODES must be a number, not {nodes:?}");
         std::process::exit(2);
     };
-    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1]);
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2]);
     let Ok(mut signals) = signals else {
         eprintln!("cluster: installing signal handlers failed");
         std::process::exit(1);
     };
-    let cluster = triad_tests::Cluster::new(name, n);
+    let mut cluster = triad_tests::Cluster::new(name, n);
     let mut controller = cluster.start_controller(0, None);
     let about = json!({
         "dir": cluster.dir(),
@@ -58,6 +60,27 @@ fn main() {
         if signal == SIGUSR1 {
             controller.daemon.restart();
             eprintln!("cluster {name}: the controller runs again");
+            continue;
+        }
+        if signal == SIGUSR2 {
+            let order = std::fs::read_to_string(format!("{ready}.power")).unwrap_or_default();
+            let words: Vec<&str> = order.split_whitespace().collect();
+            let node = words
+                .get(1)
+                .and_then(|w| cluster.nodes.iter_mut().find(|n| n.name == *w));
+            match (words.first(), node) {
+                (Some(&"off"), Some(node)) => {
+                    node.kill_all();
+                    eprintln!("cluster {name}: node {} lost its power", node.name);
+                }
+                (Some(&"on"), Some(node)) => {
+                    node.power_on();
+                    eprintln!("cluster {name}: node {} is on again", node.name);
+                }
+                _ => eprintln!(
+                    "cluster {name}: {ready}.power should say `off NODE` or `on NODE` of a node here, not {order:?}"
+                ),
+            }
             continue;
         }
         eprintln!("cluster {name}: taking it down");
