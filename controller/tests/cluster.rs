@@ -13,10 +13,7 @@ fn vms_run_on_different_nodes_reach_each_other_and_go_without_a_trace() {
     if !kvm_available("vms_run_on_different_nodes_reach_each_other_and_go_without_a_trace") {
         return;
     }
-    let cluster = Cluster::new("ctl-e2e", 3);
-    let ctl = cluster.start_controller(0, None);
-    join_all(&cluster, &ctl);
-    network_and_image(&cluster, &ctl);
+    let (cluster, ctl) = ready_cluster("ctl-e2e", 3);
     ok(
         &ctl,
         "POST",
@@ -354,10 +351,7 @@ fn a_controller_killed_during_creates_finishes_each_exactly_once() {
     if !kvm_available("a_controller_killed_during_creates_finishes_each_exactly_once") {
         return;
     }
-    let cluster = Cluster::new("ctl-kill", 3);
-    let mut ctl = cluster.start_controller(0, None);
-    join_all(&cluster, &ctl);
-    network_and_image(&cluster, &ctl);
+    let (cluster, mut ctl) = ready_cluster("ctl-kill", 3);
     let ids: Vec<String> = (0..4)
         .map(|i| {
             let (status, vm) = admin(
@@ -467,10 +461,7 @@ fn hostd_restarted_under_the_controller_readopts_its_vms() {
     if !kvm_available("hostd_restarted_under_the_controller_readopts_its_vms") {
         return;
     }
-    let mut cluster = Cluster::new("ctl-hostd", 1);
-    let ctl = cluster.start_controller(0, None);
-    join_all(&cluster, &ctl);
-    network_and_image(&cluster, &ctl);
+    let (mut cluster, ctl) = ready_cluster("ctl-hostd", 1);
     let (status, vm) = admin(
         &ctl,
         "POST",
@@ -522,10 +513,7 @@ fn data_volumes_attach_to_stopped_vms_grow_snapshot_and_roll_back() {
     if !kvm_available("data_volumes_attach_to_stopped_vms_grow_snapshot_and_roll_back") {
         return;
     }
-    let cluster = Cluster::new("ctl-vol", 1);
-    let ctl = cluster.start_controller(0, None);
-    join_all(&cluster, &ctl);
-    network_and_image(&cluster, &ctl);
+    let (cluster, ctl) = ready_cluster("ctl-vol", 1);
     let node = &cluster.nodes[0];
     let (status, vm) = admin(
         &ctl,

@@ -71,6 +71,15 @@ pub fn join_all(cluster: &Cluster, ctl: &Controller) {
     });
 }
 
+/// `n` nodes joined to a controller on its embedded store, with `lan` and the `guest` image.
+pub fn ready_cluster(name: &str, n: usize) -> (Cluster, Controller) {
+    let cluster = Cluster::new(name, n);
+    let ctl = cluster.start_controller(0, None);
+    join_all(&cluster, &ctl);
+    network_and_image(&cluster, &ctl);
+    (cluster, ctl)
+}
+
 /// The VXLAN network `lan` on every node, and the test guest as image `guest` on the shared pool.
 pub fn network_and_image(cluster: &Cluster, ctl: &Controller) {
     let (status, answer) = admin(
@@ -219,10 +228,7 @@ pub fn vmms_of(node: &Node, id: &str) -> usize {
 /// A cluster with its controller, nodes joined, `lan`, the guest image and a hard affinity
 /// group `together`, so that the test's VMs share a node.
 pub fn ha_cluster(name: &str) -> (Cluster, Controller) {
-    let cluster = Cluster::new(name, 3);
-    let ctl = cluster.start_controller(0, None);
-    join_all(&cluster, &ctl);
-    network_and_image(&cluster, &ctl);
+    let (cluster, ctl) = ready_cluster(name, 3);
     ok(
         &ctl,
         "POST",
