@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -231,7 +231,7 @@ impl Peers {
             node: node.to_owned(),
             file: state_dir.join("cluster.json"),
             sockets,
-            boot: unix_ms(),
+            boot: crate::events::unix_ms(),
             cluster: RwLock::new(None),
             table: Mutex::default(),
             fenced: Mutex::default(),
@@ -473,12 +473,6 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
 }
 
 #[cfg(test)]

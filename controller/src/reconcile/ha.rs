@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use triad_api::client::StoragedClient;
-use triad_api::hostd::{ClusterNode, ClusterSpec, FenceMode, PeerView};
+use triad_api::hostd::{ClusterNode, ClusterSpec, FenceMode, HaLevel, PeerView};
 use triad_api::storage::{BlocklistRequest, PoolKind};
 use triad_api::v1::{HaPolicy, Liveness, PowerState, Settings, VmState};
 
@@ -24,9 +24,21 @@ use crate::{events, hostd_client, Ctl};
 pub async fn run(ctl: Arc<Ctl>) {
     let period = Duration::from_millis(ctl.ha.poll_ms);
     let mut pushed: HashMap<String, ClusterSpec> = HashMap::new();
+    // The cluster key never changes once made: read from the store once.
+    let mut key = None;
     loop {
         if ctl.is_leader() {
-            if let Err(e) = pass(&ctl, &mut pushed).await {
+            if key.is_none() {
+                match cluster_key(&ctl).await {
+                    Ok(k) => key = Some(k),
+                    Err(e) => tracing::warn!("reading the cluster key: {e}"),
+                }
+            }
+            let passed = match &key {
+                Some(k) => pass(&ctl, &mut pushed, k).await,
+                None => Ok(()),
+            };
+            if let Err(e) = passed {
                 tracing::warn!("a liveness pass stopped: {e}");
             }
         }
@@ -34,12 +46,16 @@ pub async fn run(ctl: Arc<Ctl>) {
     }
 }
 
-async fn pass(ctl: &Arc<Ctl>, pushed: &mut HashMap<String, ClusterSpec>) -> Result<(), DbError> {
+async fn pass(
+    ctl: &Arc<Ctl>,
+    pushed: &mut HashMap<String, ClusterSpec>,
+    key: &str,
+) -> Result<(), DbError> {
     let records = ctl.db.values::<NodeRecord>(keys::NODES).await?;
     let statuses: HashMap<String, NodeStatus> =
         ctl.db.keyed_values::<NodeStatus>(keys::NODE_STATUS).await?;
     let settings = current_settings(ctl).await?;
-    let spec = cluster_spec(ctl, &records, &statuses, &settings).await?;
+    let spec = cluster_spec(ctl, key, &records, &statuses, &settings);
     pushed.retain(|name, _| records.iter().any(|r| r.join.name == *name));
     let timeout = Duration::from_millis(ctl.ha.poll_ms.max(100) * 3 / 2);
     let calls = records.iter().map(|r| {
@@ -127,27 +143,30 @@ async fn pass(ctl: &Arc<Ctl>, pushed: &mut HashMap<String, ClusterSpec>) -> Resu
 
 /// The cluster every node is told: its key, each node's probe addresses, the timers and the
 /// fence mode the settings give.
-async fn cluster_spec(
+/// The heartbeats' key, made at the first start (the first controller to write it wins).
+async fn cluster_key(ctl: &Ctl) -> Result<String, DbError> {
+    if let Some(k) = ctl.db.get::<String>(keys::CLUSTER_KEY).await? {
+        return Ok(k.value);
+    }
+    let made = crate::auth::new_secret().map_err(|e| {
+        DbError::Store(crate::store::StoreError::Invalid(format!(
+            "making the cluster key: {e}"
+        )))
+    })?;
+    ctl.db.create(keys::CLUSTER_KEY, &made).await?;
+    Ok(match ctl.db.get::<String>(keys::CLUSTER_KEY).await? {
+        Some(k) => k.value,
+        None => made,
+    })
+}
+
+fn cluster_spec(
     ctl: &Ctl,
+    key: &str,
     records: &[NodeRecord],
     statuses: &HashMap<String, NodeStatus>,
     settings: &Settings,
-) -> Result<ClusterSpec, DbError> {
-    let key = match ctl.db.get::<String>(keys::CLUSTER_KEY).await? {
-        Some(k) => k.value,
-        None => {
-            let made = crate::auth::new_secret().map_err(|e| {
-                DbError::Store(crate::store::StoreError::Invalid(format!(
-                    "making the cluster key: {e}"
-                )))
-            })?;
-            ctl.db.create(keys::CLUSTER_KEY, &made).await?;
-            match ctl.db.get::<String>(keys::CLUSTER_KEY).await? {
-                Some(k) => k.value,
-                None => made,
-            }
-        }
-    };
+) -> ClusterSpec {
     let fence = match (
         settings.ha_enabled && !settings.ha_disarmed,
         settings.ha_policy,
@@ -156,8 +175,8 @@ async fn cluster_spec(
         (true, HaPolicy::Permissive) => FenceMode::Permissive,
         (true, HaPolicy::Force) => FenceMode::Force,
     };
-    Ok(ClusterSpec {
-        key,
+    ClusterSpec {
+        key: key.to_owned(),
         nodes: records
             .iter()
             .map(|r| ClusterNode {
@@ -170,7 +189,7 @@ async fn cluster_spec(
             .collect(),
         timers: ctl.ha.heartbeat,
         fence,
-    })
+    }
 }
 
 /// The smp pools' storage heartbeats, read on a live node every pass: notes since when each
@@ -345,8 +364,12 @@ async fn recover(
             shared: vm.on_shared_storage(&kinds),
             destroy: vm.destroy,
         };
+        // A running NeverStop VM with a local disk is stopped whatever the proof says.
         let wants_proof = facts.destroy
-            || (switches.enabled && !switches.disarmed && facts.power == PowerState::Running);
+            || (switches.enabled
+                && !switches.disarmed
+                && facts.power == PowerState::Running
+                && (facts.shared || facts.ha == HaLevel::None));
         let proof = if wants_proof {
             proof(ctl, node, vm, &kinds, settings, records).await
         } else {
