@@ -119,13 +119,14 @@ pub fn counter_values(serial: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Waits until the API socket at `path` exists.
+/// Waits until the API socket at `path` accepts connections.
 pub fn wait_for_socket(path: &Path, timeout: Duration) {
     let start = Instant::now();
-    while !path.exists() {
+    // The file appears at bind, a moment before the VMM listens: wait until it answers.
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
         assert!(
             start.elapsed() < timeout,
-            "{} never appeared",
+            "{} never answered",
             path.display()
         );
         std::thread::sleep(Duration::from_millis(5));
