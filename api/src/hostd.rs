@@ -55,6 +55,11 @@ pub struct HostdConfig {
     pub probes: Vec<SocketAddr>,
 }
 
+impl HostdConfig {
+    /// Where the packages' unit reads it from.
+    pub const PATH: &'static str = "/etc/triad/hostd.json";
+}
+
 fn default_socket() -> PathBuf {
     PathBuf::from("/run/triad/hostd.sock")
 }

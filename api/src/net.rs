@@ -600,6 +600,11 @@ pub struct NetdConfig {
     pub ovs_db: String,
 }
 
+impl NetdConfig {
+    /// Where the packages' unit reads it from.
+    pub const PATH: &'static str = "/etc/triad/netd.json";
+}
+
 fn default_ovs_db() -> String {
     "unix:/run/openvswitch/db.sock".to_owned()
 }

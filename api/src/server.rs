@@ -65,6 +65,36 @@ pub fn object_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Bo
     Ok(value)
 }
 
+/// A daemon's config file that cannot be used: one line naming the file and, when one is at
+/// fault, the key (`pools[1].kind`), as systemd's journal shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{}: {}", .path.display(), .message)]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Reads the JSON config file at `path` into `T`. A file missing at `default` (the path the
+/// packages use) stands for `{}`, every key's default; missing anywhere else, it is an error.
+pub fn read_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    default: &Path,
+) -> Result<T, ConfigError> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == default => b"{}".to_vec(),
+        Err(e) => return Err(ConfigError::Read(path.to_owned(), e)),
+    };
+    object_body(&text).map_err(|e| ConfigError::Invalid {
+        path: path.to_owned(),
+        message: match e.field.as_str() {
+            "body" => e.message,
+            key => format!("{key}: {}", e.message),
+        },
+    })
+}
+
 /// The answer to a path no route has.
 pub async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such resource".into())
@@ -106,14 +136,118 @@ pub async fn terminated() {
     }
 }
 
+/// Tells systemd that the daemon serves (`READY=1` on `$NOTIFY_SOCKET`, as a `Type=notify`
+/// unit waits for); nothing when no service manager asked for it.
+pub fn notify_ready() {
+    if let Some(target) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Err(e) = notify(&target, b"READY=1") {
+            tracing::warn!("telling systemd the daemon is ready: {e}");
+        }
+    }
+}
+
+/// Sends `message` to the notify socket `target`: a path, or with a leading '@' a name in the
+/// abstract namespace.
+fn notify(target: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let addr = match target.as_bytes().strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(target)?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(message, &addr)?;
+    Ok(())
+}
+
 /// Serves `router` on the Unix socket at `path` until SIGTERM or SIGINT, then removes the
-/// socket file.
+/// socket file. Systemd hears that the daemon is ready once the socket is bound.
 pub async fn serve_unix(path: &Path, router: Router) -> Result<(), ServeError> {
     let listener = listen_unix(path)?;
     tracing::info!("serving on {}", path.display());
+    notify_ready();
     axum::serve(listener, router)
         .with_graceful_shutdown(terminated())
         .await?;
     let _ = std::fs::remove_file(path);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+
+    #[test]
+    fn notifies_a_path_and_an_abstract_socket() {
+        let path = std::env::temp_dir().join(format!("triad-notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let by_path = UnixDatagram::bind(&path).unwrap();
+        notify(path.as_os_str(), b"READY=1").unwrap();
+        let mut buf = [0u8; 16];
+        let n = by_path.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        std::fs::remove_file(&path).unwrap();
+
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("triad-notify-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_socket = UnixDatagram::bind_addr(&addr).unwrap();
+        notify(std::ffi::OsStr::new(&format!("@{name}")), b"READY=1").unwrap();
+        let n = abstract_socket.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        assert!(notify(std::ffi::OsStr::new("/nonexistent/triad-notify"), b"x").is_err());
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Config {
+        #[serde(default)]
+        port: u16,
+        #[serde(default)]
+        pools: Vec<Pool>,
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Pool {
+        name: String,
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_the_key() {
+        let dir = std::env::temp_dir().join(format!("triad-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.json");
+        let other = dir.join("packaged.json");
+        let error = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            read_config::<Config>(&path, &other)
+                .unwrap_err()
+                .to_string()
+        };
+        let at = path.display();
+        assert!(error(r#"{"port": "x"}"#).starts_with(&format!("{at}: port: invalid type")));
+        assert!(error(r#"{"pools": [{"name": "a"}, {"nme": "b"}]}"#)
+            .starts_with(&format!("{at}: pools[1].nme: unknown field `nme`")));
+        assert!(error(r#"{"colour": 1}"#).starts_with(&format!("{at}: colour: unknown field")));
+        assert!(error("[]").starts_with(&format!("{at}: want a JSON object")));
+        assert!(!error(r#"{"port": 70000}"#).contains('\n'));
+
+        std::fs::remove_file(&path).unwrap();
+        let missing = read_config::<Config>(&path, &other)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.starts_with(&format!("reading {at}: ")), "{missing}");
+        assert_eq!(
+            read_config::<Config>(&path, &path).unwrap(),
+            Config {
+                port: 0,
+                pools: vec![]
+            }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

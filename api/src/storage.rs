@@ -216,7 +216,25 @@ pub struct StoragedConfig {
     /// How often pools' space is looked at for warning events (default 30000).
     #[serde(default = "default_usage_check_ms")]
     pub usage_check_ms: u64,
+    /// The pools (default: `local`, a local pool in /var/lib/triad/pools/local).
+    #[serde(default = "default_pools")]
     pub pools: Vec<PoolConfig>,
+}
+
+impl StoragedConfig {
+    /// Where the packages' unit reads it from.
+    pub const PATH: &'static str = "/etc/triad/storaged.json";
+}
+
+/// A node without a config has one local pool, `local`.
+fn default_pools() -> Vec<PoolConfig> {
+    vec![PoolConfig {
+        name: "local".into(),
+        kind: PoolKind::Local,
+        path: Some(PathBuf::from("/var/lib/triad/pools/local")),
+        rbd_pool: None,
+        ceph: None,
+    }]
 }
 
 fn default_download_timeout_ms() -> u64 {

@@ -42,10 +42,15 @@ pub struct ControllerConfig {
     /// The API on a Unix socket too (same tokens), for the CLI on the controller's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,
+    /// Default: a redb file, /var/lib/triad/controller/state.redb.
+    #[serde(default)]
     pub store: StoreConfig,
     /// Where the admin token made at the first start is written (mode 0600), besides being
-    /// printed once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// printed once (default /var/lib/triad/controller/admin-token).
+    #[serde(
+        default = "default_admin_token_file",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub admin_token_file: Option<PathBuf>,
     #[serde(default)]
     pub ha: HaConfig,
@@ -86,6 +91,18 @@ impl HaConfig {
     }
 }
 
+impl ControllerConfig {
+    /// Where the package's unit reads it from.
+    pub const PATH: &'static str = "/etc/triad/controller.json";
+}
+
+/// Where the packaged controller keeps its state.
+const STATE_DIR: &str = "/var/lib/triad/controller";
+
+fn default_admin_token_file() -> Option<PathBuf> {
+    Some(PathBuf::from(STATE_DIR).join("admin-token"))
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7300))
 }
@@ -97,6 +114,14 @@ pub enum StoreConfig {
     Redb { path: PathBuf },
     /// Several controllers sharing an etcd cluster; one leads the reconcilers.
     Etcd { endpoints: Vec<String> },
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self::Redb {
+            path: PathBuf::from(STATE_DIR).join("state.redb"),
+        }
+    }
 }
 
 /// A node's VMs as its hostd last listed them.
@@ -293,6 +318,7 @@ pub async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
     match &config.socket {
         Some(socket) => triad_api::server::serve_unix(socket, router).await?,
         None => {
+            triad_api::server::notify_ready();
             tokio::select! {
                 served = tcp_task => served.context("the API's task")??,
                 _ = tokio::signal::ctrl_c() => {}

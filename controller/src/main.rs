@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use triad_controller::ControllerConfig;
 
@@ -15,7 +14,7 @@ use triad_controller::ControllerConfig;
 struct Args {
     /// JSON: {"listen", "socket", "store": {"kind": "redb", "path"} | {"kind": "etcd",
     /// "endpoints"}, "admin_token_file"}; see docs/api.md.
-    #[arg(long, default_value = "/etc/triad/controller.json")]
+    #[arg(long, default_value = ControllerConfig::PATH)]
     config: PathBuf,
 }
 
@@ -25,10 +24,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = (|| -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(&args.config)
-            .with_context(|| format!("reading {}", args.config.display()))?;
-        let config: ControllerConfig = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", args.config.display()))?;
+        let config: ControllerConfig =
+            triad_api::server::read_config(&args.config, ControllerConfig::PATH.as_ref())?;
         tokio::runtime::Runtime::new()?.block_on(triad_controller::serve(config))
     })();
     match result {

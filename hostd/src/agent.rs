@@ -43,6 +43,8 @@ pub struct Agent {
     cpus: u32,
     memory_mib: u64,
     vmm_binary: PathBuf,
+    /// Whether each VMM gets a systemd scope of its own (hostd runs as a systemd service).
+    vmm_scopes: bool,
     storaged: StoragedClient,
     netd: NetdClient,
     file: StateFile,
@@ -110,6 +112,10 @@ impl Agent {
                 .to_owned(),
         };
         let vmm_binary = config.vmm_binary.clone().unwrap_or_else(default_vmm_binary);
+        let vmm_scopes = process::under_systemd();
+        if vmm_scopes && process::SYSTEMD_RUN.find().is_none() {
+            return Err(Error::System(process::SYSTEMD_RUN.missing().to_string()));
+        }
         let peers = Peers::open(&node, dir, &config.probes)?;
         let agent = Arc::new_cyclic(|myself| Self {
             storaged: StoragedClient::new(&config.storaged_socket),
@@ -119,6 +125,7 @@ impl Agent {
             cpus: host_cpus(),
             memory_mib: host_memory_mib(),
             vmm_binary,
+            vmm_scopes,
             file,
             state: Mutex::new(state),
             ops: Mutex::default(),
@@ -1011,7 +1018,8 @@ impl Agent {
         let socket = dir.join("vmm.sock");
         let _ = std::fs::remove_file(&socket);
         let log = dir.join("vmm.log");
-        let child = process::spawn(&self.vmm_binary, &config_path, &socket, &log)
+        let scope = self.vmm_scopes.then_some(uuid);
+        let child = process::spawn(&self.vmm_binary, &config_path, &socket, &log, scope)
             .map_err(|e| fail(&format!("starting {}", self.vmm_binary.display()), e))?;
         let vmm = VmmRecord {
             pid: child.id(),

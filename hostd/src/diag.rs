@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use triad_api::client::{HostdClient, NetdClient, StoragedClient, VmmClient};
@@ -264,17 +263,4 @@ pub fn render(d: &Diagnosis) -> String {
         }
     }
     out
-}
-
-/// The config file at `path`, or the defaults when there is none there.
-pub fn config_or_default(path: &Path) -> Result<HostdConfig, String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            serde_json::from_str("{}").map_err(|e| e.to_string())
-        }
-        Err(e) => Err(format!("reading {}: {e}", path.display())),
-    }
 }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod diag;
 pub mod error;
 pub mod events;
+pub mod init;
 pub mod peers;
 pub mod process;
 pub mod server;
@@ -15,3 +16,9 @@ pub mod validate;
 
 pub use agent::Agent;
 pub use error::Error;
+
+use triad_api::tools::HostTool;
+
+/// What hostd runs only on some hosts: `systemd-run` when it is a systemd service (it refuses
+/// to start without it there, since its VMMs would die with it).
+pub const OPTIONAL_TOOLS: [HostTool; 1] = [process::SYSTEMD_RUN];

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use triad_api::hostd::HostdConfig;
-use triad_hostd::{diag, server, Agent};
+use triad_hostd::{diag, init, server, Agent};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,7 +17,7 @@ use triad_hostd::{diag, server, Agent};
 struct Args {
     /// JSON: {"socket", "listen", "state_dir", "node", "netd_socket", "storaged_socket", ...},
     /// all optional; see docs/hostd.md.
-    #[arg(long, global = true, default_value = "/etc/triad/hostd.json")]
+    #[arg(long, global = true, default_value = HostdConfig::PATH)]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,6 +34,26 @@ enum Command {
     },
     /// Print the node's token, which joins the node to a controller (`triad node join`).
     Token,
+    /// Write this node's configs: hostd's (at --config), and netd's and storaged's beside it.
+    Init {
+        /// The node's name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The management network: an interface (eno1) or an address of this host. hostd
+        /// serves the controller there (port 7301) and heartbeats its peers (UDP 7302).
+        #[arg(long)]
+        management: String,
+        /// The storage network, heartbeated too (default: management only).
+        #[arg(long)]
+        storage: Option<String>,
+        /// A pool besides `local` (/var/lib/triad/pools/local): NAME=local:DIR, NAME=smp:DIR
+        /// (a shared mount, at the same path on every node) or NAME=ceph:RBD_POOL. Repeatable.
+        #[arg(long = "pool")]
+        pools: Vec<String>,
+        /// Replace config files that exist.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +61,22 @@ fn main() -> ExitCode {
     let result = match args.command {
         Some(Command::Diag { json }) => run_diag(&args.config, json),
         Some(Command::Token) => print_token(&args.config),
+        Some(Command::Init {
+            name,
+            management,
+            storage,
+            pools,
+            force,
+        }) => init(
+            &args.config,
+            &init::InitRequest {
+                node: name,
+                management,
+                storage,
+                pools,
+            },
+            force,
+        ),
         None => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -58,7 +94,8 @@ fn main() -> ExitCode {
 }
 
 fn run_diag(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let config = diag::config_or_default(config).map_err(anyhow::Error::msg)?;
+    // The diagnosis works on a node that has no config file yet: its defaults.
+    let config: HostdConfig = triad_api::server::read_config(config, config)?;
     let diagnosis = diag::gather(&config);
     if json {
         println!("{}", serde_json::to_string_pretty(&diagnosis)?);
@@ -68,8 +105,26 @@ fn run_diag(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn init(path: &std::path::Path, request: &init::InitRequest, force: bool) -> anyhow::Result<()> {
+    let configs = init::configs(request, &init::host_addresses())?;
+    init::write(path, &configs, force)?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    println!(
+        "wrote {}, {} and {}",
+        path.display(),
+        dir.join("netd.json").display(),
+        dir.join("storaged.json").display()
+    );
+    if let Some(listen) = configs.hostd.listen {
+        println!("hostd will serve the controller on {listen}; start or restart the node with");
+        println!("  systemctl restart triad-node.target");
+    }
+    Ok(())
+}
+
 fn print_token(config: &std::path::Path) -> anyhow::Result<()> {
-    let config = diag::config_or_default(config).map_err(anyhow::Error::msg)?;
+    // The diagnosis works on a node that has no config file yet: its defaults.
+    let config: HostdConfig = triad_api::server::read_config(config, config)?;
     match triad_hostd::token::read(&config.state_dir)? {
         Some(token) => {
             println!("{token}");
@@ -83,10 +138,7 @@ fn print_token(config: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn serve(path: &std::path::Path) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: HostdConfig =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let config: HostdConfig = triad_api::server::read_config(path, HostdConfig::PATH.as_ref())?;
     let listen = config.listen;
     let socket = config.socket.clone();
     tokio::runtime::Runtime::new()?.block_on(async move {

@@ -6,16 +6,55 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use triad_api::tools::HostTool;
+
 use crate::state::VmmRecord;
 
+/// A program hostd runs when it is a systemd service: each VMM is started in a transient scope
+/// unit of its own, outside hostd's cgroup, so that stopping, restarting or upgrading hostd
+/// (which ends every process of its unit) leaves the VMs running.
+pub const SYSTEMD_RUN: HostTool = HostTool {
+    command: "systemd-run",
+    package: "systemd",
+    needed_for: "keeping VMMs in scopes of their own when triad-hostd runs under systemd",
+};
+
+/// The slice every VMM's scope is put in (`systemctl status triad-vms.slice` lists them).
+pub const VMM_SLICE: &str = "triad-vms.slice";
+
+/// Whether hostd runs as a systemd service (systemd sets `INVOCATION_ID` for each unit it
+/// starts) on a host that systemd boots.
+pub fn under_systemd() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some() && Path::new("/run/systemd/system").is_dir()
+}
+
 /// Starts `triad_vmm --config CONFIG --api-sock SOCKET` in a process group of its own (so that
-/// a signal to hostd's group leaves VMs alone), its output appended to `log`.
-pub fn spawn(triad_vmm: &Path, config: &Path, socket: &Path, log: &Path) -> std::io::Result<Child> {
+/// a signal to hostd's group leaves VMs alone), its output appended to `log`. With `scope`
+/// (the VM's UUID), `systemd-run --scope` puts it in a scope unit of its own first and then
+/// becomes the VMM (it execs, so the child's pid is the VMM's).
+pub fn spawn(
+    triad_vmm: &Path,
+    config: &Path,
+    socket: &Path,
+    log: &Path,
+    scope: Option<&str>,
+) -> std::io::Result<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    Command::new(triad_vmm)
+    let mut command = match scope {
+        Some(uuid) => {
+            let mut run = Command::new(SYSTEMD_RUN.command);
+            run.args(["--scope", "--quiet", "--collect", "--slice", VMM_SLICE])
+                .arg(format!("--description=Triad VM {uuid}"))
+                .arg("--")
+                .arg(triad_vmm);
+            run
+        }
+        None => Command::new(triad_vmm),
+    };
+    command
         .arg("--config")
         .arg(config)
         .arg("--api-sock")

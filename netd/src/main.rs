@@ -18,7 +18,7 @@ use triad_netd::server::router;
 )]
 struct Args {
     /// JSON: {"socket": PATH, "state_dir": DIR, "node": NAME, "ovs_db": DB}, all optional; see docs/netd.md.
-    #[arg(long)]
+    #[arg(long, default_value = NetdConfig::PATH)]
     config: PathBuf,
 }
 
@@ -43,10 +43,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             tracing::warn!("{}", tool.missing());
         }
     }
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    let config: NetdConfig = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", args.config.display()))?;
+    let config: NetdConfig =
+        triad_api::server::read_config(&args.config, NetdConfig::PATH.as_ref())?;
     let node = match &config.node {
         Some(node) => node.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -24,19 +24,26 @@ struct Args {
     /// JSON: {"socket": PATH, "node": NAME, "pools": [{"name", "kind": "local"|"smp", "path"}
     /// or {"name", "kind": "ceph", "rbd_pool", "ceph": {"conf", "client"}}]}; see
     /// docs/storaged.md.
-    #[arg(long)]
+    #[arg(long, default_value = StoragedConfig::PATH)]
     config: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    let config: StoragedConfig = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", args.config.display()))?;
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("triad-storaged: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config: StoragedConfig =
+        triad_api::server::read_config(&args.config, StoragedConfig::PATH.as_ref())?;
     let node = match &config.node {
         Some(node) => node.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
