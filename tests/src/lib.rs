@@ -8,6 +8,7 @@
 
 pub mod cluster;
 mod etcd;
+pub mod machines;
 mod netns;
 
 use std::io::Write;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub use cluster::{Cluster, Controller, Daemon, Node};
 pub use etcd::{free_port, Etcd};
+pub use machines::{Machine, Machines};
 pub use netns::{enter_netns, ping, Ns};
 
 /// The workspace's root directory.
