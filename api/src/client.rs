@@ -396,6 +396,16 @@ impl HostdClient {
         Self(Client::new(Endpoint::Unix(socket.into())).with_timeout(Duration::from_secs(60)))
     }
 
+    /// hostd's TCP port over TLS with `tls` (the controller's client of a joined node, or a
+    /// join's pinned one), with the node's token.
+    pub fn tls(addr: impl Into<String>, tls: crate::tls::ClientTls, token: &str) -> Self {
+        Self(
+            Client::new(Endpoint::Tls(addr.into(), tls))
+                .with_token(token)
+                .with_timeout(Duration::from_secs(60)),
+        )
+    }
+
     /// hostd's TCP port (`host:port`), as the controller reaches it, with the node's token.
     pub fn tcp(addr: impl Into<String>, token: &str) -> Self {
         Self(
@@ -411,6 +421,13 @@ impl HostdClient {
 
     pub fn node(&self) -> Result<NodeInfo, ClientError> {
         self.0.get("/node")
+    }
+
+    /// `PUT /tls`: the node's certificate from the cluster's CA (at its join).
+    pub fn install_tls(&self, install: &crate::hostd::TlsInstall) -> Result<(), ClientError> {
+        self.0
+            .put::<_, serde_json::Value>("/tls", install)
+            .map(drop)
     }
 
     pub fn ensure(&self, uuid: &str, spec: &VmSpec) -> Result<Vm, ClientError> {

@@ -303,6 +303,22 @@ pub struct NodeInfo {
     pub probes: Vec<SocketAddr>,
 }
 
+/// `PUT /tls` (on TCP, at the join): the node's certificate from the cluster's CA, its key and
+/// the CA. hostd serves it from then on and accepts only the CA's client certificates.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsInstall {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsInstall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsInstall").finish_non_exhaustive()
+    }
+}
+
 /// `PUT /cluster`: the cluster as the controller sees it. hostd keeps it in its state
 /// directory, so that heartbeats and the self-fencer go on while no controller is up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,9 +9,11 @@ pub mod error;
 pub mod hostd;
 pub mod http;
 pub mod net;
+pub mod secrets;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod tools;
 pub mod v1;
 pub mod vmm;

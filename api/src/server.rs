@@ -2,7 +2,10 @@
 //! answer, reading a JSON body, and serving a router on a Unix socket until SIGTERM or
 //! SIGINT.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -158,6 +161,115 @@ fn notify(target: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
     };
     UnixDatagram::unbound()?.send_to_addr(message, &addr)?;
     Ok(())
+}
+
+/// The TLS config a TCP server answers new connections with. It can be replaced while the
+/// server runs (hostd's, once the node has joined and has its certificate).
+#[derive(Debug, Clone)]
+pub struct ServerTls(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl ServerTls {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(Arc::new(RwLock::new(config)))
+    }
+
+    /// From the next connection on, answer with `config`.
+    pub fn set(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// At most this many TLS handshakes at once; connections beyond are closed at once.
+const MAX_HANDSHAKES: usize = 256;
+/// A client that has not finished its handshake by then is cut off.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener`: over TLS with `tls`, plain HTTP without. A failed handshake
+/// (a certificate the server does not trust, a client that speaks plain HTTP) is logged and
+/// the connection closed.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    tls: Option<ServerTls>,
+    router: Router,
+) -> std::io::Result<()> {
+    match tls {
+        None => axum::serve(listener, router).await,
+        Some(tls) => {
+            let local = listener.local_addr()?;
+            let (accepted, handshaken) = tokio::sync::mpsc::channel(64);
+            tokio::spawn(handshakes(listener, tls, accepted));
+            axum::serve(TlsListener { handshaken, local }, router).await
+        }
+    }
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Accepts TCP connections and hands each, once its TLS handshake is done, to `accepted`.
+async fn handshakes(
+    listener: tokio::net::TcpListener,
+    tls: ServerTls,
+    accepted: tokio::sync::mpsc::Sender<(TlsStream, SocketAddr)>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    while !accepted.is_closed() {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "closing the connection from {peer}: {MAX_HANDSHAKES} TLS handshakes are under way"
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let _ = accepted.send((stream, peer)).await;
+                }
+                Ok(Err(e)) => tracing::warn!("TLS from {peer} refused: {e}"),
+                Err(_) => tracing::warn!(
+                    "TLS from {peer} refused: no handshake within {HANDSHAKE_TIMEOUT:?}"
+                ),
+            }
+        });
+    }
+}
+
+/// Connections whose TLS handshake is done, for `axum::serve`.
+struct TlsListener {
+    handshaken: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.handshaken.recv().await {
+            Some(conn) => conn,
+            // The accepting task ended (it never does while the listener is served).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 /// Serves `router` on the Unix socket at `path` until SIGTERM or SIGINT, then removes the

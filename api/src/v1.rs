@@ -35,6 +35,15 @@ pub struct NodeJoin {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub data_address: Option<Ipv4Addr>,
+    /// The SHA-256 fingerprint of the certificate hostd serves before it joins (`triad-hostd
+    /// token` prints it): the join trusts that certificate alone, then gives the node its
+    /// certificate from the cluster's CA. Needed unless the controller runs --insecure-http.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^(sha256:)?[0-9a-fA-F:]{64,95}$")
+    )]
+    pub fingerprint: Option<String>,
 }
 
 /// Whether the scheduler may put new VMs on a node.

@@ -20,7 +20,12 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::Node(NodeCommand::Diag { config }) = &cli.command {
         return diag(config, cli.json);
     }
-    let api = Api::new(cli.url.clone(), cli.token.clone())?;
+    let api = Api::new(crate::connect::Flags {
+        url: cli.url.clone(),
+        token: cli.token.clone(),
+        ca_file: cli.ca.clone(),
+        insecure_http: cli.insecure_http,
+    })?;
     let out = Out { json: cli.json };
     match cli.command {
         Command::Vm(c) => vm(&api, &out, c),
@@ -393,11 +398,15 @@ fn node(api: &Api, out: &Out, c: NodeCommand) -> Result<()> {
             name,
             address,
             node_token,
+            fingerprint,
             data_address,
         } => {
             let mut body = json!({"name": name, "address": address, "token": node_token});
             if let Some(d) = data_address {
                 body["data_address"] = Value::from(d);
+            }
+            if let Some(f) = fingerprint {
+                body["fingerprint"] = Value::from(f);
             }
             let answer = api.post("/v1/nodes", &body)?;
             out.done(&format!("node {name} joined"), &answer)

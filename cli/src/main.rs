@@ -17,10 +17,17 @@ use clap::{Args, Parser, Subcommand};
     about = "Triad's command line: VMs, nodes, networks, storage and events"
 )]
 pub struct Cli {
-    /// The controller: http://HOST:PORT or unix:PATH (else TRIAD_URL, the config file, or
-    /// http://127.0.0.1:7300).
+    /// The controller: https://HOST:PORT or unix:PATH (else TRIAD_URL, the config file, or
+    /// https://127.0.0.1:7300).
     #[arg(long, global = true)]
     url: Option<String>,
+    /// The cluster's CA certificate (PEM), which vouches for the controller (else the
+    /// config file's "ca", "ca_file" or "fingerprint").
+    #[arg(long, global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// Allow an http:// URL: plain HTTP to a controller run with --insecure-http.
+    #[arg(long, global = true)]
+    insecure_http: bool,
     /// A bearer token (else TRIAD_TOKEN or the config file).
     #[arg(long, global = true)]
     token: Option<String>,
@@ -197,6 +204,10 @@ pub enum NodeCommand {
         /// The node's token, which `triad-hostd token` prints on it.
         #[arg(long)]
         node_token: String,
+        /// The fingerprint of the node's certificate, which `triad-hostd token` prints on it
+        /// (not needed by a controller run with --insecure-http).
+        #[arg(long)]
+        fingerprint: Option<String>,
         #[arg(long)]
         data_address: Option<String>,
     },

@@ -16,6 +16,7 @@ pub mod operations;
 pub mod reconcile;
 pub mod scheduler;
 pub mod store;
+pub mod tls;
 mod validate;
 
 use std::collections::{HashMap, HashSet};
@@ -54,6 +55,19 @@ pub struct ControllerConfig {
     pub admin_token_file: Option<PathBuf>,
     #[serde(default)]
     pub ha: HaConfig,
+    /// The cluster's CA (`ca.pem`, `ca.key`), made at the first start (default
+    /// /var/lib/triad/controller/tls).
+    #[serde(default = "default_tls_dir")]
+    pub tls_dir: PathBuf,
+    /// Names and addresses the API's certificate is for, besides every address and the name
+    /// of this host (a DNS name clients use, a load balancer's address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_names: Vec<String>,
+    /// The CLI's config for the admin, written with the admin token at the first start:
+    /// the API's URL, the token and the CA (default /var/lib/triad/controller/admin.json;
+    /// copy it to `~/.config/triad/config.json` where the CLI runs).
+    #[serde(default = "default_cli_config_file")]
+    pub cli_config_file: PathBuf,
 }
 
 /// The liveness and fencing timers (docs/ha.md).
@@ -98,6 +112,14 @@ impl ControllerConfig {
 
 /// Where the packaged controller keeps its state.
 const STATE_DIR: &str = "/var/lib/triad/controller";
+
+fn default_tls_dir() -> PathBuf {
+    PathBuf::from(STATE_DIR).join("tls")
+}
+
+fn default_cli_config_file() -> PathBuf {
+    PathBuf::from(STATE_DIR).join("admin.json")
+}
 
 fn default_admin_token_file() -> Option<PathBuf> {
     Some(PathBuf::from(STATE_DIR).join("admin-token"))
@@ -151,6 +173,8 @@ pub struct Ctl {
     /// Each (smp pool, node)'s storage heartbeat as last read, and since when it has not
     /// moved, by this controller's clock.
     pub storage_beats: Mutex<HashMap<(String, String), (u64, Instant)>>,
+    /// The cluster's CA and the controller's certificates; none with `--insecure-http`.
+    pub tls: Option<tls::ClusterTls>,
 }
 
 /// A note per (thing, node), where the thing is `network/NAME` or `security-group/NAME`.
@@ -177,7 +201,12 @@ impl NodeNotes {
 }
 
 impl Ctl {
-    pub fn new(db: Db, store_kind: &'static str, ha: HaConfig) -> Arc<Self> {
+    pub fn new(
+        db: Db,
+        store_kind: &'static str,
+        ha: HaConfig,
+        tls: Option<tls::ClusterTls>,
+    ) -> Arc<Self> {
         let timers = liveness::Timers {
             confirm_after: std::time::Duration::from_millis(ha.confirm_after_ms),
             report_stale: std::time::Duration::from_millis(
@@ -196,6 +225,7 @@ impl Ctl {
             ha,
             detector: Mutex::new(liveness::Detector::new(timers)),
             storage_beats: Mutex::default(),
+            tls,
         })
     }
 
@@ -214,7 +244,17 @@ impl Ctl {
             .get::<NodeRecord>(&format!("{}{name}", keys::NODES))
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no node {name:?}")))?;
-        Ok(hostd_client(&record.value))
+        Ok(self.hostd_client(&record.value))
+    }
+
+    /// The client of a joined node's hostd: over TLS, verified by the cluster's CA, with the
+    /// controller's client certificate; plain HTTP with `--insecure-http`.
+    pub fn hostd_client(&self, record: &NodeRecord) -> HostdClient {
+        let join = &record.join;
+        match &self.tls {
+            Some(tls) => HostdClient::tls(&join.address, tls.hostd.clone(), &join.token),
+            None => HostdClient::tcp(&join.address, &join.token),
+        }
     }
 
     /// Every node as the API shows it.
@@ -256,15 +296,42 @@ impl Ctl {
     }
 }
 
-pub fn hostd_client(record: &NodeRecord) -> HostdClient {
-    HostdClient::tcp(&record.join.address, &record.join.token)
+/// Makes the secret file at `path` private again, with a warning, if others could read it.
+pub fn check_secret(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(mode) = triad_api::secrets::check(path)
+        .with_context(|| format!("checking the mode of {}", path.display()))?
+    {
+        tracing::warn!(
+            "{} was mode {mode:o}, readable by others: made it 0600",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Starts the controller on `config`: opens the store, makes the first admin token and the
 /// default offerings when the store is new, leads (or campaigns to) and serves the API until
 /// SIGTERM or SIGINT.
-pub async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
+pub async fn serve(config: ControllerConfig, insecure_http: bool) -> anyhow::Result<()> {
     use anyhow::Context;
+    if let StoreConfig::Redb { path } = &config.store {
+        check_secret(path)?;
+    }
+    if let Some(file) = &config.admin_token_file {
+        check_secret(file)?;
+    }
+    check_secret(&config.cli_config_file)?;
+    let tls = if insecure_http {
+        tracing::warn!("serving plain HTTP and calling nodes over it (--insecure-http)");
+        None
+    } else {
+        let mut names = config.tls_names.clone();
+        if !config.listen.ip().is_unspecified() {
+            names.push(config.listen.ip().to_string());
+        }
+        Some(tls::ClusterTls::open(&config.tls_dir, &names)?)
+    };
     let (store, kind): (Arc<dyn store::Store>, &'static str) = match &config.store {
         StoreConfig::Redb { path } => {
             if let Some(dir) = path.parent() {
@@ -288,11 +355,17 @@ pub async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
             "etcd",
         ),
     };
-    let ctl = Ctl::new(Db::new(store), kind, config.ha);
+    let ctl = Ctl::new(Db::new(store), kind, config.ha, tls);
     if let Some(secret) = auth::bootstrap(&ctl.db).await? {
         println!("triad-controller: the admin token (shown this once): {secret}");
         if let Some(file) = &config.admin_token_file {
-            write_secret(file, &secret).with_context(|| format!("writing {}", file.display()))?;
+            triad_api::secrets::write(file, &format!("{secret}\n"))
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        if let Some(tls) = &ctl.tls {
+            let cli = cli_config(&config, &secret, tls.ca.cert_pem());
+            triad_api::secrets::write(&config.cli_config_file, &cli)
+                .with_context(|| format!("writing {}", config.cli_config_file.display()))?;
         }
     }
     for offering in api::default_offerings() {
@@ -314,7 +387,14 @@ pub async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!("serving the API on {}", config.listen);
     let tcp_router = router.clone();
-    let tcp_task = tokio::spawn(async move { axum::serve(tcp, tcp_router).await });
+    let server_tls = ctl
+        .tls
+        .as_ref()
+        .map(|t| triad_api::server::ServerTls::new(t.server.clone()));
+    let tcp_task =
+        tokio::spawn(
+            async move { triad_api::server::serve_tcp(tcp, server_tls, tcp_router).await },
+        );
     match &config.socket {
         Some(socket) => triad_api::server::serve_unix(socket, router).await?,
         None => {
@@ -328,18 +408,22 @@ pub async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    writeln!(f, "{secret}")?;
-    f.sync_all()
+/// The admin's CLI config: the API's URL (the listen address, or this host's first address
+/// when it listens on all), the token and the CA that vouches for the API.
+fn cli_config(config: &ControllerConfig, token: &str, ca_pem: &str) -> String {
+    let ip = if config.listen.ip().is_unspecified() {
+        tls::first_address().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+    } else {
+        config.listen.ip()
+    };
+    let url = format!(
+        "https://{}",
+        std::net::SocketAddr::new(ip, config.listen.port())
+    );
+    let mut text = serde_json::to_string_pretty(&serde_json::json!({
+        "url": url, "token": token, "ca": ca_pem,
+    }))
+    .expect("JSON");
+    text.push('\n');
+    text
 }

@@ -16,6 +16,10 @@ struct Args {
     /// "endpoints"}, "admin_token_file"}; see docs/api.md.
     #[arg(long, default_value = ControllerConfig::PATH)]
     config: PathBuf,
+    /// Serve the API and call nodes plain HTTP instead of TLS: for labs on a network nobody
+    /// else reaches.
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 fn main() -> ExitCode {
@@ -26,7 +30,8 @@ fn main() -> ExitCode {
     let result = (|| -> anyhow::Result<()> {
         let config: ControllerConfig =
             triad_api::server::read_config(&args.config, ControllerConfig::PATH.as_ref())?;
-        tokio::runtime::Runtime::new()?.block_on(triad_controller::serve(config))
+        tokio::runtime::Runtime::new()?
+            .block_on(triad_controller::serve(config, args.insecure_http))
     })();
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub mod peers;
 pub mod process;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod token;
 pub mod validate;
 

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use triad_api::hostd::HostdConfig;
+use triad_api::server::{serve_tcp, ServerTls};
+use triad_hostd::tls::NodeTls;
 use triad_hostd::{diag, init, server, Agent};
 
 #[derive(Debug, Parser)]
@@ -19,6 +21,10 @@ struct Args {
     /// all optional; see docs/hostd.md.
     #[arg(long, global = true, default_value = HostdConfig::PATH)]
     config: PathBuf,
+    /// Serve the controller plain HTTP on TCP instead of TLS: for labs on a network nobody
+    /// else reaches.
+    #[arg(long)]
+    insecure_http: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -81,7 +87,7 @@ fn main() -> ExitCode {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .init();
-            serve(&args.config)
+            serve(&args.config, args.insecure_http)
         }
     };
     match result {
@@ -125,19 +131,29 @@ fn init(path: &std::path::Path, request: &init::InitRequest, force: bool) -> any
 fn print_token(config: &std::path::Path) -> anyhow::Result<()> {
     // The diagnosis works on a node that has no config file yet: its defaults.
     let config: HostdConfig = triad_api::server::read_config(config, config)?;
-    match triad_hostd::token::read(&config.state_dir)? {
-        Some(token) => {
-            println!("{token}");
-            Ok(())
-        }
-        None => anyhow::bail!(
+    let Some(token) = triad_hostd::token::read(&config.state_dir)? else {
+        anyhow::bail!(
             "{} has no node token: start triad-hostd once to make it",
             config.state_dir.display()
-        ),
+        );
+    };
+    println!("token        {token}");
+    let fingerprint = NodeTls::new(&config.state_dir).fingerprint()?;
+    if let Some(fingerprint) = &fingerprint {
+        println!("fingerprint  {fingerprint}");
     }
+    if let Some(listen) = config.listen {
+        let name = config.node.clone().unwrap_or_else(|| "NAME".into());
+        let pin = fingerprint
+            .map(|f| format!(" --fingerprint {f}"))
+            .unwrap_or_default();
+        println!("join it with:");
+        println!("  triad node join {name} --address {listen} --node-token {token}{pin}");
+    }
+    Ok(())
 }
 
-fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+fn serve(path: &std::path::Path, insecure_http: bool) -> anyhow::Result<()> {
     let config: HostdConfig = triad_api::server::read_config(path, HostdConfig::PATH.as_ref())?;
     let listen = config.listen;
     let socket = config.socket.clone();
@@ -146,13 +162,22 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         let router = server::router(agent.clone());
         tracing::info!("node {}", agent.node_name());
         if let Some(addr) = listen {
-            let router = server::tcp_router(agent.clone());
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("listening on {addr}"))?;
-            tracing::info!("serving the controller on {addr}");
+                .with_context(|| format!("listen: {addr}"))?;
+            let tls = if insecure_http {
+                tracing::warn!("serving the controller plain HTTP on {addr} (--insecure-http)");
+                None
+            } else {
+                let files = NodeTls::new(&agent.config().state_dir);
+                let names = vec![agent.node_name().to_owned(), addr.ip().to_string()];
+                let config = files.server_config(&names)?;
+                tracing::info!("serving the controller over TLS on {addr}");
+                Some((files, ServerTls::new(config)))
+            };
+            let router = server::tcp_router(agent.clone(), tls.clone());
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(tcp, router).await {
+                if let Err(e) = serve_tcp(tcp, tls.map(|(_, s)| s), router).await {
                     tracing::error!("serving on {addr}: {e}");
                 }
             });

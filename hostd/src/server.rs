@@ -33,6 +33,10 @@ use triad_api::hostd::{
     ClusterSpec, HostEvent, NodeInfo, PeerView, SerialChunk, StateRequest, Vm, VmSpec,
 };
 
+use triad_api::hostd::TlsInstall;
+use triad_api::server::ServerTls;
+
+use crate::tls::NodeTls;
 use crate::{Agent, Error};
 
 pub fn router(agent: Arc<Agent>) -> Router {
@@ -51,9 +55,35 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-/// `router` for the controller's TCP port: every request must present the node's token.
-pub fn tcp_router(agent: Arc<Agent>) -> Router {
-    router(agent.clone()).layer(axum::middleware::from_fn_with_state(agent, require_token))
+/// `router` for the controller's TCP port: every request must present the node's token. Over
+/// TLS it also takes the node's certificate at the join (`PUT /tls`).
+pub fn tcp_router(agent: Arc<Agent>, tls: Option<(NodeTls, ServerTls)>) -> Router {
+    let mut router = router(agent.clone());
+    if let Some((files, server)) = tls {
+        let node = agent.node_name().to_owned();
+        router = router.route(
+            "/tls",
+            axum::routing::put(move |bytes: Bytes| install_tls(node, files, server, bytes)),
+        );
+    }
+    router.layer(axum::middleware::from_fn_with_state(agent, require_token))
+}
+
+/// `PUT /tls`: keeps the node's certificate and the CA, and serves them from the next
+/// connection on.
+async fn install_tls(
+    node: String,
+    files: NodeTls,
+    server: ServerTls,
+    bytes: Bytes,
+) -> Result<StatusCode, Error> {
+    let install: TlsInstall = body(&bytes)?;
+    let config = tokio::task::spawn_blocking(move || files.install(&node, &install))
+        .await
+        .map_err(|e| Error::System(format!("the request's task failed: {e}")))??;
+    server.set(config);
+    tracing::info!("serving the cluster's certificate for this node from now on");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn require_token(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {

@@ -668,7 +668,12 @@ fn the_controller_port_wants_the_node_token_and_passes_netd_and_storaged_through
         .output()
         .unwrap();
     assert!(printed.status.success(), "{printed:?}");
-    assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), token);
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert_eq!(
+        printed.lines().next(),
+        Some(format!("token        {token}").as_str()),
+        "{printed}"
+    );
 
     let ns = n1.ns.name.clone();
     let n2_name = n2.name.clone();

@@ -61,6 +61,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub log: PathBuf,
     config: PathBuf,
+    /// Arguments after `--config FILE`.
+    args: Vec<String>,
     ns: String,
     child: Option<Child>,
 }
@@ -68,6 +70,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `name` (a workspace binary) with `config` and waits until it serves `socket`.
     pub fn start(name: &'static str, ns: &str, dir: &Path, config: Value) -> Self {
+        Self::start_with_args(name, ns, dir, config, &[])
+    }
+
+    /// `start`, with `args` after `--config FILE`.
+    pub fn start_with_args(
+        name: &'static str,
+        ns: &str,
+        dir: &Path,
+        config: Value,
+        args: &[&str],
+    ) -> Self {
         let socket = PathBuf::from(config["socket"].as_str().expect("a socket in the config"));
         let path = dir.join(format!("{name}.json"));
         std::fs::write(&path, config.to_string()).unwrap();
@@ -76,6 +89,7 @@ impl Daemon {
             socket,
             log: dir.join(format!("{name}.log")),
             config: path,
+            args: args.iter().map(|a| a.to_string()).collect(),
             ns: ns.to_owned(),
             child: None,
         };
@@ -96,6 +110,7 @@ impl Daemon {
             .arg(binary(self.name))
             .arg("--config")
             .arg(&self.config)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -323,7 +338,7 @@ impl Cluster {
                     ],
                 }),
             );
-            let hostd = Daemon::start(
+            let hostd = Daemon::start_with_args(
                 "triad-hostd",
                 &ns.name,
                 &node_dir,
@@ -343,6 +358,7 @@ impl Cluster {
                         format!("{}:{HEARTBEAT_PORT}", node_addr(1, index)),
                     ],
                 }),
+                &["--insecure-http"],
             );
             nodes.push(Node {
                 name: node_name,
@@ -405,7 +421,7 @@ impl Cluster {
             Some(endpoint) => json!({"kind": "etcd", "endpoints": [endpoint]}),
             None => json!({"kind": "redb", "path": dir.join("state.redb")}),
         };
-        let daemon = Daemon::start(
+        let daemon = Daemon::start_with_args(
             "triad-controller",
             &ns.name,
             &dir,
@@ -415,6 +431,7 @@ impl Cluster {
                 "store": store,
                 "admin_token_file": self.dir.join("admin-token"),
             }),
+            &["--insecure-http"],
         );
         Controller {
             daemon,

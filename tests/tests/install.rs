@@ -41,12 +41,13 @@ fn deb(package: &str, revision: u32) -> String {
 }
 
 /// The `triad` CLI from outside the machines (the switch namespace, on the management
-/// network) against the controller on the first machine.
+/// network) against the controller on the first machine, with the admin's config the
+/// controller wrote (its token and CA).
 struct Cli {
     /// The namespace it runs in: the machines' switch.
     switch: String,
     url: String,
-    token: String,
+    config: PathBuf,
 }
 
 impl Cli {
@@ -54,8 +55,11 @@ impl Cli {
         Command::new("ip")
             .args(["netns", "exec", &self.switch])
             .arg(binary("triad"))
-            .args(["--url", &self.url, "--token", &self.token])
+            .args(["--url", &self.url])
             .args(args)
+            .env("TRIAD_CONFIG", &self.config)
+            .env_remove("TRIAD_URL")
+            .env_remove("TRIAD_TOKEN")
             .output()
             .expect("running triad")
     }
@@ -139,6 +143,76 @@ fn counts_past(cli: &Cli, vm: &str, after: u64, when: &str) -> Vec<u64> {
     }
 }
 
+/// Every TCP link speaks TLS alone: the controller refuses plain HTTP and a client that
+/// trusts another CA; a node refuses a caller without the controller's client certificate,
+/// even with its token.
+fn only_tls(machines: &Machines, cli: &Cli) {
+    let plain = Command::new("ip")
+        .args(["netns", "exec", &cli.switch])
+        .arg(binary("triad"))
+        .args(["--insecure-http", "--url"])
+        .arg(cli.url.replace("https://", "http://"))
+        .args(["node", "list"])
+        .env("TRIAD_CONFIG", &cli.config)
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "plain HTTP was answered");
+
+    let foreign = machines.dir().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=another CA", "-days", "1", "-keyout"])
+        .arg(foreign.join("ca.key"))
+        .arg("-out")
+        .arg(foreign.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let ca = foreign.join("ca.pem");
+    let out = cli.output(&["--ca", ca.to_str().unwrap(), "node", "list"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a foreign CA was trusted");
+    assert!(said.contains("certificate"), "{said}");
+
+    // hostd by curl with the cluster's CA and the node's token, but no client certificate.
+    let m = &machines.machines[1];
+    let ca = machines.dir().join("cluster-ca.pem");
+    std::fs::write(&ca, m.sh_ok("cat /var/lib/triad/hostd/tls/ca.pem")).unwrap();
+    let node_token = m.sh_ok("cat /var/lib/triad/hostd/node-token");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cli.switch,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(&ca)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", node_token.trim()),
+        ])
+        .arg(format!("https://{}:7301/node", m.addr(0)))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "hostd answered a client without a certificate: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn three_debian_machines_installed_joined_and_running_a_vm() {
     const TEST: &str = "three_debian_machines_installed_joined_and_running_a_vm";
@@ -162,37 +236,50 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         "systemd-analyze verify triad-netd.service triad-storaged.service triad-hostd.service \
          triad-controller.service triad-node.target",
     );
-    let token = wait_for("the admin token", TIMEOUT, || {
-        let out = first.sh("cat /var/lib/triad/controller/admin-token");
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    // The admin's CLI config, as an operator copies it off the controller's host.
+    let admin = wait_for("the admin's CLI config", TIMEOUT, || {
+        let out = first.sh("cat /var/lib/triad/controller/admin.json");
+        out.status.success().then_some(out.stdout)
     });
+    let config = machines.dir().join("admin.json");
+    std::fs::write(&config, admin).unwrap();
     let cli = Cli {
         switch: machines.switch.name.clone(),
-        url: format!("http://{}:7300", first.addr(0)),
-        token,
+        url: format!("https://{}:7300", first.addr(0)),
+        config,
     };
 
+    // Each node joins by the command `triad-hostd token` prints there: its token and the
+    // fingerprint of its certificate.
     for m in &machines.machines {
-        let node_token = m.sh_ok("triad-hostd token").trim().to_owned();
-        cli.run(&[
-            "node",
-            "join",
-            &m.name,
-            "--address",
-            &format!("{}:7301", m.addr(0)),
-            "--node-token",
-            &node_token,
-            "--data-address",
-            &m.addr(2),
-        ]);
+        let printed = m.sh_ok("triad-hostd token");
+        let command = printed
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("triad node join "))
+            .unwrap_or_else(|| panic!("triad-hostd token prints no join command:\n{printed}"));
+        let data_address = m.addr(2);
+        let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
+        args.extend(["--data-address", &data_address]);
+        // A wrong fingerprint is refused and nothing is kept.
+        let mut wrong = args.clone();
+        let at = wrong.iter().position(|a| *a == "--fingerprint").unwrap() + 1;
+        let other = format!("sha256:{}", "0".repeat(64));
+        wrong[at] = &other;
+        let refused = cli.output(&wrong);
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && said.contains("fingerprint"),
+            "{said}"
+        );
+        cli.run(&args);
     }
     wait_for("every node connected", TIMEOUT, || {
         let nodes = cli.json(&["node", "list"]);
         let nodes = nodes.as_array()?;
         (nodes.len() == 3 && nodes.iter().all(|n| n["connection"] == "connected")).then_some(())
     });
+    only_tls(&machines, &cli);
 
     // The guest counts from what its disk's first 8 bytes hold: zero.
     std::fs::write(machines.shared.join("guest-disk.raw"), vec![0u8; 1 << 20]).unwrap();
@@ -207,6 +294,9 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         "--kernel",
         &format!("{GUEST}/testguest.elf"),
     ]);
+    // The VM goes elsewhere than the controller's machine, which must outlive the power loss
+    // below.
+    cli.run(&["node", "lock", &first.name]);
     cli.run(&[
         "vm",
         "create",
@@ -221,6 +311,7 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         "triad.counter",
         "--wait",
     ]);
+    cli.run(&["node", "unlock", &first.name]);
     let vm = cli.json(&["vm", "show", "web"]);
     let node = vm["node"].as_str().expect("the VM is placed").to_owned();
     let host = machines

@@ -110,27 +110,27 @@ async fn join(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<(StatusCod
             ));
         }
     }
-    // The node must answer, with this token, as this name.
-    let client = HostdClient::tcp(&join.address, &join.token)
-        .with_timeout(std::time::Duration::from_secs(5));
-    let info = tokio::task::spawn_blocking(move || client.node())
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the join's task failed: {e}")))?
-        .map_err(|e| match e.status() {
-            Some(401) => ApiError::unprocessable("token", "hostd refused the token: it is not the node's (triad-hostd token on the node prints it)"),
-            _ => ApiError::unprocessable(
-                "address",
-                format!("hostd does not answer at {}: {}", join.address, triad_api::error::chain(&e)),
-            ),
-        })?;
-    if info.name != join.name {
-        return Err(ApiError::unprocessable(
-            "name",
-            format!(
-                "hostd at {} is node {:?}, not {:?}",
-                join.address, info.name, join.name
-            ),
-        ));
+    let key = format!("{}{}", keys::NODES, join.name);
+    if let Some(held) = ctl.db.get::<NodeRecord>(&key).await? {
+        if held.value.join != join {
+            return Err(ApiError::conflict(
+                Some("name"),
+                format!("node {:?} has joined already", join.name),
+            ));
+        }
+    }
+    match &ctl.tls {
+        Some(tls) => join_over_tls(&ctl, tls, &join).await?,
+        None => {
+            if join.fingerprint.is_some() {
+                return Err(ApiError::unprocessable(
+                    "fingerprint",
+                    "this controller runs with --insecure-http and joins nodes over plain HTTP: leave out the fingerprint",
+                ));
+            }
+            let client = HostdClient::tcp(&join.address, &join.token).with_timeout(JOIN_TIMEOUT);
+            check_node(client, &join).await?;
+        }
     }
     let record = NodeRecord {
         join: join.clone(),
@@ -138,7 +138,6 @@ async fn join(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<(StatusCod
         joined_unix_ms: now_ms(),
         entering_maintenance: false,
     };
-    let key = format!("{}{}", keys::NODES, join.name);
     if !ctl.db.create(&key, &record).await? {
         let held = ctl.db.get::<NodeRecord>(&key).await?;
         if held.map(|h| h.value.join) != Some(join.clone()) {
@@ -163,6 +162,102 @@ async fn join(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<(StatusCod
         .find(|n| n.name == join.name)
         .ok_or_else(|| ApiError::NotFound(format!("node {:?} left again", join.name)))?;
     Ok((StatusCode::CREATED, Json(node)))
+}
+
+/// How long a join waits for the node's hostd.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The TLS part of a join: hostd is reached by the pinned fingerprint of its self-signed
+/// certificate, shown to be the node by its token and name, and given its certificate from
+/// the cluster's CA, which it serves from then on; then it must answer by the CA, to the
+/// controller's client certificate. A node that already has this CA's certificate (a join
+/// retried after it got it) is reached by the CA at once.
+async fn join_over_tls(ctl: &Ctl, tls: &crate::tls::ClusterTls, join: &NodeJoin) -> ApiResult<()> {
+    let by_ca =
+        HostdClient::tls(&join.address, tls.hostd.clone(), &join.token).with_timeout(JOIN_TIMEOUT);
+    if check_node(by_ca.clone(), join).await.is_ok() {
+        return Ok(());
+    }
+    let pin = join.fingerprint.as_deref().ok_or_else(|| {
+        ApiError::bad(
+            "fingerprint",
+            "the node's certificate fingerprint is needed to join it over TLS (triad-hostd token on the node prints it)",
+        )
+    })?;
+    let pinned = triad_api::tls::client_pinned(pin)
+        .map_err(|e| ApiError::bad("fingerprint", e.to_string()))?;
+    check_node(
+        HostdClient::tls(&join.address, pinned.clone(), &join.token).with_timeout(JOIN_TIMEOUT),
+        join,
+    )
+    .await?;
+    let cert = tls
+        .issue_node(&join.name, &join.address)
+        .map_err(|e| ApiError::Unavailable(format!("issuing the node's certificate: {e}")))?;
+    let install = triad_api::hostd::TlsInstall {
+        ca_pem: tls.ca.cert_pem().to_owned(),
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+    };
+    let client = HostdClient::tls(&join.address, pinned, &join.token).with_timeout(JOIN_TIMEOUT);
+    tokio::task::spawn_blocking(move || client.install_tls(&install))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the join's task failed: {e}")))?
+        .map_err(|e| {
+            ApiError::unprocessable(
+                "address",
+                format!(
+                    "hostd at {} did not take its certificate: {}",
+                    join.address,
+                    triad_api::error::chain(&e)
+                ),
+            )
+        })?;
+    check_node(by_ca, join).await.map_err(|e| {
+        ApiError::unprocessable(
+            "address",
+            format!("hostd took its certificate but does not answer by it: {e}"),
+        )
+    })?;
+    events::emit(
+        &ctl.db,
+        &format!("node/{}", join.name),
+        "certificate",
+        format!("issued the node's certificate for {}", join.address),
+    )
+    .await;
+    Ok(())
+}
+
+/// The node must answer through `client`, taking the join's token, as the join's name.
+async fn check_node(client: HostdClient, join: &NodeJoin) -> ApiResult<()> {
+    let info = tokio::task::spawn_blocking(move || client.node())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the join's task failed: {e}")))?
+        .map_err(|e| {
+            let why = triad_api::error::chain(&e);
+            match e.status() {
+                Some(401) => ApiError::unprocessable("token", "hostd refused the token: it is not the node's (triad-hostd token on the node prints it)"),
+                _ if why.contains("not the pinned") => ApiError::unprocessable(
+                    "fingerprint",
+                    format!("hostd at {} shows another certificate: {why}", join.address),
+                ),
+                _ => ApiError::unprocessable(
+                    "address",
+                    format!("hostd does not answer at {}: {why}", join.address),
+                ),
+            }
+        })?;
+    if info.name != join.name {
+        return Err(ApiError::unprocessable(
+            "name",
+            format!(
+                "hostd at {} is node {:?}, not {:?}",
+                join.address, info.name, join.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes",

@@ -11,7 +11,7 @@ use triad_api::v1::{Connection, VmState};
 use super::blocking;
 use crate::model::{keys, DbError, EipRecord, NodeRecord, NodeStatus, VmRecord};
 use crate::store::Txn;
-use crate::{events, hostd_client, Ctl};
+use crate::{events, Ctl};
 
 /// What `ctl.sent` holds for an EIP known to be off a node.
 const ABSENT: &str = "-";
@@ -41,7 +41,7 @@ pub async fn converge(ctl: &Ctl) -> Result<(), DbError> {
             let connected = statuses
                 .get(name)
                 .is_some_and(|s| s.connection == Connection::Connected);
-            let netd = NetdClient::via_hostd(&hostd_client(node));
+            let netd = NetdClient::via_hostd(&ctl.hostd_client(node));
             let id = eip.name.clone();
             if home.as_deref() == Some(name.as_str()) {
                 let spec = EipSpec {

@@ -18,7 +18,7 @@ use super::blocking;
 use crate::api::current_settings;
 use crate::ha::{decide, force_proof, smp_proof, Decision, Proof, Switches, VmFacts};
 use crate::model::{keys, pool_kinds, DbError, NodeRecord, NodeStatus, VmRecord};
-use crate::{events, hostd_client, Ctl};
+use crate::{events, Ctl};
 
 /// Runs for ever; acts while this controller leads.
 pub async fn run(ctl: Arc<Ctl>) {
@@ -59,7 +59,7 @@ async fn pass(
     pushed.retain(|name, _| records.iter().any(|r| r.join.name == *name));
     let timeout = Duration::from_millis(ctl.ha.poll_ms.max(100) * 3 / 2);
     let calls = records.iter().map(|r| {
-        let client = hostd_client(r).with_timeout(timeout);
+        let client = ctl.hostd_client(r).with_timeout(timeout);
         let name = r.join.name.clone();
         let push = (pushed.get(&name) != Some(&spec)).then(|| spec.clone());
         async move {
@@ -223,7 +223,7 @@ async fn read_storage_beats(
         }) else {
             continue;
         };
-        let storaged = StoragedClient::via_hostd(&hostd_client(reader))
+        let storaged = StoragedClient::via_hostd(&ctl.hostd_client(reader))
             .with_timeout(Duration::from_millis(ctl.ha.poll_ms.max(100) * 3 / 2));
         let p = pool.clone();
         let Ok(beats) = blocking(move || storaged.heartbeats(&p)).await else {
@@ -307,7 +307,7 @@ async fn blocklist(
                     == Liveness::Alive
         })
         .ok_or("no live node to reach the Ceph cluster from")?;
-    let storaged = StoragedClient::via_hostd(&hostd_client(reader));
+    let storaged = StoragedClient::via_hostd(&ctl.hostd_client(reader));
     let volumes: Vec<String> = vm
         .disks
         .iter()

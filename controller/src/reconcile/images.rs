@@ -9,7 +9,7 @@ use triad_api::v1::{Connection, ImageState};
 use super::blocking;
 use crate::model::{encode, keys, DbError, ImageRecord, NodeRecord, NodeStatus};
 use crate::store::{Expect, Txn};
-use crate::{events, hostd_client, operations, Ctl};
+use crate::{events, operations, Ctl};
 use triad_api::v1::Operation;
 
 pub async fn import(ctl: &Ctl) -> Result<(), DbError> {
@@ -58,7 +58,7 @@ pub async fn import(ctl: &Ctl) -> Result<(), DbError> {
             let Some((node, _)) = with_pool.iter().find(|(n, _)| n.join.name == *node_name) else {
                 continue;
             };
-            let storaged = StoragedClient::via_hostd(&hostd_client(node));
+            let storaged = StoragedClient::via_hostd(&ctl.hostd_client(node));
             let request = ImageRequest {
                 id: image.spec.name.clone(),
                 name: image.spec.name.clone(),

@@ -16,7 +16,7 @@ use crate::api::data_address;
 use crate::model::{
     keys, DbError, NetworkRecord, NodeRecord, NodeStatus, SecurityGroupRecord, VmRecord,
 };
-use crate::{events, hostd_client, Ctl};
+use crate::{events, Ctl};
 
 /// Records how putting `what` on `node` went; a refusal that is new becomes an event.
 async fn note_put(ctl: &Ctl, what: &str, node: &str, put: Result<(), String>, spec: String) {
@@ -116,7 +116,7 @@ pub async fn networks(ctl: &Ctl) -> Result<(), DbError> {
                 remaining += usize::from(network.deleting && present);
                 continue;
             }
-            let netd = NetdClient::via_hostd(&hostd_client(&node.record));
+            let netd = NetdClient::via_hostd(&ctl.hostd_client(&node.record));
             if network.deleting {
                 if present {
                     remaining += 1;
@@ -170,7 +170,7 @@ pub async fn groups(ctl: &Ctl) -> Result<(), DbError> {
                 remaining += usize::from(group.deleting);
                 continue;
             }
-            let netd = NetdClient::via_hostd(&hostd_client(&node.record));
+            let netd = NetdClient::via_hostd(&ctl.hostd_client(&node.record));
             if group.deleting {
                 let id = name.clone();
                 match blocking(move || match netd.delete_group(&id) {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::{keys, now_ms, NodePool, NodeRecord, NodeStatus, VmRecord};
-use crate::{events, hostd_client, Ctl, Observed};
+use crate::{events, Ctl, Observed};
 use triad_api::v1::Connection;
 
 const DISCONNECT_AFTER: u32 = 3;
@@ -38,7 +38,7 @@ impl Poller {
             }
         }
         let calls = records.iter().map(|r| {
-            let client = hostd_client(&r.value).with_timeout(TIMEOUT);
+            let client = ctl.hostd_client(&r.value).with_timeout(TIMEOUT);
             let name = r.value.join.name.clone();
             async move {
                 let answer = super::blocking(move || Ok((client.node()?, client.vms()?))).await;
@@ -165,7 +165,7 @@ fn remove_stale(ctl: &Arc<Ctl>, node: Option<&NodeRecord>, held: &triad_api::hos
     }
     let (ctl, uuid, generation) = (ctl.clone(), held.uuid.clone(), held.spec.generation);
     tokio::spawn(async move {
-        let client = hostd_client(&node);
+        let client = ctl.hostd_client(&node);
         let u = uuid.clone();
         let message = match super::blocking(move || client.remove(&u)).await {
             Ok(()) => format!(
@@ -186,7 +186,7 @@ fn remove_stale(ctl: &Arc<Ctl>, node: Option<&NodeRecord>, held: &triad_api::hos
 async fn watch(ctl: Arc<Ctl>, record: NodeRecord) {
     let name = record.join.name.clone();
     let key = format!("{}{name}", keys::NODES);
-    let client = hostd_client(&record).with_timeout(WATCH + TIMEOUT);
+    let client = ctl.hostd_client(&record).with_timeout(WATCH + TIMEOUT);
     let mut after: Option<u64> = None;
     while matches!(ctl.db.get::<NodeRecord>(&key).await, Ok(Some(_))) {
         let (c, seen) = (client.clone(), after);

@@ -25,7 +25,7 @@ use super::blocking;
 use super::networks::groups_sent;
 use crate::model::{encode, keys, DbError, NodeStatus, Versioned, VmRecord, VolumeRecord};
 use crate::store::{Expect, Txn};
-use crate::{events, hostd_client, operations, Ctl};
+use crate::{events, operations, Ctl};
 
 pub async fn converge(ctl: &Arc<Ctl>) -> Result<(), DbError> {
     for held in ctl.db.list::<VmRecord>(keys::VMS).await? {
@@ -235,7 +235,7 @@ async fn one(ctl: &Ctl, held: Versioned<VmRecord>) -> Result<(), DbError> {
         save(ctl, &held, next).await?;
         return Ok(());
     };
-    let hostd = hostd_client(&record.value);
+    let hostd = ctl.hostd_client(&record.value);
     if vm.destroy {
         let uuid = vm.id.clone();
         let h = hostd.clone();
