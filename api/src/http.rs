@@ -198,13 +198,20 @@ pub fn send(
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body.as_bytes());
+    stream.write_all(&request)?;
     let mut raw = Vec::new();
     match stream.take(MAX_RESPONSE).read_to_end(&mut raw) {
         Ok(_) => {}
-        // A TLS server that closes without close_notify after its whole answer.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        // After its whole answer, a TLS server that closes without close_notify, or a server
+        // that answered before reading the body and closed with it unread (a reset). A cut
+        // answer still fails below, short of its Content-Length.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) && !raw.is_empty() => {}
         Err(e) => return Err(e.into()),
     }
     parse_response(&raw)

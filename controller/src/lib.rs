@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod events;
 pub mod ha;
 pub mod ipam;
@@ -405,6 +406,122 @@ pub async fn serve(config: ControllerConfig, insecure_http: bool) -> anyhow::Res
             }
         }
     }
+    Ok(())
+}
+
+/// `triad-controller backup`: a backup from the running controller (over its API, as the
+/// admin) into a new file in `dir` (mode 0600), keeping the newest `keep`; the file.
+pub fn backup_to(
+    config: &ControllerConfig,
+    insecure_http: bool,
+    dir: &std::path::Path,
+    keep: usize,
+) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let token_file = config
+        .admin_token_file
+        .as_ref()
+        .context("the config names no admin_token_file to take the admin token from")?;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("reading the admin token {}", token_file.display()))?;
+    let ip = if config.listen.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        config.listen.ip()
+    };
+    let addr = std::net::SocketAddr::new(ip, config.listen.port()).to_string();
+    let endpoint = if insecure_http {
+        triad_api::http::Endpoint::Tcp(addr)
+    } else {
+        let ca = config.tls_dir.join("ca.pem");
+        let ca_pem = std::fs::read_to_string(&ca)
+            .with_context(|| format!("reading the cluster's CA {}", ca.display()))?;
+        triad_api::http::Endpoint::Tls(addr, triad_api::tls::client_by_ca(&ca_pem, None)?)
+    };
+    let client = triad_api::client::Client::new(endpoint)
+        .with_token(token.trim())
+        .with_timeout(std::time::Duration::from_secs(120));
+    let backup: backup::Backup = client
+        .post("/v1/backup", &serde_json::json!({}))
+        .context("asking the controller for a backup")?;
+    let path = backup::file_name(dir, backup.taken_unix_ms);
+    let text = serde_json::to_string(&backup)?;
+    triad_api::secrets::write(&path, &text)
+        .with_context(|| format!("writing {}", path.display()))?;
+    for old in backup::prune(dir, keep.max(1))
+        .with_context(|| format!("removing old backups in {}", dir.display()))?
+    {
+        tracing::info!("removed the old backup {}", old.display());
+    }
+    Ok(path)
+}
+
+/// `triad-controller restore`: the backup in `file` put into the store of a stopped
+/// controller, with the cluster's CA; the backup's tokens are back, and a new admin token is
+/// made and written where the first start writes it (the admin token file, the CLI config).
+pub async fn restore_from(
+    config: &ControllerConfig,
+    file: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let backup: backup::Backup = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a backup of triad-controller", file.display()))?;
+    backup::check_version(&backup, env!("CARGO_PKG_VERSION"))?;
+    let store: Arc<dyn store::Store> = match &config.store {
+        StoreConfig::Redb { path } => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            Arc::new(store::RedbStore::open(path).with_context(|| {
+                format!(
+                    "opening {} (stop the controller first: systemctl stop triad-controller)",
+                    path.display()
+                )
+            })?)
+        }
+        StoreConfig::Etcd { endpoints } => Arc::new(
+            store::EtcdStore::connect(endpoints)
+                .await
+                .context("connecting to etcd")?,
+        ),
+    };
+    backup::restore(store.as_ref(), &backup, force).await?;
+    if let Some(ca) = &backup.ca {
+        for (name, pem) in [("ca.key", &ca.key_pem), ("ca.pem", &ca.cert_pem)] {
+            let path = config.tls_dir.join(name);
+            triad_api::secrets::write(&path, pem)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let db = Db::new(store);
+    let secret = auth::new_secret()?;
+    let name = format!("admin-restored-{}", model::now_ms());
+    auth::create(&db, &name, triad_api::v1::Role::Admin, &secret).await?;
+    if let Some(file) = &config.admin_token_file {
+        triad_api::secrets::write(file, &format!("{secret}\n"))
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    if let Some(ca) = &backup.ca {
+        triad_api::secrets::write(
+            &config.cli_config_file,
+            &cli_config(config, &secret, &ca.cert_pem),
+        )
+        .with_context(|| format!("writing {}", config.cli_config_file.display()))?;
+    }
+    println!(
+        "restored {} keys as of {} (Triad {}); a new admin token, {name:?}, is in {}",
+        backup.entries.len(),
+        backup.taken_unix_ms,
+        backup.version,
+        config
+            .admin_token_file
+            .as_ref()
+            .map_or("the output above".into(), |f| f.display().to_string())
+    );
     Ok(())
 }
 

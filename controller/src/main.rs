@@ -1,9 +1,10 @@
-//! `triad-controller --config FILE`: the cluster's API, scheduler and reconcilers.
+//! `triad-controller --config FILE`: the cluster's API, scheduler and reconcilers;
+//! `triad-controller backup` and `restore`: its state kept in a file and put back.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use triad_controller::ControllerConfig;
 
 #[derive(Debug, Parser)]
@@ -13,13 +14,36 @@ use triad_controller::ControllerConfig;
 )]
 struct Args {
     /// JSON: {"listen", "socket", "store": {"kind": "redb", "path"} | {"kind": "etcd",
-    /// "endpoints"}, "admin_token_file"}; see docs/api.md.
-    #[arg(long, default_value = ControllerConfig::PATH)]
+    /// "endpoints"}, "admin_token_file", "tls_dir", "tls_names", "cli_config_file"}, all
+    /// optional; see docs/api.md.
+    #[arg(long, global = true, default_value = ControllerConfig::PATH)]
     config: PathBuf,
     /// Serve the API and call nodes plain HTTP instead of TLS: for labs on a network nobody
     /// else reaches.
-    #[arg(long)]
+    #[arg(long, global = true)]
     insecure_http: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take a backup from the running controller (as the admin) into a new file in --dir,
+    /// mode 0600, and keep only the newest --keep there.
+    Backup {
+        #[arg(long, default_value = "/var/backups/triad")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 14)]
+        keep: usize,
+    },
+    /// Put a backup into this controller's store (stop the controller first), with the
+    /// cluster's CA, and make a new admin token. Refused when the store holds a cluster,
+    /// unless --force; refused for a backup of a newer Triad.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -30,8 +54,17 @@ fn main() -> ExitCode {
     let result = (|| -> anyhow::Result<()> {
         let config: ControllerConfig =
             triad_api::server::read_config(&args.config, ControllerConfig::PATH.as_ref())?;
-        tokio::runtime::Runtime::new()?
-            .block_on(triad_controller::serve(config, args.insecure_http))
+        match args.command {
+            None => tokio::runtime::Runtime::new()?
+                .block_on(triad_controller::serve(config, args.insecure_http)),
+            Some(Command::Backup { dir, keep }) => {
+                let file = triad_controller::backup_to(&config, args.insecure_http, &dir, keep)?;
+                println!("{}", file.display());
+                Ok(())
+            }
+            Some(Command::Restore { file, force }) => tokio::runtime::Runtime::new()?
+                .block_on(triad_controller::restore_from(&config, &file, force)),
+        }
     })();
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,8 @@ pub struct Controller {
     /// `host:port` of its API.
     pub addr: String,
     token_file: PathBuf,
+    /// The cluster's CA, which vouches for the API, when the cluster speaks TLS.
+    pub ca_file: Option<PathBuf>,
     // Dropped after the daemon.
     pub ns: Ns,
 }
@@ -218,6 +220,22 @@ impl Node {
         format!("{}:{HOSTD_PORT}", self.addr(0))
     }
 
+    /// The fingerprint of the certificate hostd serves until it joins, as `triad-hostd token`
+    /// prints it.
+    pub fn hostd_fingerprint(&self) -> String {
+        let out = Command::new(binary("triad-hostd"))
+            .arg("token")
+            .arg("--config")
+            .arg(&self.hostd.config)
+            .output()
+            .expect("running triad-hostd token");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("fingerprint"))
+            .map(|f| f.trim().to_owned())
+            .unwrap_or_else(|| panic!("triad-hostd token printed no fingerprint: {out:?}"))
+    }
+
     /// The token hostd made on its first start, which the controller presents.
     pub fn hostd_token(&self) -> String {
         std::fs::read_to_string(self.dir.join("hostd/node-token"))
@@ -286,13 +304,27 @@ pub struct Cluster {
     pub shared: PathBuf,
     switch: Ns,
     name: String,
+    /// Whether hostd and the controller speak TLS on TCP (else `--insecure-http`).
+    pub tls: bool,
     // Last: the files of every node.
     dir: TempDir,
 }
 
 impl Cluster {
-    /// Nodes `NAME-1` .. `NAME-n`, each with a `local` pool of its own and the `shared` pool.
+    /// Nodes `NAME-1` .. `NAME-n`, each with a `local` pool of its own and the `shared` pool,
+    /// speaking plain HTTP on TCP (`--insecure-http`), as a lab does.
     pub fn new(name: &str, n: usize) -> Self {
+        Self::build(name, n, false)
+    }
+
+    /// `new`, with TLS on every TCP link, as installed clusters run: nodes join by the
+    /// fingerprints of their certificates (`Node::hostd_fingerprint`).
+    pub fn with_tls(name: &str, n: usize) -> Self {
+        Self::build(name, n, true)
+    }
+
+    fn build(name: &str, n: usize, tls: bool) -> Self {
+        let plain: &[&str] = if tls { &[] } else { &["--insecure-http"] };
         let dir = TempDir::new(name);
         let switch = Ns::new(&format!("{name}-sw"));
         for (_, bridge, _) in LINKS {
@@ -358,7 +390,7 @@ impl Cluster {
                         format!("{}:{HEARTBEAT_PORT}", node_addr(1, index)),
                     ],
                 }),
-                &["--insecure-http"],
+                plain,
             );
             nodes.push(Node {
                 name: node_name,
@@ -375,6 +407,7 @@ impl Cluster {
             shared,
             switch,
             name: name.to_owned(),
+            tls,
             dir,
         }
     }
@@ -421,6 +454,7 @@ impl Cluster {
             Some(endpoint) => json!({"kind": "etcd", "endpoints": [endpoint]}),
             None => json!({"kind": "redb", "path": dir.join("state.redb")}),
         };
+        let plain: &[&str] = if self.tls { &[] } else { &["--insecure-http"] };
         let daemon = Daemon::start_with_args(
             "triad-controller",
             &ns.name,
@@ -430,13 +464,16 @@ impl Cluster {
                 "socket": dir.join("controller.sock"),
                 "store": store,
                 "admin_token_file": self.dir.join("admin-token"),
+                "tls_dir": self.dir.join("tls"),
+                "cli_config_file": dir.join("admin.json"),
             }),
-            &["--insecure-http"],
+            plain,
         );
         Controller {
             daemon,
             addr: format!("{addr}:{CONTROLLER_PORT}"),
             token_file: self.dir.join("admin-token"),
+            ca_file: self.tls.then(|| self.dir.join("tls/ca.pem")),
             ns,
         }
     }

@@ -380,5 +380,83 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         moved["node"],
         lost.elapsed()
     );
-    counts_past(&cli, "web", 0, "after the move");
+    let counted_moved = counts_past(&cli, "web", 0, "after the move");
+
+    // The controller's store is backed up by its timer's unit, wiped, and restored onto the
+    // fresh controller: the same cluster, and the VM runs on, never started twice.
+    let first = &machines.machines[0];
+    let now_on = moved["node"].as_str().unwrap().to_owned();
+    let now_host = machines.machines.iter().find(|m| m.name == now_on).unwrap();
+    let vmm = now_host.pids_of("triad-vmm");
+    assert_eq!(vmm.len(), 1, "one VMM on {now_on}");
+    let nodes_before = names(&cli.json(&["node", "list"]));
+    first.sh_ok("systemctl start triad-controller-backup.service");
+    let backups = first.sh_ok("ls /var/backups/triad");
+    assert_eq!(backups.lines().count(), 1, "{backups}");
+    let mode = first.sh_ok("stat -c %a /var/backups/triad/triad-controller-*.json");
+    assert_eq!(mode.trim(), "600");
+    first.sh_ok(
+        "systemctl stop triad-controller && rm -rf /var/lib/triad/controller && \
+         triad-controller restore /var/backups/triad/triad-controller-*.json && \
+         systemctl start triad-controller",
+    );
+    // The restore made a new admin token, in a new CLI config.
+    let admin = first.sh_ok("cat /var/lib/triad/controller/admin.json");
+    std::fs::write(&cli.config, admin).unwrap();
+    let restored = wait_for("the restored controller to answer", TIMEOUT, || {
+        let out = cli.output(&["--json", "vm", "show", "web"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    });
+    assert_eq!(restored["id"], moved["id"]);
+    assert_eq!(restored["generation"], moved["generation"]);
+    assert_eq!(names(&cli.json(&["node", "list"])), nodes_before);
+    counts_past(
+        &cli,
+        "web",
+        *counted_moved.last().unwrap(),
+        "after the restore",
+    );
+    let vm = cli.json(&["vm", "show", "web"]);
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["node"], now_on.as_str());
+    assert_eq!(
+        now_host.pids_of("triad-vmm"),
+        vmm,
+        "the VM was not started again"
+    );
+    let vmms: usize = machines
+        .machines
+        .iter()
+        .filter(|m| m.name != node)
+        .map(|m| m.pids_of("triad-vmm").len())
+        .sum();
+    assert_eq!(vmms, 1, "one copy of the VM in the cluster");
+
+    // Removing the node's package stops its daemons; purging it removes its configs.
+    first.sh_ok("apt-get remove -y -q triad-node");
+    let active = first.sh("systemctl is-active triad-hostd");
+    assert_ne!(String::from_utf8_lossy(&active.stdout).trim(), "active");
+    assert!(first.pids_of("triad-hostd").is_empty());
+    first.sh_ok("test -f /etc/triad/hostd.json");
+    first.sh_ok("apt-get purge -y -q triad-node");
+    first.sh_ok("test ! -e /etc/triad/hostd.json && test ! -e /var/lib/triad/hostd");
+    assert_eq!(
+        first.sh_ok("systemctl is-active triad-controller").trim(),
+        "active",
+        "the controller stays"
+    );
+}
+
+/// The names of `nodes` (a JSON list), sorted.
+fn names(nodes: &Value) -> Vec<String> {
+    let mut names: Vec<String> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
 }

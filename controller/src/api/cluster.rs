@@ -38,6 +38,7 @@ pub fn routes() -> Router<Arc<Ctl>> {
         .route("/v1/events", get(list_events))
         .route("/v1/audit", get(audit))
         .route("/v1/operations/{id}", get(operation))
+        .route("/v1/backup", axum::routing::post(backup))
 }
 
 /// The offerings a new cluster has.
@@ -461,4 +462,20 @@ async fn operation(
         .await?
         .map(|o| Json(o.value))
         .ok_or_else(|| ApiError::NotFound(format!("no operation {id:?}")))
+}
+
+/// `POST /v1/backup`: every key of the store as of one revision, with the cluster's CA (admin
+/// only: it holds secrets). `triad-controller backup` keeps it in a file.
+#[utoipa::path(post, path = "/v1/backup", tag = "cluster",
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+async fn backup(State(ctl): State<Arc<Ctl>>) -> ApiResult<Json<crate::backup::Backup>> {
+    let ca = ctl.tls.as_ref().map(|tls| crate::backup::CaFiles {
+        cert_pem: tls.ca.cert_pem().to_owned(),
+        key_pem: tls.ca.key_pem(),
+    });
+    crate::backup::take(ctl.db.store.as_ref(), ctl.store_kind, ca)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::Unavailable(format!("taking the backup: {e}")))
 }

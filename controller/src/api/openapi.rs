@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         super::cluster::pools,
         super::cluster::groups, super::cluster::group, super::cluster::create_group, super::cluster::delete_group,
         super::cluster::list_events, super::cluster::audit, super::cluster::operation,
+        super::cluster::backup,
         super::networks::list, super::networks::show, super::networks::create, super::networks::remove,
         super::networks::groups, super::networks::group, super::networks::create_group,
         super::networks::replace_group, super::networks::remove_group,
