@@ -6,9 +6,10 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Writes `text` to `path` (mode 0600, its directory made if need be): the old file or the
-/// new one after a crash, never a mix.
-pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `bytes` to `path` (mode 0600, its directory made if need be): the old file or the
+/// new one after a crash or a power cut, never a mix (a temporary file, fsync, rename, fsync
+/// of the directory).
+pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -21,9 +22,11 @@ pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
         .open(&tmp)?;
     // An older temporary file may have had other bits.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(text.as_bytes())?;
+    f.write_all(bytes.as_ref())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// Makes the secret file at `path` private to its owner when its group or others could read

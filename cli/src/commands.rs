@@ -417,6 +417,10 @@ fn node(api: &Api, out: &Out, c: NodeCommand) -> Result<()> {
         NodeCommand::Unlock { node } => act_node(api, out, &node, "unlock"),
         NodeCommand::Enable { node } => act_node(api, out, &node, "enable"),
         NodeCommand::Disable { node } => act_node(api, out, &node, "disable"),
+        NodeCommand::RenewCert { node } => {
+            let answer = api.post(&format!("/v1/nodes/{}/certificate", seg(&node)), &json!({}))?;
+            out.done(&format!("node {node}: a new certificate"), &answer)
+        }
         NodeCommand::Maintenance { step, node } => {
             let step = match step {
                 MaintenanceStep::Enter => "enter",

@@ -227,6 +227,10 @@ pub enum NodeCommand {
     Disable {
         node: String,
     },
+    /// Give the node a new certificate from the cluster's CA (they last a year).
+    RenewCert {
+        node: String,
+    },
     /// Empty the node for work on it (`enter`), or take it back, locked (`exit`).
     Maintenance {
         step: MaintenanceStep,

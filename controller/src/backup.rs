@@ -27,6 +27,9 @@ pub struct Backup {
     /// The cluster's CA (certificate and key, PEM), when the controller speaks TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CaFiles>,
+    /// The key node tokens are sealed with in the store (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_key: Option<String>,
     pub entries: Vec<Entry>,
 }
 
@@ -76,6 +79,7 @@ pub async fn take(
     store: &dyn Store,
     store_kind: &str,
     ca: Option<CaFiles>,
+    store_key: Option<String>,
 ) -> Result<Backup, BackupError> {
     let range = store.range("").await?;
     let entries = range
@@ -97,6 +101,7 @@ pub async fn take(
         revision: range.revision,
         store: store_kind.to_owned(),
         ca,
+        store_key,
         entries,
     })
 }
@@ -206,7 +211,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let backup = take(&from, "redb", None).await.unwrap();
+        let backup = take(&from, "redb", None, None).await.unwrap();
         assert_eq!(
             backup.entries.len(),
             2,
@@ -248,6 +253,7 @@ mod tests {
             revision: 0,
             store: "redb".into(),
             ca: None,
+            store_key: None,
             entries: vec![],
         };
         assert!(check_version(&backup("0.1.9"), "0.1.0").is_ok());

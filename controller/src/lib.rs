@@ -16,6 +16,7 @@ pub mod model;
 pub mod operations;
 pub mod reconcile;
 pub mod scheduler;
+pub mod sealed;
 pub mod store;
 pub mod tls;
 mod validate;
@@ -69,6 +70,24 @@ pub struct ControllerConfig {
     /// copy it to `~/.config/triad/config.json` where the CLI runs).
     #[serde(default = "default_cli_config_file")]
     pub cli_config_file: PathBuf,
+    /// The key node tokens are sealed with in the store (made at the first start; default:
+    /// `store.key` beside a redb store, else /var/lib/triad/controller/store.key). Controllers
+    /// sharing an etcd must share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_key_file: Option<PathBuf>,
+}
+
+impl ControllerConfig {
+    /// Where the store key is.
+    pub fn store_key_path(&self) -> PathBuf {
+        if let Some(path) = &self.store_key_file {
+            return path.clone();
+        }
+        match &self.store {
+            StoreConfig::Redb { path } => path.with_file_name("store.key"),
+            StoreConfig::Etcd { .. } => PathBuf::from(STATE_DIR).join("store.key"),
+        }
+    }
 }
 
 /// The liveness and fencing timers (docs/ha.md).
@@ -176,6 +195,8 @@ pub struct Ctl {
     pub storage_beats: Mutex<HashMap<(String, String), (u64, Instant)>>,
     /// The cluster's CA and the controller's certificates; none with `--insecure-http`.
     pub tls: Option<tls::ClusterTls>,
+    /// What node tokens are sealed with in the store.
+    pub store_key: sealed::StoreKey,
 }
 
 /// A note per (thing, node), where the thing is `network/NAME` or `security-group/NAME`.
@@ -207,6 +228,7 @@ impl Ctl {
         store_kind: &'static str,
         ha: HaConfig,
         tls: Option<tls::ClusterTls>,
+        store_key: sealed::StoreKey,
     ) -> Arc<Self> {
         let timers = liveness::Timers {
             confirm_after: std::time::Duration::from_millis(ha.confirm_after_ms),
@@ -227,6 +249,7 @@ impl Ctl {
             detector: Mutex::new(liveness::Detector::new(timers)),
             storage_beats: Mutex::default(),
             tls,
+            store_key,
         })
     }
 
@@ -252,10 +275,23 @@ impl Ctl {
     /// controller's client certificate; plain HTTP with `--insecure-http`.
     pub fn hostd_client(&self, record: &NodeRecord) -> HostdClient {
         let join = &record.join;
+        let token = self.store_key.open(&join.token).unwrap_or_else(|e| {
+            tracing::error!("node {}'s token: {e}", join.name);
+            String::new()
+        });
         match &self.tls {
-            Some(tls) => HostdClient::tls(&join.address, tls.hostd.clone(), &join.token),
-            None => HostdClient::tcp(&join.address, &join.token),
+            Some(tls) => HostdClient::tls(&join.address, tls.hostd.clone(), &token),
+            None => HostdClient::tcp(&join.address, &token),
         }
+    }
+
+    /// The join as the node gave it: its token unsealed.
+    pub fn unsealed(&self, join: &triad_api::v1::NodeJoin) -> triad_api::v1::NodeJoin {
+        let mut join = join.clone();
+        if let Ok(token) = self.store_key.open(&join.token) {
+            join.token = token;
+        }
+        join
     }
 
     /// Every node as the API shows it.
@@ -323,6 +359,8 @@ pub async fn serve(config: ControllerConfig, insecure_http: bool) -> anyhow::Res
         check_secret(file)?;
     }
     check_secret(&config.cli_config_file)?;
+    check_secret(&config.store_key_path())?;
+    let store_key = sealed::StoreKey::load_or_make(&config.store_key_path())?;
     let tls = if insecure_http {
         tracing::warn!("serving plain HTTP and calling nodes over it (--insecure-http)");
         None
@@ -356,11 +394,11 @@ pub async fn serve(config: ControllerConfig, insecure_http: bool) -> anyhow::Res
             "etcd",
         ),
     };
-    let ctl = Ctl::new(Db::new(store), kind, config.ha, tls);
+    let ctl = Ctl::new(Db::new(store), kind, config.ha, tls, store_key);
     if let Some(secret) = auth::bootstrap(&ctl.db).await? {
         println!("triad-controller: the admin token (shown this once): {secret}");
         if let Some(file) = &config.admin_token_file {
-            triad_api::secrets::write(file, &format!("{secret}\n"))
+            triad_api::secrets::write(file, format!("{secret}\n"))
                 .with_context(|| format!("writing {}", file.display()))?;
         }
         if let Some(tls) = &ctl.tls {
@@ -490,6 +528,11 @@ pub async fn restore_from(
         ),
     };
     backup::restore(store.as_ref(), &backup, force).await?;
+    if let Some(key) = &backup.store_key {
+        let path = config.store_key_path();
+        triad_api::secrets::write(&path, format!("{key}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some(ca) = &backup.ca {
         for (name, pem) in [("ca.key", &ca.key_pem), ("ca.pem", &ca.cert_pem)] {
             let path = config.tls_dir.join(name);
@@ -502,13 +545,13 @@ pub async fn restore_from(
     let name = format!("admin-restored-{}", model::now_ms());
     auth::create(&db, &name, triad_api::v1::Role::Admin, &secret).await?;
     if let Some(file) = &config.admin_token_file {
-        triad_api::secrets::write(file, &format!("{secret}\n"))
+        triad_api::secrets::write(file, format!("{secret}\n"))
             .with_context(|| format!("writing {}", file.display()))?;
     }
     if let Some(ca) = &backup.ca {
         triad_api::secrets::write(
             &config.cli_config_file,
-            &cli_config(config, &secret, &ca.cert_pem),
+            cli_config(config, &secret, &ca.cert_pem),
         )
         .with_context(|| format!("writing {}", config.cli_config_file.display()))?;
     }

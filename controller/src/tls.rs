@@ -65,7 +65,7 @@ fn load_or_make_ca(dir: &Path) -> anyhow::Result<Ca> {
             .with_context(|| format!("the cluster's CA in {}", dir.display()));
     }
     let ca = Ca::generate()?;
-    triad_api::secrets::write(&key, &ca.key_pem())
+    triad_api::secrets::write(&key, ca.key_pem())
         .with_context(|| format!("writing {}", key.display()))?;
     triad_api::secrets::write(&cert, ca.cert_pem())
         .with_context(|| format!("writing {}", cert.display()))?;

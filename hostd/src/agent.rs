@@ -102,6 +102,7 @@ impl Agent {
             .map_err(|e| Error::System(format!("creating {}: {e}", dir.display())))?;
         let lock = DirLock::take(dir)?;
         let token = crate::token::load_or_make(dir)?;
+        check_secrets(dir)?;
         let file = StateFile::new(dir);
         let state = file.load()?;
         let node = match &config.node {
@@ -1390,4 +1391,27 @@ fn host_memory_mib() -> u64 {
                 .and_then(|kib| kib.parse::<u64>().ok())
         })
         .map_or(0, |kib| kib / 1024)
+}
+
+/// Makes the files of the state directory that hold secrets private again, with a warning,
+/// if others could read them.
+fn check_secrets(dir: &Path) -> Result<(), Error> {
+    for name in [
+        "node-token",
+        "state.json",
+        "cluster.json",
+        "tls/self.key",
+        "tls/node.key",
+    ] {
+        let path = dir.join(name);
+        let repaired = triad_api::secrets::check(&path)
+            .map_err(|e| Error::System(format!("checking the mode of {}: {e}", path.display())))?;
+        if let Some(mode) = repaired {
+            tracing::warn!(
+                "{} was mode {mode:o}, readable by others: made it 0600",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }

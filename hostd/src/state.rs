@@ -3,7 +3,6 @@
 //! any moment finds either the old state or the new one.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -91,18 +90,11 @@ impl StateFile {
     }
 }
 
-/// Replaces `path` with `bytes` whole: a temporary file, fsync, rename, fsync of the directory.
+/// Replaces `path` with `bytes` whole, mode 0600: what hostd keeps holds secrets (user-data,
+/// SSH keys, the cluster key).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let fail = |e: std::io::Error| Error::System(format!("writing {}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-    f.write_all(bytes).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(fail)
+    triad_api::secrets::write(path, bytes)
+        .map_err(|e| Error::System(format!("writing {}: {e}", path.display())))
 }
 
 /// Holds `dir/lock` (flock) for as long as it lives: one hostd per state directory.

@@ -114,27 +114,9 @@ impl NodeTls {
     }
 }
 
-/// Writes `text` to `path` (mode 0600) through a temporary file, so a crash leaves the old
-/// file or the new one.
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| Error::System(format!("writing {}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(fail)
+    triad_api::secrets::write(path, text)
+        .map_err(|e| Error::System(format!("writing {}: {e}", path.display())))
 }
 
 fn system(e: tls::TlsError) -> Error {

@@ -2,8 +2,7 @@
 //! (mode 0600). The controller presents it on every call over TCP; an operator reads it on the
 //! node (`triad-hostd token`) to join the node, which proves they hold the node.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::Error;
@@ -23,17 +22,7 @@ pub fn load_or_make(state_dir: &Path) -> Result<String, Error> {
         .map_err(|e| Error::System(format!("reading /dev/urandom: {e}")))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let file = path(state_dir);
-    let tmp = file.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::System(format!("creating {}: {e}", tmp.display())))?;
-    f.write_all(token.as_bytes())
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &file))
+    triad_api::secrets::write(&file, &token)
         .map_err(|e| Error::System(format!("writing {}: {e}", file.display())))?;
     Ok(token)
 }

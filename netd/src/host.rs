@@ -577,18 +577,10 @@ impl Host {
     }
 
     fn save(&self, desired: &Desired) -> Result<(), Error> {
-        let tmp = self.state_file.with_extension("json.tmp");
+        // Mode 0600: ports carry their VMs' user-data and SSH keys.
         let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(desired).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.state_file)?;
-            // The rename itself survives a power cut only once the directory is synced.
-            if let Some(dir) = self.state_file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
+            let bytes = serde_json::to_vec_pretty(desired).map_err(std::io::Error::other)?;
+            triad_api::secrets::write(&self.state_file, bytes)
         };
         write().map_err(|e| Error::System(format!("writing {}: {e}", self.state_file.display())))
     }

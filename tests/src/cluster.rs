@@ -466,6 +466,8 @@ impl Cluster {
                 "admin_token_file": self.dir.join("admin-token"),
                 "tls_dir": self.dir.join("tls"),
                 "cli_config_file": dir.join("admin.json"),
+                // Shared, as controllers on one etcd must share it.
+                "store_key_file": self.dir.join("store.key"),
             }),
             plain,
         );

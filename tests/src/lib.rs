@@ -8,6 +8,7 @@
 
 pub mod cluster;
 mod etcd;
+pub mod install;
 pub mod machines;
 mod netns;
 

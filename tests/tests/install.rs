@@ -5,96 +5,24 @@
 //! NeverStop VM on a shared pool that outlives a restart of its node agent and an upgrade of
 //! its packages, and runs on another machine when its machine loses power.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use triad_tests::machines::{self, DEBS, GUEST, SHARED};
-use triad_tests::{binary, skip, wait_for, workspace_root, Machine, Machines};
+use triad_tests::install::{
+    apt_install, controller_commands, debs, first_vm_commands, join_args, node_commands,
+    write_guest_disk, Cli, TOKEN,
+};
+use triad_tests::machines;
+use triad_tests::{binary, skip, wait_for, Machine, Machines};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The packages `scripts/package` made: revision 1, and revision 2 to upgrade to.
-fn debs() -> PathBuf {
-    let dir = workspace_root().join("target/debian");
-    for revision in [1, 2] {
-        let found = std::fs::read_dir(&dir).ok().is_some_and(|entries| {
-            entries.flatten().any(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with("triad-node_") && name.contains(&format!("-{revision}_"))
-            })
-        });
-        assert!(
-            found,
-            "no triad-node package of revision {revision} in {}: run scripts/package and \
-             scripts/package --revision 2 first (scripts/test does)",
-            dir.display()
-        );
-    }
-    dir
-}
-
-/// `PKG_*-REVISION_*.deb` at `DEBS`, as the machines see it.
-fn deb(package: &str, revision: u32) -> String {
-    format!("{DEBS}/{package}_*-{revision}_*.deb")
-}
-
-/// The `triad` CLI from outside the machines (the switch namespace, on the management
-/// network) against the controller on the first machine, with the admin's config the
-/// controller wrote (its token and CA).
-struct Cli {
-    /// The namespace it runs in: the machines' switch.
-    switch: String,
-    url: String,
-    config: PathBuf,
-}
-
-impl Cli {
-    fn output(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.switch])
-            .arg(binary("triad"))
-            .args(["--url", &self.url])
-            .args(args)
-            .env("TRIAD_CONFIG", &self.config)
-            .env_remove("TRIAD_URL")
-            .env_remove("TRIAD_TOKEN")
-            .output()
-            .expect("running triad")
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.output(args);
-        assert!(
-            out.status.success(),
-            "triad {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.run(&all)).expect("triad --json prints JSON")
-    }
-}
-
 /// Installs the node's packages and configures and starts it as docs/install.md says.
 fn install_node(m: &Machine) {
-    m.sh_ok(&format!(
-        "apt-get install -y -q --no-install-recommends {} {}",
-        deb("triad-cli", 1),
-        deb("triad-node", 1)
-    ));
-    m.sh_ok(&format!(
-        "triad-hostd init --name {} --management mgmt0 --storage stor0 \
-         --pool shared=smp:{SHARED}",
-        m.name
-    ));
-    m.sh_ok("systemctl restart triad-node.target");
+    for command in node_commands(&m.name) {
+        m.sh_ok(&command);
+    }
     for unit in ["triad-netd", "triad-storaged", "triad-hostd"] {
         assert_eq!(
             m.sh_ok(&format!("systemctl is-active {unit}")).trim(),
@@ -227,10 +155,9 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         install_node(m);
     }
     let first = &machines.machines[0];
-    first.sh_ok(&format!(
-        "apt-get install -y -q --no-install-recommends {}",
-        deb("triad-controller", 1)
-    ));
+    for command in controller_commands() {
+        first.sh_ok(&command);
+    }
     // Every unit is well-formed on a system that has them all.
     first.sh_ok(
         "systemd-analyze verify triad-netd.service triad-storaged.service triad-hostd.service \
@@ -241,31 +168,16 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         let out = first.sh("cat /var/lib/triad/controller/admin.json");
         out.status.success().then_some(out.stdout)
     });
-    let config = machines.dir().join("admin.json");
-    std::fs::write(&config, admin).unwrap();
-    let cli = Cli {
-        switch: machines.switch.name.clone(),
-        url: format!("https://{}:7300", first.addr(0)),
-        config,
-    };
+    let cli = Cli::new(&machines, &admin);
 
     // Each node joins by the command `triad-hostd token` prints there: its token and the
     // fingerprint of its certificate.
     for m in &machines.machines {
-        let printed = m.sh_ok("triad-hostd token");
-        let command = printed
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("triad node join "))
-            .unwrap_or_else(|| panic!("triad-hostd token prints no join command:\n{printed}"));
-        let data_address = m.addr(2);
-        let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
-        args.extend(["--data-address", &data_address]);
+        let args = join_args(&m.sh_ok(TOKEN), &m.addr(2));
         // A wrong fingerprint is refused and nothing is kept.
         let mut wrong = args.clone();
-        let at = wrong.iter().position(|a| *a == "--fingerprint").unwrap() + 1;
-        let other = format!("sha256:{}", "0".repeat(64));
-        wrong[at] = &other;
+        let at = wrong.iter().position(|a| a == "--fingerprint").unwrap() + 1;
+        wrong[at] = format!("sha256:{}", "0".repeat(64));
         let refused = cli.output(&wrong);
         let said = String::from_utf8_lossy(&refused.stderr);
         assert!(
@@ -281,36 +193,13 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
     });
     only_tls(&machines, &cli);
 
-    // The guest counts from what its disk's first 8 bytes hold: zero.
-    std::fs::write(machines.shared.join("guest-disk.raw"), vec![0u8; 1 << 20]).unwrap();
-    cli.run(&[
-        "image",
-        "import",
-        "guest",
-        "--pool",
-        "shared",
-        "--file",
-        &format!("{SHARED}/guest-disk.raw"),
-        "--kernel",
-        &format!("{GUEST}/testguest.elf"),
-    ]);
+    write_guest_disk(&machines);
+    let [import, create] = <[Vec<String>; 2]>::try_from(first_vm_commands()).unwrap();
+    cli.run(&import);
     // The VM goes elsewhere than the controller's machine, which must outlive the power loss
     // below.
     cli.run(&["node", "lock", &first.name]);
-    cli.run(&[
-        "vm",
-        "create",
-        "web",
-        "--image",
-        "guest",
-        "--memory-mib",
-        "64",
-        "--ha",
-        "never_stop",
-        "--cmdline",
-        "triad.counter",
-        "--wait",
-    ]);
+    cli.run(&create);
     cli.run(&["node", "unlock", &first.name]);
     let vm = cli.json(&["vm", "show", "web"]);
     let node = vm["node"].as_str().expect("the VM is placed").to_owned();
@@ -345,11 +234,7 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
 
     // An upgrade of the node's packages restarts its daemons; the VMM goes on.
     let hostd = m.main_pid("triad-hostd");
-    m.sh_ok(&format!(
-        "apt-get install -y -q --no-install-recommends {} {}",
-        deb("triad-cli", 2),
-        deb("triad-node", 2)
-    ));
+    m.sh_ok(&apt_install(&["triad-cli", "triad-node"], 2));
     let version = m.sh_ok("dpkg-query -W -f '${Version}' triad-node");
     assert!(
         version.ends_with("-2"),

@@ -474,7 +474,8 @@ async fn backup(State(ctl): State<Arc<Ctl>>) -> ApiResult<Json<crate::backup::Ba
         cert_pem: tls.ca.cert_pem().to_owned(),
         key_pem: tls.ca.key_pem(),
     });
-    crate::backup::take(ctl.db.store.as_ref(), ctl.store_kind, ca)
+    let key = Some(ctl.store_key.hex().to_owned());
+    crate::backup::take(ctl.db.store.as_ref(), ctl.store_kind, ca, key)
         .await
         .map(Json)
         .map_err(|e| ApiError::Unavailable(format!("taking the backup: {e}")))

@@ -21,6 +21,7 @@ pub fn routes() -> Router<Arc<Ctl>> {
         .route("/v1/nodes", get(list).post(join))
         .route("/v1/nodes/{name}", get(show).delete(remove))
         .route("/v1/nodes/{name}/{action}", post(act))
+        .route("/v1/nodes/{name}/certificate", post(rotate_certificate))
         .route("/v1/nodes/{name}/maintenance/{step}", post(maintenance))
 }
 
@@ -100,7 +101,7 @@ async fn join(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<(StatusCod
         .iter()
         .find(|n| n.value.join.address == join.address)
     {
-        if other.value.join != join {
+        if ctl.unsealed(&other.value.join) != join {
             return Err(ApiError::conflict(
                 Some("address"),
                 format!(
@@ -112,7 +113,7 @@ async fn join(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<(StatusCod
     }
     let key = format!("{}{}", keys::NODES, join.name);
     if let Some(held) = ctl.db.get::<NodeRecord>(&key).await? {
-        if held.value.join != join {
+        if ctl.unsealed(&held.value.join) != join {
             return Err(ApiError::conflict(
                 Some("name"),
                 format!("node {:?} has joined already", join.name),
@@ -132,15 +133,21 @@ async fn join(State(ctl): State<Arc<Ctl>>, bytes: Bytes) -> ApiResult<(StatusCod
             check_node(client, &join).await?;
         }
     }
+    // The store keeps the token sealed: a dump of it gives no node away.
+    let mut sealed = join.clone();
+    sealed.token = ctl
+        .store_key
+        .seal(&join.token)
+        .map_err(|e| ApiError::Unavailable(format!("sealing the node's token: {e}")))?;
     let record = NodeRecord {
-        join: join.clone(),
+        join: sealed,
         enable: NodeEnable::Enabled,
         joined_unix_ms: now_ms(),
         entering_maintenance: false,
     };
     if !ctl.db.create(&key, &record).await? {
         let held = ctl.db.get::<NodeRecord>(&key).await?;
-        if held.map(|h| h.value.join) != Some(join.clone()) {
+        if held.map(|h| ctl.unsealed(&h.value.join)) != Some(join.clone()) {
             return Err(ApiError::conflict(
                 Some("name"),
                 format!("node {:?} has joined already", join.name),
@@ -257,7 +264,33 @@ async fn check_node(client: HostdClient, join: &NodeJoin) -> ApiResult<()> {
             ),
         ));
     }
+    let ours = env!("CARGO_PKG_VERSION");
+    if !versions_work_together(&info.version, ours) {
+        return Err(ApiError::unprocessable(
+            "address",
+            format!(
+                "node {:?} runs Triad {}, this controller {ours}: they must be at most one minor version apart (upgrade one of them first)",
+                join.name, info.version
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Whether Triad `a` and `b` work in one cluster: the same major version, minor versions at
+/// most one apart (as during an upgrade, one server after another).
+pub fn versions_work_together(a: &str, b: &str) -> bool {
+    let major_minor = |v: &str| {
+        let mut parts = v.split('.').map(str::parse::<u64>);
+        match (parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor))) => Some((major, minor)),
+            _ => None,
+        }
+    };
+    match (major_minor(a), major_minor(b)) {
+        (Some((ma, na)), Some((mb, nb))) => ma == mb && na.abs_diff(nb) <= 1,
+        _ => false,
+    }
 }
 
 #[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes",
@@ -293,6 +326,57 @@ async fn remove(State(ctl): State<Arc<Ctl>>, Path(name): Path<String>) -> ApiRes
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new certificate from the cluster's CA for the node, which hostd serves from its next
+/// connection on (the old one is valid until it expires, a year after it was issued).
+#[utoipa::path(post, path = "/v1/nodes/{name}/certificate", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 200, body = Node), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn rotate_certificate(
+    State(ctl): State<Arc<Ctl>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Node>> {
+    let key = format!("{}{name}", keys::NODES);
+    let record = ctl
+        .db
+        .get::<NodeRecord>(&key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no node {name:?}")))?
+        .value;
+    let tls = ctl.tls.as_ref().ok_or_else(|| {
+        ApiError::conflict(
+            None,
+            "this controller runs with --insecure-http: its nodes have no certificates",
+        )
+    })?;
+    let cert = tls
+        .issue_node(&name, &record.join.address)
+        .map_err(|e| ApiError::Unavailable(format!("issuing the node's certificate: {e}")))?;
+    let install = triad_api::hostd::TlsInstall {
+        ca_pem: tls.ca.cert_pem().to_owned(),
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+    };
+    let client = ctl.hostd_client(&record).with_timeout(JOIN_TIMEOUT);
+    tokio::task::spawn_blocking(move || client.install_tls(&install))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the task failed: {e}")))?
+        .map_err(|e| {
+            ApiError::Unavailable(format!(
+                "node {name:?} did not take its new certificate: {}",
+                triad_api::error::chain(&e)
+            ))
+        })?;
+    events::emit(
+        &ctl.db,
+        &format!("node/{name}"),
+        "certificate",
+        "issued the node a new certificate".to_owned(),
+    )
+    .await;
+    show(State(ctl), Path(name)).await
 }
 
 /// `lock`, `unlock`, `enable` or `disable`.
@@ -431,4 +515,19 @@ async fn maintenance(
     }
     ctl.wake.notify_one();
     show(State(ctl), Path(name)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::versions_work_together;
+
+    #[test]
+    fn one_minor_version_apart_at_most() {
+        assert!(versions_work_together("0.1.0", "0.1.7"));
+        assert!(versions_work_together("0.2.3", "0.1.0"));
+        assert!(versions_work_together("1.4.0", "1.5.2"));
+        assert!(!versions_work_together("0.3.0", "0.1.0"));
+        assert!(!versions_work_together("1.0.0", "2.0.0"));
+        assert!(!versions_work_together("x", "0.1.0"));
+    }
 }

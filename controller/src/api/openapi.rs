@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
     security(("bearer" = [])),
     paths(
         super::health,
-        super::nodes::list, super::nodes::show, super::nodes::join, super::nodes::remove, super::nodes::act,
+        super::nodes::list, super::nodes::show, super::nodes::join, super::nodes::remove, super::nodes::act, super::nodes::rotate_certificate,
         super::nodes::maintenance,
         super::cluster::offerings, super::cluster::offering, super::cluster::create_offering, super::cluster::delete_offering,
         super::cluster::settings, super::cluster::patch_settings,
