@@ -71,6 +71,26 @@ fn counts_past(cli: &Cli, vm: &str, after: u64, when: &str) -> Vec<u64> {
     }
 }
 
+/// A config file with an unknown key stops the daemon with one line naming it, which
+/// systemd's journal shows; with the file mended it starts again.
+fn bad_config_is_one_line_systemd_shows(m: &Machine) {
+    m.sh_ok("cp /etc/triad/netd.json /root/netd.json.good");
+    m.sh_ok(r#"echo '{"colour": "blue"}' > /etc/triad/netd.json"#);
+    let restarted = m.sh("systemctl restart triad-netd");
+    assert!(!restarted.status.success(), "netd started on a bad config");
+    let said = "/etc/triad/netd.json: colour: unknown field `colour`";
+    let logged = wait_for("the journal to have netd's error", TIMEOUT, || {
+        let journal = m.sh("journalctl -u triad-netd -n 20 --no-pager");
+        let journal = String::from_utf8_lossy(&journal.stdout).into_owned();
+        journal.contains(said).then_some(journal)
+    });
+    assert!(logged.contains("triad-netd: error: "), "{logged}");
+    m.sh_ok(
+        "cp /root/netd.json.good /etc/triad/netd.json && systemctl reset-failed triad-netd && \
+         systemctl restart triad-netd",
+    );
+}
+
 /// Every TCP link speaks TLS alone: the controller refuses plain HTTP and a client that
 /// trusts another CA; a node refuses a caller without the controller's client certificate,
 /// even with its token.
@@ -192,6 +212,32 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         (nodes.len() == 3 && nodes.iter().all(|n| n["connection"] == "connected")).then_some(())
     });
     only_tls(&machines, &cli);
+    // The store keeps no node token in clear.
+    for m in &machines.machines {
+        let token = m.sh_ok("cat /var/lib/triad/hostd/node-token");
+        let found = first.sh(&format!(
+            "grep -c {} /var/lib/triad/controller/state.redb",
+            token.trim()
+        ));
+        assert!(
+            !found.status.success(),
+            "{}'s token is in the store",
+            m.name
+        );
+    }
+    // A node's certificate is renewed; the controller reaches it by the new one.
+    let second = &machines.machines[1];
+    let before = second.sh_ok("cat /var/lib/triad/hostd/tls/node.pem");
+    cli.run(&["node", "renew-cert", &second.name]);
+    assert_ne!(
+        second.sh_ok("cat /var/lib/triad/hostd/tls/node.pem"),
+        before
+    );
+    assert_eq!(
+        cli.json(&["node", "show", &second.name])["connection"],
+        "connected"
+    );
+    bad_config_is_one_line_systemd_shows(second);
 
     write_guest_disk(&machines);
     let [import, create] = <[Vec<String>; 2]>::try_from(first_vm_commands()).unwrap();
