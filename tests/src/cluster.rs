@@ -592,20 +592,7 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
 
 /// SIGKILLs every process under `dir` and waits until they are gone.
 pub fn kill_processes_under(dir: &Path) {
-    let start = Instant::now();
-    loop {
-        let pids = processes_under(dir);
-        if pids.is_empty() || start.elapsed() > Duration::from_secs(10) {
-            return;
-        }
-        for pid in pids {
-            if let Ok(pid) = i32::try_from(pid) {
-                // SAFETY: kill(2) on a process of this test; no memory effects.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::kill_until_gone(|| processes_under(dir));
 }
 
 /// Busy loops on every core of this machine, twice over, for a while: the nodes of the harness

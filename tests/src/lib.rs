@@ -165,3 +165,22 @@ pub fn wait_for_serial(path: &Path, needle: &str, count: usize, timeout: Duratio
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// SIGKILLs the processes `find` lists, again and again until it lists none (or 10 s pass):
+/// a process may fork while it is being killed.
+pub fn kill_until_gone(mut find: impl FnMut() -> Vec<u32>) {
+    let start = Instant::now();
+    loop {
+        let pids = find();
+        if pids.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            return;
+        }
+        for pid in pids {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill(2) on a process of this test; no memory effects.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -312,20 +312,7 @@ fn cgroup_pids(name: &str) -> Vec<u32> {
 
 /// SIGKILLs every process of cgroup `name` until none is left.
 fn kill_cgroup(name: &str) {
-    let start = Instant::now();
-    loop {
-        let pids = cgroup_pids(name);
-        if pids.is_empty() || start.elapsed() > Duration::from_secs(10) {
-            return;
-        }
-        for pid in pids {
-            if let Ok(pid) = i32::try_from(pid) {
-                // SAFETY: kill(2) on a process of this test's machine; no memory effects.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::kill_until_gone(|| cgroup_pids(name));
 }
 
 /// Kills what is left in cgroup `name` and removes it, deepest first.

@@ -365,6 +365,16 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         .sum();
     assert_eq!(vmms, 1, "one copy of the VM in the cluster");
 
+    // The admin token is rotated: a new one, the CLI's config on it, the old one deleted.
+    let made = cli.json(&["token", "create", "admin-2", "--role", "admin"]);
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&cli.config).unwrap()).unwrap();
+    config["token"] = made["secret"].clone();
+    std::fs::write(&cli.config, config.to_string()).unwrap();
+    cli.run(&["token", "delete", "admin"]);
+    let tokens = cli.json(&["token", "list"]);
+    assert!(names(&tokens).contains(&"admin-2".to_owned()), "{tokens}");
+    assert!(!names(&tokens).contains(&"admin".to_owned()), "{tokens}");
+
     // Removing the node's package stops its daemons; purging it removes its configs.
     first.sh_ok("apt-get remove -y -q triad-node");
     let active = first.sh("systemctl is-active triad-hostd");
@@ -380,9 +390,9 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
     );
 }
 
-/// The names of `nodes` (a JSON list), sorted.
-fn names(nodes: &Value) -> Vec<String> {
-    let mut names: Vec<String> = nodes
+/// The names in a JSON list (of nodes, tokens), sorted.
+fn names(list: &Value) -> Vec<String> {
+    let mut names: Vec<String> = list
         .as_array()
         .unwrap()
         .iter()
