@@ -189,6 +189,14 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         out.status.success().then_some(out.stdout)
     });
     let cli = Cli::new(&machines, &admin);
+    // On the controller's server root's CLI finds the admin's config by itself, and as copied.
+    first.sh_ok("triad node list");
+    first.sh_ok(
+        "install -D -m 0600 /var/lib/triad/controller/admin.json /root/.config/triad/config.json && \
+         triad node list",
+    );
+    let timers = first.sh_ok("systemctl list-timers triad-controller-backup.timer");
+    assert!(timers.contains("triad-controller-backup.timer"), "{timers}");
 
     // Each node joins by the command `triad-hostd token` prints there: its token and the
     // fingerprint of its certificate.
@@ -211,6 +219,9 @@ fn three_debian_machines_installed_joined_and_running_a_vm() {
         let nodes = nodes.as_array()?;
         (nodes.len() == 3 && nodes.iter().all(|n| n["connection"] == "connected")).then_some(())
     });
+    for node in cli.json(&["node", "list"]).as_array().unwrap() {
+        assert_eq!(node["version"], env!("CARGO_PKG_VERSION"), "{node}");
+    }
     only_tls(&machines, &cli);
     // The store keeps no node token in clear.
     for m in &machines.machines {
